@@ -1,0 +1,58 @@
+//! Bakes the deployment plan into the binary.
+//!
+//! Reads the plan named by `KILN_PLAN` (default plan/tiny.toml), parses and validates it with
+//! the runtime's own code (src/plan), and writes the plan text and its hash where src/baked.rs
+//! picks them up. An invalid plan fails the build with every problem listed.
+
+#[allow(dead_code, unused_imports)]
+#[path = "src/plan/mod.rs"]
+mod plan;
+
+use std::path::{Path, PathBuf};
+
+const DEFAULT_PLAN: &str = "plan/tiny.toml";
+
+fn main() {
+    let manifest_dir = build_helper::cargo::manifest::dir();
+    // build-helper 0.1 has no helper for these two directives.
+    println!("cargo:rerun-if-env-changed=KILN_PLAN");
+    build_helper::rerun_if_changed("src/plan");
+    build_helper::rerun_if_changed("build.rs");
+
+    let requested = std::env::var("KILN_PLAN").unwrap_or_else(|_| DEFAULT_PLAN.to_string());
+    let plan_path = resolve(&manifest_dir, &requested);
+    build_helper::rerun_if_changed(&plan_path);
+    let text = std::fs::read_to_string(&plan_path)
+        .unwrap_or_else(|e| fail(&format!("KILN_PLAN = {}: cannot read the plan: {e}", plan_path.display())));
+
+    let plan = match plan::check(&text) {
+        Ok(plan) => plan,
+        Err(problems) => fail(&format!("{}: {}", plan_path.display(), plan::render_problems(&problems))),
+    };
+
+    let out = build_helper::out_dir();
+    write(&out.join("plan.toml"), text.as_bytes());
+    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+    println!("cargo:rustc-env=KILN_PLAN_HASH={hash}");
+    println!("cargo:rustc-env=KILN_PLAN_SOURCE={}", plan_path.display());
+    println!("cargo:rustc-env=KILN_PLAN_NAME={}", plan.appliance.name);
+}
+
+/// Relative plan paths are taken from the crate root, so `KILN_PLAN=plan/x.toml` works from
+/// any directory cargo is started in.
+fn resolve(manifest_dir: &Path, requested: &str) -> PathBuf {
+    let p = PathBuf::from(requested);
+    if p.is_absolute() { p } else { manifest_dir.join(p) }
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    if let Err(e) = std::fs::write(path, bytes) {
+        fail(&format!("cannot write {}: {e}", path.display()));
+    }
+}
+
+/// Cargo shows a failing build script's stderr; print the whole list there and stop.
+fn fail(message: &str) -> ! {
+    eprintln!("error: kiln plan rejected\n{message}");
+    std::process::exit(1);
+}

@@ -1,0 +1,36 @@
+//! The crate's one error type. Every variant names the thing at fault: a file, a plan key,
+//! a tensor.
+
+use std::path::PathBuf;
+
+use crate::plan::{Problem, render_problems};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plan broke rules; every problem names its key.
+    #[error("{}", render_problems(.0))]
+    Plan(Vec<Problem>),
+    /// A model directory's config.json is missing keys or describes something kiln cannot serve.
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    /// A safetensors file or index is unreadable, truncated or inconsistent.
+    #[error("{}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    /// A command line that cannot be carried out.
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,18 @@
+//! kiln turns a deployment plan into an inference appliance for GLM-5.x MoE models.
+//!
+//! The map (README.md has the one-page version):
+//! - [`plan`]: the TOML deployment plan, its validation and the memory/roofline planner.
+//!   build.rs runs the same module, so an invalid plan is a build error.
+//! - [`baked`]: the plan baked into this binary.
+//! - [`weights`]: model directories: config.json, safetensors shards (mmapped), GLM names.
+//! - [`plan_init`]: writing a plan for an HF model directory.
+//! - [`report`]: what `kiln plan` prints.
+
+pub mod baked;
+pub mod error;
+pub mod plan;
+pub mod plan_init;
+pub mod report;
+pub mod weights;
+
+pub use error::{Error, Result};

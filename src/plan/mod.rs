@@ -1,0 +1,118 @@
+//! The deployment plan: one TOML file that fixes everything about one deployment.
+//!
+//! build.rs includes this module through `#[path]` and runs the very same parsing and
+//! validation the binary runs, so a plan that builds is a plan that serves. It therefore
+//! stays pure: serde, toml and serde_path_to_error only, no I/O, no `crate::` paths.
+
+mod appliance;
+mod inventory;
+mod kernels;
+mod memory;
+mod model;
+mod quant;
+mod serving;
+mod validate;
+
+use serde::{Deserialize, Serialize};
+
+pub use appliance::{Appliance, Device, Target};
+pub use inventory::{StoredFormat, WeightGroup, weight_inventory};
+pub use kernels::{KernelEntry, KernelMap};
+pub use memory::{ClassBytes, KvLayout, MemoryReport, kv_layout, memory_report};
+pub use model::{IndexerType, LayerKind, MlpKind, ModelShape};
+pub use quant::{ActivationQuant, ModuleClass, MtpQuantRules, QuantRules, WeightFormat, Weights};
+pub use serving::{KvCache, KvDtype, Parallel, Server, SpecMethod, Speculative};
+
+/// One deployment, exactly as written in plan/NAME.toml.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub appliance: Appliance,
+    pub device: Device,
+    pub model: ModelShape,
+    pub weights: Weights,
+    pub parallel: Parallel,
+    pub speculative: Speculative,
+    pub kv_cache: KvCache,
+    pub server: Server,
+    #[serde(default)]
+    pub kernels: KernelMap,
+}
+
+/// One thing wrong with a plan: the key path at fault and a sentence naming the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `parallel.tp`.
+    pub key: String,
+    /// Full sentence, e.g. `parallel.tp = 3 does not divide model.num_attention_heads = 64`.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem { key: key.into(), message: message.into() }
+    }
+}
+
+/// Parses plan text without checking its rules. A syntax or type error is one problem
+/// naming the key path where it happened.
+pub fn parse(text: &str) -> Result<Plan, Vec<Problem>> {
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| vec![Problem::new("", format!("plan is not valid TOML: {}", describe(text, &e)))])?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = describe(text, e.inner());
+        let message = if key.is_empty() || key == "." { format!("plan: {inner}") } else { format!("{key}: {inner}") };
+        vec![Problem::new(key, message)]
+    })
+}
+
+/// toml's message with its line and column, on one line.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("{message} (line {line}, column {column})")
+        }
+        None => message.to_string(),
+    }
+}
+
+/// Parses and validates: the plan, or every problem found.
+pub fn check(text: &str) -> Result<Plan, Vec<Problem>> {
+    let plan = parse(text)?;
+    let problems = validate::validate(&plan);
+    if problems.is_empty() { Ok(plan) } else { Err(problems) }
+}
+
+/// All problems as one block of text, one per line, for build errors and the CLI.
+pub fn render_problems(problems: &[Problem]) -> String {
+    let mut out = format!("{} problem(s) in the plan:\n", problems.len());
+    for p in problems {
+        out.push_str("  - ");
+        out.push_str(&p.message);
+        out.push('\n');
+    }
+    out
+}
+
+/// Bytes in decimal units (GB = 10^9 bytes, as HBM is sold), three significant figures or
+/// more.
+pub fn gb(bytes: f64) -> String {
+    let (value, unit) = match bytes.abs() {
+        b if b >= 1e9 => (bytes / 1e9, "GB"),
+        b if b >= 1e6 => (bytes / 1e6, "MB"),
+        b if b >= 1e3 => (bytes / 1e3, "kB"),
+        _ => (bytes, "B"),
+    };
+    if unit == "B" { format!("{value:.0} B") } else { format!("{value:.2} {unit}") }
+}

@@ -1,0 +1,183 @@
+//! `kiln plan init --from-hf DIR`: a plan for an HF model directory, with the quant rules
+//! read off the checkpoint itself (U8 `.weight` + `.weight_scale` beside it = MXFP4).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::plan::{
+    ActivationQuant, Appliance, Device, KernelMap, KvCache, KvDtype, ModuleClass, MtpQuantRules, Parallel, Plan,
+    QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights,
+};
+use crate::weights::glm::{scale_name, tensor_names, weight_name};
+use crate::weights::{Checkpoint, Dtype, read_hf_config};
+
+/// What the operator chose on the command line.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub target: Target,
+    pub arch: Option<String>,
+    pub tp: Option<u32>,
+    pub dp: Option<u32>,
+}
+
+/// A plan and the notes an operator should read before baking it.
+pub struct InitResult {
+    pub plan: Plan,
+    pub notes: Vec<String>,
+}
+
+pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
+    let cfg = read_hf_config(dir)?;
+    let ckpt = Checkpoint::open(dir)?;
+    let mut notes = Vec::new();
+    let mut model = cfg.model;
+
+    let formats = observed_formats(&model, &ckpt);
+    let has_mtp_tensors = formats.keys().any(|(mtp, _)| *mtp);
+    if model.num_nextn_predict_layers > 0 && !has_mtp_tensors {
+        notes.push(format!(
+            "config.json says num_nextn_predict_layers = {} but the checkpoint has no MTP tensors \
+             (model.layers.{}.*): the plan has no MTP layer and no speculative decoding",
+            model.num_nextn_predict_layers, model.num_hidden_layers
+        ));
+        model.num_nextn_predict_layers = 0;
+    }
+    let mixed: Vec<String> =
+        formats.iter().filter(|(_, f)| f.len() > 1).map(|((mtp, class), _)| class.plan_key(*mtp)).collect();
+    if !mixed.is_empty() {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "{} mix MXFP4 and bf16 tensors; a plan gives one format per module class",
+                mixed.join(", ")
+            ),
+        });
+    }
+    let pick = |class: ModuleClass, mtp: bool| -> WeightFormat {
+        formats.get(&(mtp, class)).and_then(|f| f.first().copied()).unwrap_or(WeightFormat::Bf16)
+    };
+    let mtp = if model.num_nextn_predict_layers > 0 {
+        Some(MtpQuantRules {
+            eh_proj: pick(ModuleClass::EhProj, true),
+            attention: pick(ModuleClass::Attention, true),
+            indexer: pick(ModuleClass::Indexer, true),
+            router: pick(ModuleClass::Router, true),
+            routed_experts: pick(ModuleClass::RoutedExperts, true),
+            shared_experts: pick(ModuleClass::SharedExperts, true),
+        })
+    } else {
+        None
+    };
+    let quant = QuantRules {
+        activations: cfg.activations,
+        embed_tokens: pick(ModuleClass::EmbedTokens, false),
+        lm_head: pick(ModuleClass::LmHead, false),
+        attention: pick(ModuleClass::Attention, false),
+        indexer: pick(ModuleClass::Indexer, false),
+        router: pick(ModuleClass::Router, false),
+        dense_mlp: pick(ModuleClass::DenseMlp, false),
+        routed_experts: pick(ModuleClass::RoutedExperts, false),
+        shared_experts: pick(ModuleClass::SharedExperts, false),
+        mtp,
+    };
+    if cfg.activations == ActivationQuant::Mxfp4 {
+        notes.push("quantization_config declares dynamic MXFP4 activations (W4A4)".into());
+    }
+
+    let gpu = opts.target != Target::Cpu;
+    let device = match opts.target {
+        Target::Cpu => host_device(),
+        _ => Device::known(opts.target, opts.arch.as_deref()).ok_or_else(|| {
+            Error::Usage(format!(
+                "no device defaults for --target {} --arch {}; known: hip gfx950 / gfx942 / gfx90a, cuda sm_90",
+                opts.target.as_str(),
+                opts.arch.as_deref().unwrap_or("(none)")
+            ))
+        })?,
+    };
+    let tp = opts.tp.unwrap_or_else(|| device.count / opts.dp.unwrap_or(1).max(1));
+    let dp = opts.dp.unwrap_or_else(|| device.count / tp.max(1));
+
+    let ctx = model.max_position_embeddings;
+    let max_output_tokens = (ctx / 4).clamp(1, 32768);
+    let max_prompt_tokens = (ctx - max_output_tokens.min(ctx)).clamp(1, 262144);
+    let page_size = if gpu { 64 } else { 16 };
+    let speculative = if model.num_nextn_predict_layers > 0 {
+        Speculative { method: SpecMethod::Mtp, depth: if gpu { 4 } else { 2 } }
+    } else {
+        Speculative { method: SpecMethod::None, depth: 0 }
+    };
+
+    let plan = Plan {
+        appliance: Appliance { name: appliance_name(dir), target: opts.target, arch: opts.arch.clone() },
+        device,
+        model,
+        weights: Weights { path: dir.display().to_string(), quant },
+        parallel: Parallel { tp, dp, ep: 1 },
+        speculative,
+        kv_cache: KvCache {
+            dtype: if gpu { KvDtype::Fp8E4m3 } else { KvDtype::Bf16 },
+            page_size,
+            memory_fraction: if gpu { 0.9 } else { 0.25 },
+            prefix_cache: true,
+        },
+        server: Server {
+            bind: if gpu { "0.0.0.0:8000" } else { "127.0.0.1:8000" }.into(),
+            max_running_requests: if gpu { 64 } else { 16 },
+            max_queued_requests: if gpu { 256 } else { 64 },
+            max_prompt_tokens,
+            max_output_tokens,
+            prefill_chunk_tokens: if gpu { 8192 } else { 256 },
+            request_timeout_s: 600,
+        },
+        kernels: KernelMap::default(),
+    };
+    Ok(InitResult { plan, notes })
+}
+
+/// Formats seen per (mtp, class) among the linears the model needs, sorted and deduplicated.
+fn observed_formats(
+    model: &crate::plan::ModelShape,
+    ckpt: &Checkpoint,
+) -> BTreeMap<(bool, ModuleClass), Vec<WeightFormat>> {
+    let mut out: BTreeMap<(bool, ModuleClass), Vec<WeightFormat>> = BTreeMap::new();
+    for l in tensor_names(model).linears {
+        let Some(w) = ckpt.get(&weight_name(&l.module)) else { continue };
+        let f = if w.dtype == Dtype::U8 && ckpt.get(&scale_name(&l.module)).is_some() {
+            WeightFormat::Mxfp4
+        } else {
+            WeightFormat::Bf16
+        };
+        let seen = out.entry((l.mtp, l.class)).or_default();
+        if !seen.contains(&f) {
+            seen.push(f);
+            seen.sort_by_key(|f| f.as_str());
+        }
+    }
+    out
+}
+
+/// The host as one device: its RAM from /proc/meminfo (1 GB if unreadable) and a nominal
+/// 10 GB/s for the roofline; the operator should put the measured figure in.
+fn host_device() -> Device {
+    let mem_kb = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    });
+    let memory_gb = mem_kb.map(|kb| (kb * 1024.0 / 1e9 * 10.0).floor() / 10.0).unwrap_or(1.0);
+    Device { name: "host CPU".into(), count: 1, memory_gb, bandwidth_gb_s: 10.0 }
+}
+
+/// The directory's name, reduced to the characters a plan name allows.
+fn appliance_name(dir: &Path) -> String {
+    let raw = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    let name: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    if name.is_empty() { "model".into() } else { name }
+}

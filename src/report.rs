@@ -1,0 +1,170 @@
+//! What `kiln plan` shows: the plan's identity, layout and the memory/roofline figures,
+//! as text for people and JSON for machines.
+
+use serde::Serialize;
+
+use crate::plan::{Device, KvCache, MemoryReport, Parallel, Plan, Speculative, gb, memory_report};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub name: String,
+    pub target: String,
+    pub arch: Option<String>,
+    /// blake3 of the plan text.
+    pub plan_hash: String,
+    /// Where the plan came from (the baked plan's source file on the build host).
+    pub source: String,
+    pub device: Device,
+    pub parallel: Parallel,
+    pub replicas: u32,
+    pub speculative: Speculative,
+    pub kv_cache: KvCache,
+    /// IndexShare schedule, one letter per main layer (F = runs the indexer, S = shares).
+    pub indexer_pattern: String,
+    #[serde(flatten)]
+    pub memory: MemoryReport,
+}
+
+impl PlanReport {
+    pub fn new(plan: &Plan, plan_hash: &str, source: &str) -> PlanReport {
+        PlanReport {
+            name: plan.appliance.name.clone(),
+            target: plan.appliance.target.as_str().into(),
+            arch: plan.appliance.arch.clone(),
+            plan_hash: plan_hash.into(),
+            source: source.into(),
+            device: plan.device.clone(),
+            parallel: plan.parallel.clone(),
+            replicas: plan.parallel.dp,
+            speculative: plan.speculative.clone(),
+            kv_cache: plan.kv_cache.clone(),
+            indexer_pattern: plan.model.indexer_pattern(),
+            memory: memory_report(plan),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    pub fn to_text(&self, plan: &Plan) -> String {
+        let r = &self.memory;
+        let m = &plan.model;
+        let d = &self.device;
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| s.push_str(&format!("{k:<13}{v}\n"));
+        line(
+            "plan",
+            format!(
+                "{}  (blake3 {}, from {})",
+                self.name,
+                &self.plan_hash[..16.min(self.plan_hash.len())],
+                self.source
+            ),
+        );
+        let arch = self.arch.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
+        line(
+            "target",
+            format!(
+                "{}{arch} on {} x {} ({} GB, {} GB/s each)",
+                self.target, d.count, d.name, d.memory_gb, d.bandwidth_gb_s
+            ),
+        );
+        let p = &self.parallel;
+        line("layout", format!("tp {} x dp {} (ep {}): {} replica(s) of {} device(s)", p.tp, p.dp, p.ep, p.dp, p.tp));
+        line(
+            "model",
+            format!(
+                "{}: {} layers ({} dense, {} MoE) + {} MTP, hidden {}, {} heads, {} experts top-{} + {} shared",
+                m.architecture,
+                m.num_hidden_layers,
+                m.num_dense_layers(),
+                m.num_moe_layers(),
+                m.num_nextn_predict_layers,
+                m.hidden_size,
+                m.num_attention_heads,
+                m.n_routed_experts,
+                m.num_experts_per_tok,
+                m.n_shared_experts
+            ),
+        );
+        line(
+            "indexer",
+            format!(
+                "{} of {} layers run it (top-{}): {}",
+                m.num_full_indexer_layers(),
+                m.num_hidden_layers,
+                m.index_topk,
+                self.indexer_pattern
+            ),
+        );
+        let q = &plan.weights.quant;
+        line(
+            "weights",
+            format!(
+                "{}; routed experts {}, shared experts {}, attention {}, activations {}",
+                plan.weights.path,
+                q.routed_experts.as_str(),
+                q.shared_experts.as_str(),
+                q.attention.as_str(),
+                q.activations.as_str()
+            ),
+        );
+        line("speculative", format!("{:?} depth {}", self.speculative.method, self.speculative.depth).to_lowercase());
+        let kv = &self.kv_cache;
+        line(
+            "kv cache",
+            format!(
+                "{}, page {} tokens, prefix cache {}",
+                kv.dtype.as_str(),
+                kv.page_size,
+                if kv.prefix_cache { "on" } else { "off" }
+            ),
+        );
+        let sv = &plan.server;
+        line(
+            "server",
+            format!(
+                "{} ; {} running, {} queued, prompt <= {}, output <= {}, prefill chunk {}, step <= {} tokens",
+                sv.bind,
+                sv.max_running_requests,
+                sv.max_queued_requests,
+                sv.max_prompt_tokens,
+                sv.max_output_tokens,
+                sv.prefill_chunk_tokens,
+                r.max_step_tokens
+            ),
+        );
+
+        s.push_str("\nmemory per device\n");
+        row(&mut s, "weights".into(), gb(r.weights_bytes_per_device as f64));
+        for c in &r.weights_by_class {
+            let label = if c.mtp { format!("  mtp.{}", c.class) } else { format!("  {}", c.class) };
+            row(&mut s, label, gb(c.bytes_per_device as f64));
+        }
+        row(&mut s, format!("usable ({} GB x {})", d.memory_gb, kv.memory_fraction), gb(r.usable_bytes_per_device));
+        row(&mut s, "KV budget (usable - weights)".into(), gb(r.kv_budget_bytes_per_device));
+        row(&mut s, "KV bytes per token".into(), format!("{} B", r.kv_bytes_per_token));
+        s.push_str(&format!(
+            "    = {} layers x {} B (latent + rope key) + {} indexer layers x {} B\n",
+            r.kv_layers, r.kv_layout.mla_bytes, r.kv_indexer_layers, r.kv_layout.indexer_bytes
+        ));
+        row(&mut s, "KV tokens per device".into(), r.kv_tokens_per_device.to_string());
+        row(
+            &mut s,
+            format!("one max-length request ({} tok)", r.max_request_tokens),
+            gb(r.max_request_kv_bytes as f64),
+        );
+
+        s.push_str("\ndecode roofline (single stream, no speculation, uniform routing)\n");
+        row(&mut s, "weights read per token".into(), gb(r.decode_weight_bytes_per_token));
+        row(&mut s, "  upper bound".into(), format!("{:.1} tok/s", r.decode_roofline_tok_s));
+        row(&mut s, format!("+ KV reads at {} tokens", r.max_request_tokens), gb(r.decode_kv_bytes_at_max_context));
+        row(&mut s, "  upper bound".into(), format!("{:.1} tok/s", r.decode_roofline_at_max_context_tok_s));
+        s
+    }
+}
+
+fn row(s: &mut String, key: String, value: String) {
+    s.push_str(&format!("  {key:<34}{value:>16}\n"));
+}

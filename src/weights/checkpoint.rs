@@ -1,0 +1,170 @@
+//! A safetensors checkpoint (one file or an indexed set of shards), mmapped, never copied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+const SINGLE_FILE: &str = "model.safetensors";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Where one tensor's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Index into the checkpoint's shards.
+    pub shard: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range inside the shard's file.
+    pub range: Range<usize>,
+}
+
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// Every tensor of a model directory, by name.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    shards: Vec<Shard>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl Checkpoint {
+    /// Opens `dir/model.safetensors`, or every shard named by `dir/model.safetensors.index.json`.
+    /// Headers are read and checked (offsets inside the file, file length exact); no tensor
+    /// data is read.
+    pub fn open(dir: &Path) -> Result<Checkpoint> {
+        let index_path = dir.join(INDEX_FILE);
+        let (files, index) = if index_path.exists() {
+            let index = read_index(&index_path)?;
+            let files: BTreeSet<String> = index.values().cloned().collect();
+            (files.into_iter().collect::<Vec<_>>(), Some(index))
+        } else if dir.join(SINGLE_FILE).exists() {
+            (vec![SINGLE_FILE.to_string()], None)
+        } else {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: format!("neither {SINGLE_FILE} nor {INDEX_FILE} is here"),
+            });
+        };
+
+        let mut shards = Vec::with_capacity(files.len());
+        let mut tensors = BTreeMap::new();
+        for (i, file) in files.iter().enumerate() {
+            let path = dir.join(file);
+            let map = map_file(&path)?;
+            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| Error::Checkpoint {
+                path: path.clone(),
+                message: format!("bad safetensors header: {e}"),
+            })?;
+            let data_start = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let (start, end) = info.data_offsets;
+                let entry = TensorInfo {
+                    shard: i,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: data_start + start..data_start + end,
+                };
+                if let Some(prev) = tensors.insert(name.clone(), entry) {
+                    return Err(Error::Checkpoint {
+                        path: path.clone(),
+                        message: format!("tensor {name} is also in {}", files[prev.shard]),
+                    });
+                }
+            }
+            shards.push(Shard { path, map });
+        }
+
+        if let Some(index) = index {
+            check_index(&index_path, &index, &files, &tensors)?;
+        }
+        Ok(Checkpoint { dir: dir.to_path_buf(), shards, tensors })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorInfo)> {
+        self.tensors.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// The raw little-endian bytes of a tensor, straight from the mapping.
+    pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
+        &self.shards[info.shard].map[info.range.clone()]
+    }
+
+    pub fn shard_path(&self, shard: usize) -> &Path {
+        &self.shards[shard].path
+    }
+}
+
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the mapping is read-only; kiln never writes checkpoint files, and a deployment
+    // treats its weights directory as immutable while serving.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// `weight_map` of an HF shard index: tensor name -> shard file name.
+fn read_index(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map =
+        value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no \"weight_map\" object".into()))?;
+    let mut out = BTreeMap::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{name:?}] is not a file name")))?;
+        if file.contains('/') || file.contains('\\') || file == ".." {
+            return Err(bad(format!("weight_map[{name:?}] = {file:?} leaves the model directory")));
+        }
+        out.insert(name.clone(), file.to_string());
+    }
+    Ok(out)
+}
+
+/// The index and the shards must agree tensor for tensor.
+fn check_index(
+    path: &Path,
+    index: &BTreeMap<String, String>,
+    files: &[String],
+    tensors: &BTreeMap<String, TensorInfo>,
+) -> Result<()> {
+    let mut problems = Vec::new();
+    for (name, file) in index {
+        match tensors.get(name) {
+            None => problems.push(format!("{name} is listed in {file} but no shard holds it")),
+            Some(t) if &files[t.shard] != file => {
+                problems.push(format!("{name} is listed in {file} but stored in {}", files[t.shard]))
+            }
+            Some(_) => {}
+        }
+    }
+    for (name, t) in tensors {
+        if !index.contains_key(name) {
+            problems.push(format!("{name} is in {} but not in the index", files[t.shard]));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Checkpoint { path: path.to_path_buf(), message: problems.join("; ") })
+    }
+}
