@@ -4,15 +4,23 @@
 //! - [`plan`]: the TOML deployment plan, its validation and the memory/roofline planner.
 //!   build.rs runs the same module, so an invalid plan is a build error.
 //! - [`baked`]: the plan baked into this binary.
-//! - [`weights`]: model directories: config.json, safetensors shards (mmapped), GLM names.
+//! - [`weights`]: model directories: config.json, safetensors shards (mmapped), element
+//!   decoders, the GLM tensor names, and the check of a checkpoint against the plan.
+//! - [`backend`]: the ops; the CPU backend is the reference and the embedded default.
+//! - [`model`]: the GLM-DSA forward (MLA, DSA indexer with IndexShare, MoE, MTP) and its cache.
+//! - [`sample`], [`generate`]: choosing tokens; prefill + cached decode of one sequence.
 //! - [`plan_init`]: writing a plan for an HF model directory.
 //! - [`report`]: what `kiln plan` prints.
 
+pub mod backend;
 pub mod baked;
 pub mod error;
+pub mod generate;
+pub mod model;
 pub mod plan;
 pub mod plan_init;
 pub mod report;
+pub mod sample;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -6,9 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use kiln::baked;
+use kiln::generate::generate;
+use kiln::model::Model;
 use kiln::plan::{self, Target};
 use kiln::plan_init::{InitOptions, init_from_hf};
 use kiln::report::PlanReport;
+use kiln::sample::Sampler;
+use kiln::weights::{Checkpoint, render_weight_problems};
 use kiln::{Error, Result};
 
 #[derive(Parser)]
@@ -27,6 +31,38 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Check a model directory against the baked plan: every tensor, dtype, shape, format.
+    Verify {
+        /// Model directory (default: the plan's weights.path).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
+    /// Print the logits of every position as JSON: {"logits": [[f32; vocab], ...]}.
+    Logits {
+        /// Token ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
+    /// Continue a prompt of token ids (greedy unless --temperature is given).
+    Generate {
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        #[arg(long)]
+        max_tokens: usize,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Print {"tokens": [...]}.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -97,6 +133,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = InitOptions { target: target.into(), arch, tp, dp };
             init(&from_hf, &opts, out.as_deref())
         }
+        Some(Command::Verify { weights }) => verify(weights),
+        Some(Command::Logits { tokens, weights }) => {
+            let model = open_model(weights)?;
+            let hidden = model.forward(&tokens, &mut model.new_cache(), None)?;
+            let logits = model.logits(&hidden);
+            let rows: Vec<&[f32]> = logits.chunks(model.vocab_size()).collect();
+            println!("{}", serde_json::json!({ "logits": rows }));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Generate { tokens, max_tokens, weights, json, temperature, top_p, seed }) => {
+            if !(temperature >= 0.0 && temperature.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+                return Err(Error::Usage("--temperature must be >= 0 and --top-p in (0, 1]".into()));
+            }
+            let model = open_model(weights)?;
+            let mut sampler = Sampler::new(temperature, top_p, seed);
+            let out = generate(&model, &tokens, max_tokens, &mut sampler)?;
+            if json {
+                println!("{}", serde_json::json!({ "tokens": out }));
+            } else {
+                println!("{}", out.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The model directory: --weights, else the baked plan's weights.path.
+fn weights_dir(weights: Option<PathBuf>) -> PathBuf {
+    weights.unwrap_or_else(|| PathBuf::from(&baked::plan().weights.path))
+}
+
+fn open_model(weights: Option<PathBuf>) -> Result<Model> {
+    let dir = weights_dir(weights);
+    Model::load(baked::plan(), &Checkpoint::open(&dir)?)
+}
+
+fn verify(weights: Option<PathBuf>) -> Result<ExitCode> {
+    let dir = weights_dir(weights);
+    let ckpt = Checkpoint::open(&dir)?;
+    let problems = kiln::weights::verify(baked::plan(), &ckpt);
+    if problems.is_empty() {
+        println!("{}: {} tensors match plan {}", dir.display(), ckpt.len(), baked::plan().appliance.name);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprint!("{}: {}", dir.display(), render_weight_problems(&problems));
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -9,8 +9,8 @@ use crate::plan::{
     ActivationQuant, Appliance, Device, KernelMap, KvCache, KvDtype, ModuleClass, MtpQuantRules, Parallel, Plan,
     QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights,
 };
-use crate::weights::glm::{scale_name, tensor_names, weight_name};
-use crate::weights::{Checkpoint, Dtype, read_hf_config};
+use crate::weights::glm::tensor_names;
+use crate::weights::{Checkpoint, StoredAs, read_hf_config};
 
 /// What the operator chose on the command line.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
     let mut notes = Vec::new();
     let mut model = cfg.model;
 
-    let formats = observed_formats(&model, &ckpt);
+    let formats = observed_formats(&model, &ckpt)?;
     let has_mtp_tensors = formats.keys().any(|(mtp, _)| *mtp);
     if model.num_nextn_predict_layers > 0 && !has_mtp_tensors {
         notes.push(format!(
@@ -48,10 +48,7 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
     if !mixed.is_empty() {
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
-            message: format!(
-                "{} mix MXFP4 and bf16 tensors; a plan gives one format per module class",
-                mixed.join(", ")
-            ),
+            message: format!("{} mix storage formats; a plan gives one format per module class", mixed.join(", ")),
         });
     }
     let pick = |class: ModuleClass, mtp: bool| -> WeightFormat {
@@ -137,17 +134,17 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
 }
 
 /// Formats seen per (mtp, class) among the linears the model needs, sorted and deduplicated.
-fn observed_formats(
-    model: &crate::plan::ModelShape,
-    ckpt: &Checkpoint,
-) -> BTreeMap<(bool, ModuleClass), Vec<WeightFormat>> {
-    let mut out: BTreeMap<(bool, ModuleClass), Vec<WeightFormat>> = BTreeMap::new();
+fn observed_formats(model: &crate::plan::ModelShape, ckpt: &Checkpoint) -> Result<FormatsByClass> {
+    let mut out = FormatsByClass::new();
+    let mut unsupported = Vec::new();
     for l in tensor_names(model).linears {
-        let Some(w) = ckpt.get(&weight_name(&l.module)) else { continue };
-        let f = if w.dtype == Dtype::U8 && ckpt.get(&scale_name(&l.module)).is_some() {
-            WeightFormat::Mxfp4
-        } else {
-            WeightFormat::Bf16
+        let f = match ckpt.linear_format(&l.module) {
+            None => continue,
+            Some(StoredAs::Format(f)) => f,
+            Some(StoredAs::Unsupported(dtype)) => {
+                unsupported.push(format!("{}.weight ({dtype:?})", l.module));
+                continue;
+            }
         };
         let seen = out.entry((l.mtp, l.class)).or_default();
         if !seen.contains(&f) {
@@ -155,8 +152,20 @@ fn observed_formats(
             seen.sort_by_key(|f| f.as_str());
         }
     }
-    out
+    if !unsupported.is_empty() {
+        return Err(Error::Checkpoint {
+            path: ckpt.dir.clone(),
+            message: format!(
+                "{} linear(s) in a dtype kiln cannot serve (bf16, f32 or Quark MXFP4): {}",
+                unsupported.len(),
+                unsupported.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    Ok(out)
 }
+
+type FormatsByClass = BTreeMap<(bool, ModuleClass), Vec<WeightFormat>>;
 
 /// The host as one device: its RAM from /proc/meminfo (1 GB if unreadable) and a nominal
 /// 10 GB/s for the roofline; the operator should put the measured figure in.

@@ -192,13 +192,13 @@ fn scalars_in_range() {
 #[test]
 fn embedding_is_not_quantized() {
     let p = problems(G, &[("weights.quant.embed_tokens", string("mxfp4"))]);
-    assert_problem(&p, "weights.quant.embed_tokens", "must be bf16: the embedding is a lookup");
+    assert_problem(&p, "weights.quant.embed_tokens", "cannot be mxfp4: the embedding is a lookup");
 }
 
 #[test]
 fn router_is_not_quantized() {
     let p = problems(G, &[("weights.quant.router", string("mxfp4"))]);
-    assert_problem(&p, "weights.quant.router", "the router is computed in fp32");
+    assert_problem(&p, "weights.quant.router", "cannot be mxfp4: the router is computed in fp32");
     let p = problems(G, &[("weights.quant.mtp.router", string("mxfp4"))]);
     assert_problem(&p, "weights.quant.mtp.router", "the router is computed in fp32");
 }

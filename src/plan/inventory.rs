@@ -19,6 +19,7 @@ impl From<WeightFormat> for StoredFormat {
     fn from(f: WeightFormat) -> Self {
         match f {
             WeightFormat::Bf16 => StoredFormat::Bf16,
+            WeightFormat::F32 => StoredFormat::F32,
             WeightFormat::Mxfp4 => StoredFormat::Mxfp4,
         }
     }

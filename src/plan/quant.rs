@@ -16,6 +16,8 @@ pub struct Weights {
 #[serde(rename_all = "lowercase")]
 pub enum WeightFormat {
     Bf16,
+    /// Unquantized fp32, as HF saves small models built in fp32.
+    F32,
     /// AMD Quark MXFP4: E2M1 codes plus one E8M0 scale per 32 inputs (4.25 bits/weight).
     Mxfp4,
 }
@@ -24,6 +26,7 @@ impl WeightFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             WeightFormat::Bf16 => "bf16",
+            WeightFormat::F32 => "f32",
             WeightFormat::Mxfp4 => "mxfp4",
         }
     }

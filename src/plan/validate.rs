@@ -243,16 +243,16 @@ impl Rules {
 
     fn quant(&mut self, p: &Plan) {
         let q = &p.weights.quant;
-        if q.embed_tokens != WeightFormat::Bf16 {
+        if q.embed_tokens == WeightFormat::Mxfp4 {
             self.push(
                 "weights.quant.embed_tokens",
-                "weights.quant.embed_tokens must be bf16: the embedding is a lookup, not a linear".into(),
+                "weights.quant.embed_tokens cannot be mxfp4: the embedding is a lookup, not a linear".into(),
             );
         }
         let mtp_router = q.mtp.as_ref().map(|m| m.router);
         for (key, f) in [("weights.quant.router", Some(q.router)), ("weights.quant.mtp.router", mtp_router)] {
             if f == Some(WeightFormat::Mxfp4) {
-                self.push(key, format!("{key} must be bf16: the router is computed in fp32 and is never quantized"));
+                self.push(key, format!("{key} cannot be mxfp4: the router is computed in fp32 and is never quantized"));
             }
         }
         let has_mtp = p.model.num_nextn_predict_layers > 0;

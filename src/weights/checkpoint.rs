@@ -4,14 +4,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::plan::WeightFormat;
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// What a linear's weight is stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredAs {
+    Format(WeightFormat),
+    /// A dtype kiln has no linear kernels for (e.g. F8_E4M3 block-scaled weights).
+    Unsupported(Dtype),
+}
 
 /// Where one tensor's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,15 +34,49 @@ pub struct TensorInfo {
     pub range: Range<usize>,
 }
 
+/// The bytes of one safetensors file: a read-only mapping, or bytes built into the binary.
+enum Backing {
+    Mapped(Mmap),
+    Static(&'static [u8]),
+}
+
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    backing: Backing,
+}
+
+impl Shard {
+    fn bytes(&self) -> &[u8] {
+        match &self.backing {
+            Backing::Mapped(m) => m,
+            Backing::Static(b) => b,
+        }
+    }
+}
+
+/// A tensor's bytes that outlive the borrow of the checkpoint (the model keeps these).
+#[derive(Clone)]
+pub struct TensorBytes {
+    shard: Arc<Shard>,
+    range: Range<usize>,
+}
+
+impl TensorBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        &self.shard.bytes()[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for TensorBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TensorBytes({}, {:?})", self.shard.path.display(), self.range)
+    }
 }
 
 /// Every tensor of a model directory, by name.
 pub struct Checkpoint {
     pub dir: PathBuf,
-    shards: Vec<Shard>,
+    shards: Vec<Arc<Shard>>,
     tensors: BTreeMap<String, TensorInfo>,
 }
 
@@ -56,11 +100,30 @@ impl Checkpoint {
         };
 
         let mut shards = Vec::with_capacity(files.len());
-        let mut tensors = BTreeMap::new();
-        for (i, file) in files.iter().enumerate() {
+        for file in &files {
             let path = dir.join(file);
-            let map = map_file(&path)?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| Error::Checkpoint {
+            shards.push(Shard { backing: Backing::Mapped(map_file(&path)?), path });
+        }
+        let ckpt = Checkpoint::index(dir, shards)?;
+        if let Some(index) = index {
+            check_index(&index_path, &index, &files, &ckpt.tensors)?;
+        }
+        Ok(ckpt)
+    }
+
+    /// A checkpoint whose files were built into the binary: (file name, bytes) pairs.
+    pub fn from_static(dir: &Path, files: &[(&str, &'static [u8])]) -> Result<Checkpoint> {
+        let shards =
+            files.iter().map(|(name, bytes)| Shard { path: dir.join(name), backing: Backing::Static(bytes) }).collect();
+        Checkpoint::index(dir, shards)
+    }
+
+    /// Reads every shard's header; names must be unique across shards.
+    fn index(dir: &Path, shards: Vec<Shard>) -> Result<Checkpoint> {
+        let mut tensors: BTreeMap<String, TensorInfo> = BTreeMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            let path = &shard.path;
+            let (header_len, meta) = SafeTensors::read_metadata(shard.bytes()).map_err(|e| Error::Checkpoint {
                 path: path.clone(),
                 message: format!("bad safetensors header: {e}"),
             })?;
@@ -76,17 +139,12 @@ impl Checkpoint {
                 if let Some(prev) = tensors.insert(name.clone(), entry) {
                     return Err(Error::Checkpoint {
                         path: path.clone(),
-                        message: format!("tensor {name} is also in {}", files[prev.shard]),
+                        message: format!("tensor {name} is also in {}", shards[prev.shard].path.display()),
                     });
                 }
             }
-            shards.push(Shard { path, map });
         }
-
-        if let Some(index) = index {
-            check_index(&index_path, &index, &files, &tensors)?;
-        }
-        Ok(Checkpoint { dir: dir.to_path_buf(), shards, tensors })
+        Ok(Checkpoint { dir: dir.to_path_buf(), shards: shards.into_iter().map(Arc::new).collect(), tensors })
     }
 
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {
@@ -107,7 +165,25 @@ impl Checkpoint {
 
     /// The raw little-endian bytes of a tensor, straight from the mapping.
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
-        &self.shards[info.shard].map[info.range.clone()]
+        &self.shards[info.shard].bytes()[info.range.clone()]
+    }
+
+    /// The same bytes as a handle that keeps the shard alive.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> TensorBytes {
+        TensorBytes { shard: self.shards[info.shard].clone(), range: info.range.clone() }
+    }
+
+    /// How a linear `{module}.weight` is stored: MXFP4 when the weight is U8 with a
+    /// `weight_scale` beside it (the checkpoint decides, not a name list), else by dtype.
+    /// `None` when the weight is absent.
+    pub fn linear_format(&self, module: &str) -> Option<StoredAs> {
+        let w = self.get(&format!("{module}.weight"))?;
+        Some(match w.dtype {
+            Dtype::U8 if self.get(&format!("{module}.weight_scale")).is_some() => StoredAs::Format(WeightFormat::Mxfp4),
+            Dtype::BF16 => StoredAs::Format(WeightFormat::Bf16),
+            Dtype::F32 => StoredAs::Format(WeightFormat::F32),
+            other => StoredAs::Unsupported(other),
+        })
     }
 
     pub fn shard_path(&self, shard: usize) -> &Path {

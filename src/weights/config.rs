@@ -61,13 +61,15 @@ impl Reader<'_> {
     }
 
     fn config(&self) -> Result<HfConfig> {
-        let architecture = self
-            .v
-            .get("architectures")
-            .and_then(|a| a.get(0))
-            .and_then(Value::as_str)
-            .ok_or_else(|| self.err("architectures[0] is missing".into()))?
-            .to_string();
+        // A config written from a freshly built model has no architectures; model_type
+        // then names the family.
+        let architecture = match self.v.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str) {
+            Some(a) => a.to_string(),
+            None => match self.v.get("model_type").and_then(Value::as_str) {
+                Some("glm_moe_dsa") => "GlmMoeDsaForCausalLM".to_string(),
+                _ => return Err(self.err("architectures[0] is missing".into())),
+            },
+        };
         let num_hidden_layers = self.uint("num_hidden_layers", 78)?;
         let model = ModelShape {
             architecture,

@@ -1,10 +1,121 @@
 //! The only file that knows GLM-DSA checkpoint tensor names (reference/glm-dsa-spec.md
-//! section 2). Everything else asks it.
+//! section 2). Linears are named by module (`{module}.weight`, plus `{module}.weight_scale`
+//! when MXFP4); vectors by their full tensor name.
 
 use crate::plan::{IndexerType, LayerKind, MlpKind, ModelShape, ModuleClass};
 
-/// A linear (or the embedding table): `{module}.weight` of shape [rows, cols], plus
-/// `{module}.weight_scale` when stored as MXFP4.
+pub const EMBED_TOKENS: &str = "model.embed_tokens";
+pub const FINAL_NORM: &str = "model.norm.weight";
+pub const LM_HEAD: &str = "lm_head";
+
+/// The three projections of a SwiGLU MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proj {
+    Gate,
+    Up,
+    Down,
+}
+
+impl Proj {
+    pub const ALL: [Proj; 3] = [Proj::Gate, Proj::Up, Proj::Down];
+
+    fn name(self) -> &'static str {
+        match self {
+            Proj::Gate => "gate_proj",
+            Proj::Up => "up_proj",
+            Proj::Down => "down_proj",
+        }
+    }
+}
+
+/// Names inside decoder layer `i` (`model.layers.{i}.`); MTP layers continue the numbering.
+#[derive(Debug, Clone)]
+pub struct LayerNames {
+    prefix: String,
+}
+
+impl LayerNames {
+    pub fn new(i: u64) -> LayerNames {
+        LayerNames { prefix: format!("model.layers.{i}.") }
+    }
+
+    fn n(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    pub fn input_layernorm(&self) -> String {
+        self.n("input_layernorm.weight")
+    }
+    pub fn post_attention_layernorm(&self) -> String {
+        self.n("post_attention_layernorm.weight")
+    }
+    pub fn q_a_proj(&self) -> String {
+        self.n("self_attn.q_a_proj")
+    }
+    pub fn q_a_layernorm(&self) -> String {
+        self.n("self_attn.q_a_layernorm.weight")
+    }
+    pub fn q_b_proj(&self) -> String {
+        self.n("self_attn.q_b_proj")
+    }
+    pub fn kv_a_proj_with_mqa(&self) -> String {
+        self.n("self_attn.kv_a_proj_with_mqa")
+    }
+    pub fn kv_a_layernorm(&self) -> String {
+        self.n("self_attn.kv_a_layernorm.weight")
+    }
+    pub fn kv_b_proj(&self) -> String {
+        self.n("self_attn.kv_b_proj")
+    }
+    pub fn o_proj(&self) -> String {
+        self.n("self_attn.o_proj")
+    }
+    pub fn indexer_wq_b(&self) -> String {
+        self.n("self_attn.indexer.wq_b")
+    }
+    pub fn indexer_wk(&self) -> String {
+        self.n("self_attn.indexer.wk")
+    }
+    pub fn indexer_k_norm_weight(&self) -> String {
+        self.n("self_attn.indexer.k_norm.weight")
+    }
+    pub fn indexer_k_norm_bias(&self) -> String {
+        self.n("self_attn.indexer.k_norm.bias")
+    }
+    pub fn indexer_weights_proj(&self) -> String {
+        self.n("self_attn.indexer.weights_proj")
+    }
+    /// Dense MLP of the first layers.
+    pub fn dense(&self, p: Proj) -> String {
+        self.n(&format!("mlp.{}", p.name()))
+    }
+    pub fn router(&self) -> String {
+        self.n("mlp.gate")
+    }
+    pub fn router_bias(&self) -> String {
+        self.n("mlp.gate.e_score_correction_bias")
+    }
+    pub fn expert(&self, e: u64, p: Proj) -> String {
+        self.n(&format!("mlp.experts.{e}.{}", p.name()))
+    }
+    pub fn shared_expert(&self, p: Proj) -> String {
+        self.n(&format!("mlp.shared_experts.{}", p.name()))
+    }
+    pub fn mtp_enorm(&self) -> String {
+        self.n("enorm.weight")
+    }
+    pub fn mtp_hnorm(&self) -> String {
+        self.n("hnorm.weight")
+    }
+    pub fn mtp_eh_proj(&self) -> String {
+        self.n("eh_proj")
+    }
+    pub fn mtp_shared_head_norm(&self) -> String {
+        self.n("shared_head.norm.weight")
+    }
+}
+
+/// A linear (or the embedding table) of shape [rows, cols].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Linear {
     pub module: String,
@@ -41,54 +152,51 @@ impl TensorNames {
 
     fn layer(&mut self, m: &ModelShape, i: u64, kind: LayerKind, mtp: bool) {
         use ModuleClass as C;
-        let p = format!("model.layers.{i}.");
+        let n = LayerNames::new(i);
         let (d, h) = (m.hidden_size, m.num_attention_heads);
-        self.vector(format!("{p}input_layernorm.weight"), d);
-        self.vector(format!("{p}post_attention_layernorm.weight"), d);
-
-        let a = format!("{p}self_attn.");
-        self.linear(format!("{a}q_a_proj"), m.q_lora_rank, d, C::Attention, mtp);
-        self.vector(format!("{a}q_a_layernorm.weight"), m.q_lora_rank);
-        self.linear(format!("{a}q_b_proj"), h * m.qk_head_dim(), m.q_lora_rank, C::Attention, mtp);
-        self.linear(format!("{a}kv_a_proj_with_mqa"), m.kv_lora_rank + m.qk_rope_head_dim, d, C::Attention, mtp);
-        self.vector(format!("{a}kv_a_layernorm.weight"), m.kv_lora_rank);
-        let kv_b_rows = h * (m.qk_nope_head_dim + m.v_head_dim);
-        self.linear(format!("{a}kv_b_proj"), kv_b_rows, m.kv_lora_rank, C::Attention, mtp);
-        self.linear(format!("{a}o_proj"), d, h * m.v_head_dim, C::Attention, mtp);
+        self.vector(n.input_layernorm(), d);
+        self.vector(n.post_attention_layernorm(), d);
+        self.linear(n.q_a_proj(), m.q_lora_rank, d, C::Attention, mtp);
+        self.vector(n.q_a_layernorm(), m.q_lora_rank);
+        self.linear(n.q_b_proj(), h * m.qk_head_dim(), m.q_lora_rank, C::Attention, mtp);
+        self.linear(n.kv_a_proj_with_mqa(), m.kv_lora_rank + m.qk_rope_head_dim, d, C::Attention, mtp);
+        self.vector(n.kv_a_layernorm(), m.kv_lora_rank);
+        self.linear(n.kv_b_proj(), h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank, C::Attention, mtp);
+        self.linear(n.o_proj(), d, h * m.v_head_dim, C::Attention, mtp);
 
         if kind.indexer == IndexerType::Full {
-            let x = format!("{a}indexer.");
-            let q_rows = m.index_n_heads * m.index_head_dim;
-            self.linear(format!("{x}wq_b"), q_rows, m.q_lora_rank, C::Indexer, mtp);
-            self.linear(format!("{x}wk"), m.index_head_dim, d, C::Indexer, mtp);
-            self.vector(format!("{x}k_norm.weight"), m.index_head_dim);
-            self.vector(format!("{x}k_norm.bias"), m.index_head_dim);
-            self.linear(format!("{x}weights_proj"), m.index_n_heads, d, C::Indexer, mtp);
+            self.linear(n.indexer_wq_b(), m.index_n_heads * m.index_head_dim, m.q_lora_rank, C::Indexer, mtp);
+            self.linear(n.indexer_wk(), m.index_head_dim, d, C::Indexer, mtp);
+            self.vector(n.indexer_k_norm_weight(), m.index_head_dim);
+            self.vector(n.indexer_k_norm_bias(), m.index_head_dim);
+            self.linear(n.indexer_weights_proj(), m.index_n_heads, d, C::Indexer, mtp);
         }
 
-        let f = format!("{p}mlp.");
         match kind.mlp {
             MlpKind::Dense => {
                 let w = m.intermediate_size;
-                self.linear(format!("{f}gate_proj"), w, d, C::DenseMlp, mtp);
-                self.linear(format!("{f}up_proj"), w, d, C::DenseMlp, mtp);
-                self.linear(format!("{f}down_proj"), d, w, C::DenseMlp, mtp);
+                for p in Proj::ALL {
+                    let (r, c) = if p == Proj::Down { (d, w) } else { (w, d) };
+                    self.linear(n.dense(p), r, c, C::DenseMlp, mtp);
+                }
             }
             MlpKind::Moe => {
                 let e = m.n_routed_experts;
-                self.linear(format!("{f}gate"), e, d, C::Router, mtp);
-                self.vectors.push(Vector { name: format!("{f}gate.e_score_correction_bias"), len: e, f32_only: true });
+                self.linear(n.router(), e, d, C::Router, mtp);
+                self.vectors.push(Vector { name: n.router_bias(), len: e, f32_only: true });
                 let w = m.moe_intermediate_size;
                 for x in 0..e {
-                    self.linear(format!("{f}experts.{x}.gate_proj"), w, d, C::RoutedExperts, mtp);
-                    self.linear(format!("{f}experts.{x}.up_proj"), w, d, C::RoutedExperts, mtp);
-                    self.linear(format!("{f}experts.{x}.down_proj"), d, w, C::RoutedExperts, mtp);
+                    for p in Proj::ALL {
+                        let (r, c) = if p == Proj::Down { (d, w) } else { (w, d) };
+                        self.linear(n.expert(x, p), r, c, C::RoutedExperts, mtp);
+                    }
                 }
                 let s = w * m.n_shared_experts;
                 if s > 0 {
-                    self.linear(format!("{f}shared_experts.gate_proj"), s, d, C::SharedExperts, mtp);
-                    self.linear(format!("{f}shared_experts.up_proj"), s, d, C::SharedExperts, mtp);
-                    self.linear(format!("{f}shared_experts.down_proj"), d, s, C::SharedExperts, mtp);
+                    for p in Proj::ALL {
+                        let (r, c) = if p == Proj::Down { (d, s) } else { (s, d) };
+                        self.linear(n.shared_expert(p), r, c, C::SharedExperts, mtp);
+                    }
                 }
             }
         }
@@ -98,24 +206,23 @@ impl TensorNames {
 /// The checkpoint tensors of a GLM-DSA model: the main stack, then the MTP layers, which
 /// follow it as `model.layers.{num_hidden_layers + j}`.
 pub fn tensor_names(m: &ModelShape) -> TensorNames {
-    use ModuleClass as C;
     let mut t = TensorNames::default();
     let d = m.hidden_size;
-    t.linear("model.embed_tokens".into(), m.vocab_size, d, C::EmbedTokens, false);
+    t.linear(EMBED_TOKENS.into(), m.vocab_size, d, ModuleClass::EmbedTokens, false);
     for (i, kind) in m.layers().into_iter().enumerate() {
         t.layer(m, i as u64, kind, false);
     }
-    t.vector("model.norm.weight".into(), d);
+    t.vector(FINAL_NORM.into(), d);
     if !m.tie_word_embeddings {
-        t.linear("lm_head".into(), m.vocab_size, d, C::LmHead, false);
+        t.linear(LM_HEAD.into(), m.vocab_size, d, ModuleClass::LmHead, false);
     }
     for j in 0..m.num_nextn_predict_layers {
         let i = m.num_hidden_layers + j;
-        let p = format!("model.layers.{i}.");
-        t.vector(format!("{p}enorm.weight"), d);
-        t.vector(format!("{p}hnorm.weight"), d);
-        t.linear(format!("{p}eh_proj"), d, 2 * d, C::EhProj, true);
-        t.vector(format!("{p}shared_head.norm.weight"), d);
+        let n = LayerNames::new(i);
+        t.vector(n.mtp_enorm(), d);
+        t.vector(n.mtp_hnorm(), d);
+        t.linear(n.mtp_eh_proj(), d, 2 * d, ModuleClass::EhProj, true);
+        t.vector(n.mtp_shared_head_norm(), d);
         t.layer(m, i, m.mtp_layer(), true);
     }
     t

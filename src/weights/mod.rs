@@ -1,10 +1,15 @@
-//! Model directories: config.json, safetensors shards mapped without copying, and the
-//! GLM-DSA tensor naming.
+//! Model directories: config.json, safetensors shards mapped without copying, the GLM-DSA
+//! tensor naming, and the check of a checkpoint against the plan.
 
 mod checkpoint;
 mod config;
+pub mod decode;
 pub mod glm;
+mod linear;
+mod verify;
 
-pub use checkpoint::{Checkpoint, TensorInfo};
+pub use checkpoint::{Checkpoint, StoredAs, TensorBytes, TensorInfo};
 pub use config::{HfConfig, read_hf_config};
+pub use linear::{Linear, load_vector};
 pub use safetensors::Dtype;
+pub use verify::{WeightProblem, render_weight_problems, verify};

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod fixture;
+
 use std::path::PathBuf;
 
 use kiln::plan::{self, Problem};

@@ -1,0 +1,37 @@
+//! CPU ops in f32. Each op documents its buffer shapes; buffers are row-major.
+
+mod act_quant;
+mod matmul;
+mod norm;
+mod rope;
+mod topk;
+
+pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_group};
+pub use matmul::{dot, matmul};
+pub use norm::{layer_norm_rows, rms_norm_rows};
+pub use rope::Rope;
+pub use topk::top_k;
+
+/// silu(g) * u, elementwise; g and u are [n, w], the result replaces g.
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    for (a, b) in g.iter_mut().zip(u) {
+        *a = *a / (1.0 + (-*a).exp()) * b;
+    }
+}
+
+/// In-place softmax over one row, in f32; entries equal to -inf get probability 0.
+pub fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return;
+    }
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in row.iter_mut() {
+        *v /= sum;
+    }
+}

@@ -1,0 +1,92 @@
+//! The DSA lightning indexer (reference/glm-dsa-spec.md 3.5 and 3.6): per query, the
+//! index_topk earlier tokens attention may look at. Shared layers reuse the selection of the
+//! last full layer in the same forward (IndexShare).
+
+use rayon::prelude::*;
+
+use super::weights::IndexerWeights;
+use crate::backend::cpu::{Rope, dot, layer_norm_rows, matmul, top_k};
+use crate::plan::ModelShape;
+
+/// The indexer key LayerNorm's eps in HF.
+pub const INDEX_NORM_EPS: f32 = 1e-6;
+
+/// What each query of a forward may attend to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Per query: `None` = every causal key (the query has at most index_topk of them, so
+    /// top-k keeps all, as in HF); `Some` = the chosen key positions, ascending.
+    pub rows: Vec<Option<Vec<u32>>>,
+}
+
+impl Selection {
+    pub fn row(&self, i: usize) -> Option<&[u32]> {
+        self.rows.get(i).and_then(|r| r.as_deref())
+    }
+}
+
+/// Scores the S new queries against every cached indexer key (after appending the new keys
+/// to `keys`) and keeps the top index_topk causal keys of each.
+#[allow(clippy::too_many_arguments)]
+pub fn select(
+    w: &IndexerWeights,
+    m: &ModelShape,
+    rope: &Rope,
+    x: &[f32],     // [S, D], input-normed
+    q_lat: &[f32], // [S, q_lora]
+    positions: &[usize],
+    keys: &mut Vec<f32>, // [T, Di] cache
+    aq: bool,
+) -> Selection {
+    let s = positions.len();
+    let (hi, di, dr) = (m.index_n_heads as usize, m.index_head_dim as usize, m.qk_rope_head_dim as usize);
+    let k_top = m.index_topk as usize;
+
+    let mut k_new = matmul(x, s, &w.wk, aq); // [S, Di]
+    layer_norm_rows(&mut k_new, &w.k_norm_w, &w.k_norm_b, INDEX_NORM_EPS);
+    for (t, &pos) in positions.iter().enumerate() {
+        rope.apply(&mut k_new[t * di..t * di + dr], pos);
+    }
+    keys.extend_from_slice(&k_new);
+
+    // Queries whose causal window fits in top-k keep everything: skip their scoring.
+    if positions.iter().all(|&p| p < k_top) {
+        return Selection { rows: vec![None; s] };
+    }
+    let mut q = matmul(q_lat, s, &w.wq_b, aq); // [S, Hi, Di]
+    for (t, &pos) in positions.iter().enumerate() {
+        for head in 0..hi {
+            let base = (t * hi + head) * di;
+            rope.apply(&mut q[base..base + dr], pos);
+        }
+    }
+    let mut wts = matmul(x, s, &w.weights_proj, aq); // [S, Hi]
+    let head_scale = 1.0 / (hi as f32).sqrt();
+    wts.iter_mut().for_each(|v| *v *= head_scale);
+    let dot_scale = 1.0 / (di as f32).sqrt();
+
+    let row = |(i, &pos): (usize, &usize)| -> Option<Vec<u32>> {
+        if pos < k_top {
+            return None;
+        }
+        let scores: Vec<f32> = (0..=pos)
+            .map(|t| {
+                let k = &keys[t * di..(t + 1) * di];
+                (0..hi)
+                    .map(|head| {
+                        let qh = &q[(i * hi + head) * di..(i * hi + head + 1) * di];
+                        // ReLU before the head weighting; weights may be negative.
+                        wts[i * hi + head] * (dot(qh, k) * dot_scale).max(0.0)
+                    })
+                    .sum()
+            })
+            .collect();
+        Some(top_k(&scores, k_top))
+    };
+    let rows = if s > 1 {
+        positions.par_iter().enumerate().map(row).collect()
+    } else {
+        positions.iter().enumerate().map(row).collect()
+    };
+    Selection { rows }
+}

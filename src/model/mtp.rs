@@ -1,0 +1,49 @@
+//! The MTP layer (reference/glm-dsa-spec.md 3.11): from the main model's final-normed hidden
+//! state h_i and the next token t_{i+1}, draft logits for t_{i+2}.
+//!
+//! Input variant: z = eh_proj(concat[enorm(embed(t_{i+1})), hnorm(h_i)]), embedding half
+//! first, with h_i the output of `model.norm` (what lm_head sees), as sglang and vLLM feed it.
+//! The embedding is not zeroed at position 0 (vLLM does; sglang does not): the MTP layer
+//! never runs at position 0 without a real previous token in kiln. Chained drafts feed the
+//! MTP output back as the next h; that choice lives with the speculative decoder.
+
+use super::cache::SeqCache;
+use super::{Model, Selection};
+use crate::backend::cpu::{matmul, rms_norm_rows};
+use crate::error::{Error, Result};
+
+impl Model {
+    /// The KV cache of one MTP layer (its own, paged like the main model's in the engine).
+    pub fn new_mtp_cache(&self) -> SeqCache {
+        SeqCache::new(1)
+    }
+
+    /// Runs MTP layer `j` on S (hidden [S, D], next token) pairs at the positions after its
+    /// cache's (`cache` comes from `new_mtp_cache`, one per MTP layer). Returns the layer's final-normed output [S, D] (`shared_head.norm`);
+    /// `logits` of it are the draft logits.
+    pub fn mtp_forward(&self, j: usize, hidden: &[f32], next_tokens: &[u32], cache: &mut SeqCache) -> Result<Vec<f32>> {
+        let w = self.weights.mtp.get(j).ok_or_else(|| {
+            Error::Usage(format!("the model has {} MTP layer(s), not layer {j}", self.weights.mtp.len()))
+        })?;
+        self.check_tokens(next_tokens)?;
+        let d = self.shape.hidden_size as usize;
+        let s = next_tokens.len();
+        if hidden.len() != s * d {
+            return Err(Error::Usage(format!("MTP input: {} hidden rows for {s} tokens", hidden.len() / d)));
+        }
+        let eps = self.shape.rms_norm_eps as f32;
+        let mut e = self.embed(next_tokens);
+        rms_norm_rows(&mut e, &w.enorm, eps);
+        let mut hn = hidden.to_vec();
+        rms_norm_rows(&mut hn, &w.hnorm, eps);
+        let cat: Vec<f32> = e.chunks(d).zip(hn.chunks(d)).flat_map(|(a, b)| a.iter().chain(b).copied()).collect();
+        let z = matmul(&cat, s, &w.eh_proj, self.act_quant);
+
+        let start = cache.len();
+        let positions: Vec<usize> = (start..start + s).collect();
+        let (mut out, _, _) = self.layer(&w.layer, &z, &positions, &mut cache.layers[0], &Selection::default());
+        cache.advance(s);
+        rms_norm_rows(&mut out, &w.head_norm, eps);
+        Ok(out)
+    }
+}
