@@ -14,13 +14,17 @@
 
 pub mod backend;
 pub mod baked;
+pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod plan_init;
 pub mod report;
 pub mod sample;
+pub mod server;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@ use kiln::model::Model;
 use kiln::plan::{self, Target};
 use kiln::plan_init::{InitOptions, init_from_hf};
 use kiln::report::PlanReport;
-use kiln::sample::Sampler;
+use kiln::sample::{Sampler, SamplingParams};
 use kiln::weights::{Checkpoint, render_weight_problems};
 use kiln::{Error, Result};
 
@@ -31,6 +31,15 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Serve the OpenAI-compatible HTTP API (the default command).
+    Serve {
+        /// Listen address (default: the plan's server.bind).
+        #[arg(long)]
+        bind: Option<String>,
+        /// Model directory (default: the plan's weights.path).
+        #[arg(long)]
+        weights: Option<PathBuf>,
     },
     /// Check a model directory against the baked plan: every tensor, dtype, shape, format.
     Verify {
@@ -119,11 +128,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        None => {
-            print_baked(false);
-            eprintln!("\n(kiln serve is not built yet: this binary plans and checks; see README.md)");
-            Ok(ExitCode::SUCCESS)
-        }
+        None => serve(None, None),
+        Some(Command::Serve { bind, weights }) => serve(bind, weights),
         Some(Command::Plan { action: None, json }) => {
             print_baked(json);
             Ok(ExitCode::SUCCESS)
@@ -147,7 +153,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Err(Error::Usage("--temperature must be >= 0 and --top-p in (0, 1]".into()));
             }
             let model = open_model(weights)?;
-            let mut sampler = Sampler::new(temperature, top_p, seed);
+            let params = SamplingParams { temperature, top_p, seed: Some(seed), ..SamplingParams::default() };
+            let mut sampler = Sampler::new(params, &tokens);
             let out = generate(&model, &tokens, max_tokens, &mut sampler)?;
             if json {
                 println!("{}", serde_json::json!({ "tokens": out }));
@@ -180,6 +187,16 @@ fn verify(weights: Option<PathBuf>) -> Result<ExitCode> {
         eprint!("{}: {}", dir.display(), render_weight_problems(&problems));
         Ok(ExitCode::FAILURE)
     }
+}
+
+fn serve(bind: Option<String>, weights: Option<PathBuf>) -> Result<ExitCode> {
+    let plan = baked::plan();
+    let bind = bind.unwrap_or_else(|| plan.server.bind.clone());
+    let dir = weights_dir(weights);
+    let (running, _engine) = kiln::server::launch(plan, baked::PLAN_TEXT, &dir, &bind)?;
+    eprintln!("kiln: serving {} from {} on http://{}", plan.appliance.name, dir.display(), running.addr);
+    running.wait();
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_baked(json: bool) {

@@ -1,53 +1,150 @@
-//! Choosing the next token from logits.
+//! Choosing the next token from logits: penalties, temperature, top-k / top-p / min-p, and
+//! a seeded random stream; plus the logprobs reported to clients.
+
+use std::collections::HashMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Greedy when temperature is 0; otherwise softmax(logits / temperature) restricted to the
-/// smallest set of tokens whose probability reaches top_p, sampled with a seeded ChaCha8
-/// stream (same seed, same logits -> same tokens, on every machine).
+/// OpenAI / vLLM sampling parameters. Neutral values turn each stage off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Keep the smallest set of tokens whose probability reaches top_p (1 = off).
+    pub top_p: f32,
+    /// Keep the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Drop tokens below min_p x the top token's probability (0 = off).
+    pub min_p: f32,
+    /// Subtracted once from every token already generated (OpenAI semantics).
+    pub presence_penalty: f32,
+    /// Subtracted per occurrence in the generated text.
+    pub frequency_penalty: f32,
+    /// HF-style: logits of tokens in the prompt or output are divided (if > 0) or
+    /// multiplied (if < 0) by it (1 = off).
+    pub repetition_penalty: f32,
+    /// Same seed + same request = same tokens. None draws a seed.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> SamplingParams {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+}
+
+/// One request's sampler: its parameters, its random stream, and the token history the
+/// penalties need.
 pub struct Sampler {
-    temperature: f32,
-    top_p: f32,
+    params: SamplingParams,
     rng: ChaCha8Rng,
+    /// Generated tokens and their counts.
+    generated: HashMap<u32, u32>,
+    /// Tokens of the prompt (repetition penalty only).
+    prompt: HashMap<u32, ()>,
 }
 
 impl Sampler {
-    pub fn new(temperature: f32, top_p: f32, seed: u64) -> Sampler {
-        Sampler { temperature, top_p, rng: ChaCha8Rng::seed_from_u64(seed) }
-    }
-
-    pub fn greedy() -> Sampler {
-        Sampler::new(0.0, 1.0, 0)
-    }
-
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.temperature <= 0.0 {
-            return argmax(logits);
+    pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
+        let seed = params.seed.unwrap_or_else(rand::random);
+        Sampler {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            params,
+            generated: HashMap::new(),
+            prompt: prompt.iter().map(|&t| (t, ())).collect(),
         }
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut probs: Vec<(u32, f32)> =
-            logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) / self.temperature).exp())).collect();
-        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let total: f32 = probs.iter().map(|p| p.1).sum();
-        let mut kept = 0.0;
-        let mut n = 0;
-        for p in &probs {
-            kept += p.1;
-            n += 1;
-            if kept >= self.top_p * total {
+    }
+
+    /// Picks the next token and records it in the history.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let mut l = logits.to_vec();
+        self.penalize(&mut l);
+        let p = &self.params;
+        let token = if p.temperature <= 0.0 {
+            argmax(&l)
+        } else {
+            let mut cand = filtered(&l, p);
+            let total: f32 = cand.iter().map(|c| c.1).sum();
+            let mut u = self.rng.random::<f32>() * total;
+            let last = cand.len() - 1;
+            let mut pick = cand[last].0;
+            for (i, c) in cand.iter_mut().enumerate() {
+                if u < c.1 || i == last {
+                    pick = c.0;
+                    break;
+                }
+                u -= c.1;
+            }
+            pick
+        };
+        *self.generated.entry(token).or_default() += 1;
+        token
+    }
+
+    fn penalize(&self, l: &mut [f32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let seen = self.prompt.keys().chain(self.generated.keys());
+            for &t in seen {
+                if let Some(v) = l.get_mut(t as usize) {
+                    *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            for (&t, &n) in &self.generated {
+                if let Some(v) = l.get_mut(t as usize) {
+                    *v -= p.presence_penalty + p.frequency_penalty * n as f32;
+                }
+            }
+        }
+    }
+}
+
+/// (token, unnormalized probability) of the tokens that survive temperature, top-k, top-p
+/// and min-p, most likely first.
+fn filtered(l: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
+    let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut cand: Vec<(u32, f32)> =
+        l.iter().enumerate().map(|(i, &v)| (i as u32, ((v - max) / p.temperature).exp())).collect();
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 {
+        cand.truncate(p.top_k);
+    }
+    if p.top_p < 1.0 {
+        let total: f32 = cand.iter().map(|c| c.1).sum();
+        let mut acc = 0.0;
+        let mut keep = cand.len();
+        for (i, c) in cand.iter().enumerate() {
+            acc += c.1;
+            if acc >= p.top_p * total {
+                keep = i + 1;
                 break;
             }
         }
-        let mut u = self.rng.random::<f32>() * kept;
-        for p in &probs[..n] {
-            if u < p.1 {
-                return p.0;
-            }
-            u -= p.1;
-        }
-        probs[n - 1].0
+        cand.truncate(keep);
     }
+    if p.min_p > 0.0 {
+        let floor = p.min_p * cand[0].1;
+        cand.retain(|c| c.1 >= floor);
+    }
+    cand
 }
 
 /// The highest logit's index; the lowest index among equals.
@@ -61,28 +158,82 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// A chosen token's log-probability under the model (before sampling adjustments) and the
+/// `top` most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
+    let mut best: Vec<(u32, f32)> = Vec::new();
+    if top > 0 {
+        let idx = crate::backend::cpu::top_k(logits, top);
+        best = idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect();
+        best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    }
+    TokenLogprob { token, logprob: logits[token as usize] - lse, top: best }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn run(params: SamplingParams, logits: &[f32], n: usize) -> Vec<u32> {
+        let mut s = Sampler::new(params, &[]);
+        (0..n).map(|_| s.sample(logits)).collect()
+    }
+
     #[test]
     fn greedy_takes_the_first_maximum() {
-        assert_eq!(Sampler::greedy().sample(&[0.0, 3.0, 3.0, 1.0]), 1);
+        assert_eq!(run(SamplingParams::greedy(), &[0.0, 3.0, 3.0, 1.0], 1), vec![1]);
     }
 
     #[test]
     fn seeded_sampling_repeats() {
+        let p = SamplingParams { seed: Some(7), ..Default::default() };
         let logits = [0.5, 0.1, 0.9, 0.3];
-        let a: Vec<u32> = (0..20).scan(Sampler::new(1.0, 1.0, 7), |s, _| Some(s.sample(&logits))).collect();
-        let b: Vec<u32> = (0..20).scan(Sampler::new(1.0, 1.0, 7), |s, _| Some(s.sample(&logits))).collect();
-        assert_eq!(a, b);
+        let a = run(p.clone(), &logits, 30);
+        assert_eq!(a, run(p, &logits, 30));
         assert!(a.iter().collect::<std::collections::BTreeSet<_>>().len() > 1);
     }
 
     #[test]
-    fn top_p_cuts_the_tail() {
-        // One token holds nearly all the mass: top_p 0.5 keeps only it.
-        let mut s = Sampler::new(1.0, 0.5, 3);
-        assert!((0..50).all(|_| s.sample(&[10.0, 0.0, 0.0]) == 0));
+    fn filters_cut_the_tail() {
+        let logits = [3.0, 2.0, 1.0, 0.0];
+        let top_k = SamplingParams { top_k: 1, seed: Some(1), ..Default::default() };
+        assert!(run(top_k, &logits, 40).iter().all(|&t| t == 0));
+        let top_p = SamplingParams { top_p: 0.5, seed: Some(1), ..Default::default() };
+        assert!(run(top_p, &logits, 40).iter().all(|&t| t == 0));
+        // p(1)/p(0) = e^-1 = 0.37: min_p 0.3 keeps tokens 0 and 1 only.
+        let min_p = SamplingParams { min_p: 0.3, seed: Some(1), ..Default::default() };
+        let got = run(min_p, &logits, 200);
+        assert!(got.iter().all(|&t| t < 2) && got.contains(&1));
+    }
+
+    #[test]
+    fn penalties_discourage_repeats() {
+        // Greedy with a frequency penalty of 2: after token 0 is picked (logit 1.5 -> -0.5)
+        // token 1 (1.0) wins; then 1 drops to -1.0 and token 0 wins again.
+        let p = SamplingParams { frequency_penalty: 2.0, ..SamplingParams::greedy() };
+        assert_eq!(run(p, &[1.5, 1.0, -3.0], 3), vec![0, 1, 0]);
+        let p = SamplingParams { presence_penalty: 1.0, ..SamplingParams::greedy() };
+        assert_eq!(run(p, &[1.5, 1.0, 0.2], 3), vec![0, 1, 0]);
+        // Repetition penalty covers the prompt: token 0 (in the prompt) 1.5 / 2 < 1.0.
+        let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() }, &[0]);
+        assert_eq!(s.sample(&[1.5, 1.0]), 1);
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax() {
+        let lp = logprobs(&[0.0, 0.0f32.ln_1p(), 2.0f32.ln()], 2, 2);
+        // softmax of ln(1), ln(1), ln(2) = 1/4, 1/4, 1/2
+        assert!((lp.logprob - 0.5f32.ln()).abs() < 1e-6);
+        assert_eq!(lp.top[0].0, 2);
+        assert_eq!(lp.top.len(), 2);
     }
 }

@@ -186,6 +186,16 @@ impl Checkpoint {
         })
     }
 
+    /// blake3 over every tensor's name, dtype, shape and byte length, in name order: the
+    /// checkpoint's identity as far as its headers tell (contents are not read).
+    pub fn header_digest(&self) -> String {
+        let mut h = blake3::Hasher::new();
+        for (name, t) in &self.tensors {
+            h.update(format!("{name}\t{:?}\t{:?}\t{}\n", t.dtype, t.shape, t.range.len()).as_bytes());
+        }
+        h.finalize().to_hex().to_string()
+    }
+
     pub fn shard_path(&self, shard: usize) -> &Path {
         &self.shards[shard].path
     }

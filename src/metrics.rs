@@ -1,0 +1,168 @@
+//! Serving metrics in Prometheus text format, with the metric names operators already
+//! scrape from vLLM (`vllm:num_requests_running` here is `kiln:num_requests_running`, and so
+//! on), each labelled with the model name.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// Latency buckets in seconds (vLLM's TTFT and ITL buckets, merged).
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    counts: Vec<u64>, // [buckets], cumulative at render time
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new() -> Histogram {
+        Histogram { counts: vec![0; LATENCY_BUCKETS.len()], sum: 0.0, count: 0 }
+    }
+
+    fn observe(&mut self, v: f64) {
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct Values {
+    running: u64,
+    waiting: u64,
+    kv_usage: f64,
+    prompt_tokens: u64,
+    generation_tokens: u64,
+    prefix_queries: u64,
+    prefix_hits: u64,
+    engine_steps: u64,
+    finished: BTreeMap<&'static str, u64>,
+    ttft: Option<Histogram>,
+    itl: Option<Histogram>,
+    e2e: Option<Histogram>,
+}
+
+/// Shared by the engine (which updates it) and the server (which renders it).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    v: Mutex<Values>,
+}
+
+/// Why a request ended, as `finished_reason` labels it.
+pub const FINISH_REASONS: [&str; 5] = ["stop", "length", "abort", "timeout", "error"];
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Values) -> T) -> T {
+        let mut v = self.v.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut v)
+    }
+
+    pub fn set_queue(&self, running: usize, waiting: usize, kv_usage: f64) {
+        self.with(|v| {
+            v.running = running as u64;
+            v.waiting = waiting as u64;
+            v.kv_usage = kv_usage;
+        });
+    }
+
+    pub fn add_prompt(&self, tokens: usize, cached: usize) {
+        self.with(|v| {
+            v.prompt_tokens += tokens as u64;
+            v.prefix_queries += tokens as u64;
+            v.prefix_hits += cached as u64;
+        });
+    }
+
+    pub fn add_generated(&self, tokens: usize) {
+        self.with(|v| v.generation_tokens += tokens as u64);
+    }
+
+    pub fn step(&self) {
+        self.with(|v| v.engine_steps += 1);
+    }
+
+    pub fn observe_ttft(&self, s: f64) {
+        self.with(|v| v.ttft.get_or_insert_with(Histogram::new).observe(s));
+    }
+
+    pub fn observe_itl(&self, s: f64) {
+        self.with(|v| v.itl.get_or_insert_with(Histogram::new).observe(s));
+    }
+
+    pub fn finish(&self, reason: &'static str, e2e_s: f64) {
+        self.with(|v| {
+            *v.finished.entry(reason).or_default() += 1;
+            v.e2e.get_or_insert_with(Histogram::new).observe(e2e_s);
+        });
+    }
+
+    /// (running, waiting) as last reported by the engine.
+    pub fn queue(&self) -> (u64, u64) {
+        self.with(|v| (v.running, v.waiting))
+    }
+
+    pub fn finished(&self, reason: &str) -> u64 {
+        self.with(|v| v.finished.get(reason).copied().unwrap_or(0))
+    }
+
+    pub fn render(&self, model: &str) -> String {
+        let v = self.with(|v| v.clone());
+        let l = format!("model_name=\"{}\"", model.replace('"', "'"));
+        let mut s = String::new();
+        let mut one = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(s, "# HELP kiln:{name} {help}\n# TYPE kiln:{name} {kind}\nkiln:{name}{{{l}}} {value}");
+        };
+        one("num_requests_running", "gauge", "Requests decoding in the engine.", v.running.to_string());
+        one("num_requests_waiting", "gauge", "Requests admitted and waiting for the engine.", v.waiting.to_string());
+        one(
+            "kv_cache_usage_perc",
+            "gauge",
+            "Fraction of the plan's KV-cache capacity in use (1 = full).",
+            format!("{}", v.kv_usage),
+        );
+        one("prompt_tokens_total", "counter", "Prompt tokens processed.", v.prompt_tokens.to_string());
+        one("generation_tokens_total", "counter", "Tokens generated.", v.generation_tokens.to_string());
+        one(
+            "prefix_cache_queries_total",
+            "counter",
+            "Prompt tokens looked up in the prefix cache.",
+            v.prefix_queries.to_string(),
+        );
+        one(
+            "prefix_cache_hits_total",
+            "counter",
+            "Prompt tokens found in the prefix cache.",
+            v.prefix_hits.to_string(),
+        );
+        one("engine_steps_total", "counter", "Engine steps taken.", v.engine_steps.to_string());
+        let _ = writeln!(
+            s,
+            "# HELP kiln:request_success_total Requests finished, by reason.\n# TYPE kiln:request_success_total counter"
+        );
+        for reason in FINISH_REASONS {
+            let n = v.finished.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(s, "kiln:request_success_total{{{l},finished_reason=\"{reason}\"}} {n}");
+        }
+        for (name, help, h) in [
+            ("time_to_first_token_seconds", "Time from arrival to the first token.", &v.ttft),
+            ("inter_token_latency_seconds", "Time between consecutive tokens of a request.", &v.itl),
+            ("e2e_request_latency_seconds", "Time from arrival to the end of a request.", &v.e2e),
+        ] {
+            let h = h.clone().unwrap_or_else(Histogram::new);
+            let _ = writeln!(s, "# HELP kiln:{name} {help}\n# TYPE kiln:{name} histogram");
+            let mut acc = 0;
+            for (b, c) in LATENCY_BUCKETS.iter().zip(&h.counts) {
+                acc += c;
+                let _ = writeln!(s, "kiln:{name}_bucket{{{l},le=\"{b}\"}} {acc}");
+            }
+            let _ = writeln!(s, "kiln:{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(s, "kiln:{name}_sum{{{l}}} {}\nkiln:{name}_count{{{l}}} {}", h.sum, h.count);
+        }
+        s
+    }
+}

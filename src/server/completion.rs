@@ -1,0 +1,352 @@
+//! One completion or chat request, from validated parameters to the response: submit to the
+//! engine, turn tokens into text (stop strings, whole characters), answer in one JSON body or
+//! as server-sent events.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tiny_http::Request;
+
+use super::ServerContext;
+use super::api_error::ApiError;
+use super::http::{EventStream, respond_error, respond_json};
+use super::params::{Endpoint, Prepared};
+use crate::engine::{CancelFlag, Event, FinishReason, GenerationRequest, Rejected, Usage};
+use crate::sample::TokenLogprob;
+use crate::tokenizer::{Detokenizer, Tokenizer};
+
+/// Text released to the client so far, with stop strings applied.
+struct TextOut<'a> {
+    tok: &'a Tokenizer,
+    detok: Detokenizer,
+    text: String,
+    /// Bytes of `text` already released.
+    sent: usize,
+    stop: &'a [String],
+    /// A stop string matched; `text` was cut before it.
+    stopped: bool,
+}
+
+impl<'a> TextOut<'a> {
+    fn new(tok: &'a Tokenizer, stop: &'a [String]) -> TextOut<'a> {
+        TextOut { tok, detok: Detokenizer::new(), text: String::new(), sent: 0, stop, stopped: false }
+    }
+
+    /// Adds a token; returns the text that may be released now.
+    fn push(&mut self, id: u32) -> String {
+        let piece = self.detok.push(self.tok, id);
+        self.text.push_str(&piece);
+        self.release(false)
+    }
+
+    /// End of generation: everything left (up to a stop string).
+    fn finish(&mut self) -> String {
+        if !self.stopped {
+            let rest = self.detok.finish(self.tok);
+            self.text.push_str(&rest);
+        }
+        self.release(true)
+    }
+
+    fn release(&mut self, last: bool) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        let longest = self.stop.iter().map(String::len).max().unwrap_or(0);
+        let from = floor_char(&self.text, self.sent.saturating_sub(longest));
+        if let Some(at) = self.stop.iter().filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i)).min() {
+            self.text.truncate(at);
+            self.stopped = true;
+        }
+        // Hold back a tail that could still grow into a stop string.
+        let mut safe = self.text.len();
+        if !self.stopped && !last {
+            for s in self.stop {
+                for k in (1..s.len()).rev() {
+                    if s.is_char_boundary(k) && self.text.ends_with(&s[..k]) {
+                        safe = safe.min(self.text.len() - k);
+                        break;
+                    }
+                }
+            }
+        }
+        let safe = floor_char(&self.text, safe.max(self.sent));
+        let out = self.text[self.sent..safe].to_string();
+        self.sent = safe;
+        out
+    }
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+/// Logprobs of some tokens, in the endpoint's shape.
+fn logprobs_json(endpoint: Endpoint, tok: &Tokenizer, lps: &[TokenLogprob], offset: usize) -> Value {
+    let piece = |id: u32| tok.token_piece(id);
+    match endpoint {
+        Endpoint::Chat => json!({"content": lps.iter().map(|lp| json!({
+            "token": piece(lp.token),
+            "logprob": lp.logprob,
+            "bytes": piece(lp.token).into_bytes(),
+            "top_logprobs": lp.top.iter().map(|(t, l)| json!({"token": piece(*t), "logprob": l, "bytes": piece(*t).into_bytes()})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()}),
+        Endpoint::Completions => {
+            let mut at = offset;
+            let mut offsets = Vec::new();
+            for lp in lps {
+                offsets.push(at);
+                at += piece(lp.token).len();
+            }
+            json!({
+                "tokens": lps.iter().map(|lp| piece(lp.token)).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|lp| lp.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|lp| lp.top.iter().map(|(t, l)| (piece(*t), json!(l))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+    }
+}
+
+/// How a finished request is reported.
+fn finish_reason(reason: FinishReason, stopped_by_string: bool) -> Result<&'static str, ApiError> {
+    match (reason, stopped_by_string) {
+        (_, true) | (FinishReason::Stop, _) => Ok("stop"),
+        (FinishReason::Length, _) => Ok("length"),
+        (FinishReason::Timeout, _) => {
+            Err(ApiError::new(504, "timeout", "request_timeout", "the request exceeded server.request_timeout_s"))
+        }
+        (FinishReason::Abort, _) => {
+            Err(ApiError::new(500, "server_error", "aborted", "the engine aborted the request"))
+        }
+    }
+}
+
+pub fn run(ctx: &ServerContext, req: Request, prep: Prepared) {
+    let (tx, rx) = mpsc::channel();
+    let cancel = CancelFlag::default();
+    let mut stop_ids = prep.stop_token_ids.clone();
+    if !prep.ignore_eos {
+        stop_ids.extend(ctx.tokenizer.eos_ids());
+    }
+    let request = GenerationRequest {
+        prompt: prep.prompt.clone(),
+        params: prep.params.clone(),
+        max_tokens: prep.max_tokens,
+        stop_token_ids: stop_ids,
+        logprobs: prep.logprobs,
+        arrival: Instant::now(),
+        events: tx,
+        cancel: cancel.clone(),
+    };
+    match ctx.engine.submit(request) {
+        Ok(()) => {}
+        Err(Rejected::QueueFull) => {
+            return respond_error(
+                req,
+                &ApiError::new(
+                    429,
+                    "rate_limit_error",
+                    "queue_full",
+                    "the server is at its running and queued limits; retry shortly",
+                ),
+            );
+        }
+        Err(Rejected::EngineDown) => {
+            return respond_error(req, &ApiError::new(503, "server_error", "engine_down", "the engine is not running"));
+        }
+    }
+    let id = match prep.endpoint {
+        Endpoint::Completions => format!("cmpl-{}", ctx.next_id()),
+        Endpoint::Chat => format!("chatcmpl-{}", ctx.next_id()),
+    };
+    // The engine ends every request by the timeout; this is a backstop for a dead engine.
+    let deadline = ctx.request_timeout + Duration::from_secs(30);
+    let recv = |rx: &mpsc::Receiver<Event>| match rx.recv_timeout(deadline) {
+        Ok(e) => e,
+        Err(RecvTimeoutError::Timeout) => Event::Failed("no answer from the engine".into()),
+        Err(RecvTimeoutError::Disconnected) => Event::Failed("the engine stopped".into()),
+    };
+    let head = Head { id, created: now_secs(), model: ctx.limits.model_name.clone(), endpoint: prep.endpoint };
+    if prep.stream {
+        stream(ctx, req, &prep, &head, &rx, &cancel, recv);
+    } else {
+        whole(ctx, req, &prep, &head, &rx, &cancel, recv);
+    }
+}
+
+struct Head {
+    id: String,
+    created: u64,
+    model: String,
+    endpoint: Endpoint,
+}
+
+impl Head {
+    fn chunk(&self, choice: Value) -> Value {
+        let object = match self.endpoint {
+            Endpoint::Completions => "text_completion",
+            Endpoint::Chat => "chat.completion.chunk",
+        };
+        json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": [choice]})
+    }
+}
+
+fn whole(
+    ctx: &ServerContext,
+    req: Request,
+    prep: &Prepared,
+    head: &Head,
+    rx: &mpsc::Receiver<Event>,
+    cancel: &CancelFlag,
+    recv: impl Fn(&mpsc::Receiver<Event>) -> Event,
+) {
+    let mut out = TextOut::new(&ctx.tokenizer, &prep.stop);
+    let mut lps = Vec::new();
+    loop {
+        match recv(rx) {
+            Event::Token { id, logprob } => {
+                if !out.stopped {
+                    out.push(id);
+                    lps.extend(logprob);
+                    if out.stopped {
+                        cancel.cancel();
+                    }
+                }
+            }
+            Event::Failed(msg) => return respond_error(req, &ApiError::new(500, "server_error", "engine_error", msg)),
+            Event::Done { reason, usage } => {
+                out.finish();
+                let reason = match finish_reason(reason, out.stopped) {
+                    Ok(r) => r,
+                    Err(e) => return respond_error(req, &e),
+                };
+                let logprobs = prep.logprobs.map(|_| logprobs_json(prep.endpoint, &ctx.tokenizer, &lps, 0));
+                let (object, choice) = match prep.endpoint {
+                    Endpoint::Completions => (
+                        "text_completion",
+                        json!({"index": 0, "text": out.text, "logprobs": logprobs, "finish_reason": reason}),
+                    ),
+                    Endpoint::Chat => (
+                        "chat.completion",
+                        json!({"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": logprobs, "finish_reason": reason}),
+                    ),
+                };
+                let body = json!({
+                    "id": head.id, "object": object, "created": head.created, "model": head.model,
+                    "choices": [choice], "usage": usage_json(&usage),
+                });
+                return respond_json(req, 200, &body, &[]);
+            }
+        }
+    }
+}
+
+fn stream(
+    ctx: &ServerContext,
+    req: Request,
+    prep: &Prepared,
+    head: &Head,
+    rx: &mpsc::Receiver<Event>,
+    cancel: &CancelFlag,
+    recv: impl Fn(&mpsc::Receiver<Event>) -> Event,
+) {
+    let Ok(mut sse) = EventStream::start(req) else {
+        return cancel.cancel();
+    };
+    let with_usage = |mut v: Value| {
+        if prep.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    };
+    let text_choice = |text: &str, logprobs: Value, reason: Value| match prep.endpoint {
+        Endpoint::Completions => json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}),
+        Endpoint::Chat => {
+            let delta = if text.is_empty() && !reason.is_null() { json!({}) } else { json!({"content": text}) };
+            json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason})
+        }
+    };
+    if prep.endpoint == Endpoint::Chat {
+        let first =
+            json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
+        if sse.send(&with_usage(head.chunk(first)).to_string()).is_err() {
+            return cancel.cancel();
+        }
+    }
+    let mut out = TextOut::new(&ctx.tokenizer, &prep.stop);
+    loop {
+        match recv(rx) {
+            Event::Token { id, logprob } => {
+                if out.stopped {
+                    continue;
+                }
+                let offset = out.sent;
+                let text = out.push(id);
+                if out.stopped {
+                    cancel.cancel();
+                }
+                let lp = match (&logprob, prep.logprobs) {
+                    (Some(lp), Some(_)) => {
+                        logprobs_json(prep.endpoint, &ctx.tokenizer, std::slice::from_ref(lp), offset)
+                    }
+                    _ => Value::Null,
+                };
+                if text.is_empty() && lp.is_null() {
+                    continue;
+                }
+                if sse.send(&with_usage(head.chunk(text_choice(&text, lp, Value::Null))).to_string()).is_err() {
+                    // The client is gone: free the request now.
+                    return cancel.cancel();
+                }
+            }
+            Event::Failed(msg) => {
+                let _ = sse.send(&ApiError::new(500, "server_error", "engine_error", msg).body().to_string());
+                let _ = sse.finish();
+                return;
+            }
+            Event::Done { reason, usage } => {
+                let rest = out.finish();
+                let reason = match finish_reason(reason, out.stopped) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = sse.send(&e.body().to_string());
+                        let _ = sse.finish();
+                        return;
+                    }
+                };
+                let last = head.chunk(text_choice(&rest, Value::Null, json!(reason)));
+                if sse.send(&with_usage(last).to_string()).is_err() {
+                    return;
+                }
+                if prep.include_usage {
+                    let mut u = head.chunk(Value::Null);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage_json(&usage);
+                    if sse.send(&u.to_string()).is_err() {
+                        return;
+                    }
+                }
+                let _ = sse.finish();
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The OpenAI-compatible HTTP server on tiny_http. One thread accepts connections; each
+//! request is handled on its own thread (bounded), and generation runs on the engine thread.
+
+mod api_error;
+mod completion;
+mod http;
+pub mod params;
+mod routes;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use api_error::ApiError;
+pub use params::Limits;
+
+use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::plan::{Plan, memory_report};
+use crate::tokenizer::Tokenizer;
+use crate::weights::Checkpoint;
+
+/// By default the engine must have stepped within this long for /health to say 200.
+pub const HEALTH_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// Everything a request handler needs.
+pub struct ServerContext {
+    pub tokenizer: Arc<Tokenizer>,
+    pub engine: EngineHandle,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub request_timeout: Duration,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+    /// What /v1/plan shows: the plan text and the build manifest.
+    pub plan_info: Value,
+    /// /health answers 503 when the engine has not stepped for longer than this.
+    pub health_stale_after: Duration,
+    next_id: AtomicU64,
+    handlers: AtomicUsize,
+    max_handlers: usize,
+}
+
+impl ServerContext {
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Identity of what is being served, for /v1/plan.
+pub struct Manifest {
+    pub plan_text: String,
+    pub plan_hash: String,
+    pub weights_path: String,
+    /// blake3 over every tensor's name, dtype, shape and size (headers, not contents).
+    pub weights_id: String,
+    pub weights_tensors: usize,
+}
+
+/// Starts the engine and builds the request context.
+pub fn context(
+    plan: &Plan,
+    model: Model,
+    tokenizer: Tokenizer,
+    manifest: Manifest,
+) -> (Arc<ServerContext>, JoinHandle<()>) {
+    let metrics = Arc::new(Metrics::default());
+    let s = &plan.server;
+    let config = EngineConfig {
+        max_running: s.max_running_requests as usize,
+        max_queued: s.max_queued_requests as usize,
+        request_timeout: Duration::from_secs(s.request_timeout_s),
+        kv_capacity_tokens: memory_report(plan).kv_tokens_per_device as usize,
+    };
+    let limits = Limits {
+        model_name: plan.appliance.name.clone(),
+        max_prompt_tokens: s.max_prompt_tokens as usize,
+        max_output_tokens: s.max_output_tokens as usize,
+        context: model.shape.max_position_embeddings as usize,
+        vocab: model.vocab_size(),
+    };
+    let kernels = toml::to_string(&plan.kernels).unwrap_or_default();
+    let plan_info = serde_json::json!({
+        "kiln_version": env!("CARGO_PKG_VERSION"),
+        "name": plan.appliance.name,
+        "target": plan.appliance.target.as_str(),
+        "arch": plan.appliance.arch,
+        "plan_hash": manifest.plan_hash,
+        "kernel_map_hash": blake3::hash(kernels.as_bytes()).to_hex().to_string(),
+        "weights": {"path": manifest.weights_path, "id": manifest.weights_id, "tensors": manifest.weights_tensors},
+        "plan": manifest.plan_text,
+    });
+    let (engine, join) = engine::spawn(Arc::new(model), config.clone(), metrics.clone());
+    let ctx = ServerContext {
+        tokenizer: Arc::new(tokenizer),
+        engine,
+        metrics,
+        limits,
+        request_timeout: config.request_timeout,
+        body_limit: (s.max_prompt_tokens as usize * 32).max(1 << 20),
+        plan_info,
+        health_stale_after: HEALTH_STALE_AFTER,
+        next_id: AtomicU64::new(1),
+        handlers: AtomicUsize::new(0),
+        max_handlers: config.max_running + config.max_queued + 64,
+    };
+    (Arc::new(ctx), join)
+}
+
+/// Opens `weights_dir` (verified against the plan before anything runs), starts the engine
+/// and listens on `bind`. Returns the server and the engine thread.
+pub fn launch(plan: &Plan, plan_text: &str, weights_dir: &Path, bind: &str) -> Result<(Running, JoinHandle<()>)> {
+    let ckpt = Checkpoint::open(weights_dir)?;
+    let model = Model::load(plan, &ckpt)?;
+    let tokenizer = Tokenizer::from_dir(weights_dir)?;
+    if tokenizer.vocab_size() > model.vocab_size() {
+        return Err(Error::Config {
+            path: weights_dir.join("tokenizer.json"),
+            message: format!(
+                "the tokenizer has {} tokens but the model's vocabulary is {}",
+                tokenizer.vocab_size(),
+                model.vocab_size()
+            ),
+        });
+    }
+    let manifest = Manifest {
+        plan_text: plan_text.to_string(),
+        plan_hash: blake3::hash(plan_text.as_bytes()).to_hex().to_string(),
+        weights_path: weights_dir.display().to_string(),
+        weights_id: ckpt.header_digest(),
+        weights_tensors: ckpt.len(),
+    };
+    let (ctx, engine) = context(plan, model, tokenizer, manifest);
+    Ok((start(ctx, bind)?, engine))
+}
+
+/// A listening server; `stop` unblocks the accept loop.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub context: Arc<ServerContext>,
+    server: Arc<tiny_http::Server>,
+    accept: JoinHandle<()>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        self.server.unblock();
+        let _ = self.accept.join();
+    }
+
+    /// Serves until the accept loop ends.
+    pub fn wait(self) {
+        let _ = self.accept.join();
+    }
+}
+
+pub fn start(ctx: Arc<ServerContext>, bind: &str) -> Result<Running> {
+    let server = tiny_http::Server::http(bind).map_err(|e| Error::Usage(format!("cannot listen on {bind}: {e}")))?;
+    let addr = server.server_addr().to_ip().ok_or_else(|| Error::Usage(format!("{bind} is not an IP address")))?;
+    let server = Arc::new(server);
+    let accept_server = server.clone();
+    let context = ctx.clone();
+    let accept = std::thread::Builder::new()
+        .name("kiln-http".into())
+        .spawn(move || {
+            for req in accept_server.incoming_requests() {
+                let ctx = ctx.clone();
+                if ctx.handlers.fetch_add(1, Ordering::AcqRel) >= ctx.max_handlers {
+                    ctx.handlers.fetch_sub(1, Ordering::AcqRel);
+                    routes::overloaded(req);
+                    continue;
+                }
+                let spawned = std::thread::Builder::new().name("kiln-request".into()).spawn(move || {
+                    // A bug in a handler must not leak its slot; the client sees the
+                    // connection close.
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes::handle(&ctx, req)));
+                    ctx.handlers.fetch_sub(1, Ordering::AcqRel);
+                    if handled.is_err() {
+                        eprintln!("kiln: a request handler panicked");
+                    }
+                });
+                if spawned.is_err() {
+                    eprintln!("kiln: cannot start a request thread");
+                }
+            }
+        })
+        .map_err(|e| Error::Usage(format!("cannot start the accept thread: {e}")))?;
+    Ok(Running { addr, context, server, accept })
+}

@@ -1,0 +1,102 @@
+//! Running `kiln serve` for tests: a binary baked from the chat_tiny fixture's plan, started
+//! on a free loopback port, and small HTTP helpers on curl.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+pub const CHAT_FIXTURE: &str = "tests/fixtures/chat_tiny";
+
+/// `kiln plan init --from-hf tests/fixtures/chat_tiny` + `KILN_PLAN=... cargo build`, once.
+pub fn serve_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-build");
+        std::fs::create_dir_all(&target).unwrap();
+        let plan = target.join("chat_tiny.toml");
+        let dir = super::repo_path(CHAT_FIXTURE);
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["plan", "init", "--from-hf"])
+            .arg(&dir)
+            .arg("-o")
+            .arg(&plan)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--frozen", "--quiet", "--bin", "kiln"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KILN_PLAN", &plan)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        target.join("debug/kiln")
+    })
+}
+
+/// A `kiln serve` process; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let mut child = Command::new(serve_binary())
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().expect("a start-up line").unwrap();
+        let addr = first.rsplit("http://").next().unwrap().trim().to_string();
+        assert!(first.contains("serving"), "{first}");
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, base: format!("http://{addr}") }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (status, headers, body) of a curl request.
+pub fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl").args(["-sS", "-D", "-", "--max-time", "60"]).args(args).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+pub fn post(base: &str, path: &str, body: &str) -> (u16, String, String) {
+    curl(&["-H", "Content-Type: application/json", "-d", body, &format!("{base}{path}")])
+}
+
+pub fn post_json(base: &str, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let (status, _, text) = post(base, path, &body.to_string());
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+}
+
+/// `data:` payloads of an SSE body.
+pub fn sse_events(body: &str) -> Vec<String> {
+    body.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_string).collect()
+}
+
+/// A metric's value from /metrics (the first series whose line starts with `prefix`).
+pub fn metric(base: &str, prefix: &str) -> f64 {
+    let (_, _, body) = curl(&[&format!("{base}/metrics")]);
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {prefix} in:\n{body}"))
+}
