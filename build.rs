@@ -32,10 +32,48 @@ fn main() {
 
     let out = build_helper::out_dir();
     write(&out.join("plan.toml"), text.as_bytes());
+    write(&out.join("embedded.rs"), embedded_files(&manifest_dir, &plan).as_bytes());
     let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
     println!("cargo:rustc-env=KILN_PLAN_HASH={hash}");
     println!("cargo:rustc-env=KILN_PLAN_SOURCE={}", plan_path.display());
     println!("cargo:rustc-env=KILN_PLAN_NAME={}", plan.appliance.name);
+}
+
+/// Files of a model directory that serving reads; the first three must exist.
+const MODEL_FILES: &[(&str, bool)] = &[
+    ("config.json", true),
+    ("tokenizer.json", true),
+    ("model.safetensors", true),
+    ("tokenizer_config.json", false),
+    ("generation_config.json", false),
+    ("chat_template.jinja", false),
+];
+
+/// With `weights.embed`, Rust source for `EMBEDDED_FILES`: the model directory's files as
+/// include_bytes! (sharded checkpoints are not embedded: embedding is for small models).
+fn embedded_files(manifest_dir: &Path, plan: &plan::Plan) -> String {
+    if !plan.weights.embed {
+        return "pub const EMBEDDED_FILES: &[(&str, &[u8])] = &[];\n".into();
+    }
+    let dir = resolve(manifest_dir, &plan.weights.path);
+    let mut entries = String::new();
+    let mut missing = Vec::new();
+    for (name, required) in MODEL_FILES {
+        let path = dir.join(name);
+        build_helper::rerun_if_changed(&path);
+        if path.is_file() {
+            entries.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
+        } else if *required {
+            missing.push(path.display().to_string());
+        }
+    }
+    if !missing.is_empty() {
+        fail(&format!(
+            "weights.embed = true but the model directory lacks: {}\n(train it with tools/train_demo.py, or set weights.embed = false)",
+            missing.join(", ")
+        ));
+    }
+    format!("pub const EMBEDDED_FILES: &[(&str, &[u8])] = &[\n{entries}];\n")
 }
 
 /// Relative plan paths are taken from the crate root, so `KILN_PLAN=plan/x.toml` works from

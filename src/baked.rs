@@ -25,3 +25,13 @@ pub fn plan() -> &'static Plan {
 pub fn hash_text(text: &str) -> String {
     blake3::hash(text.as_bytes()).to_hex().to_string()
 }
+
+mod embedded {
+    // `EMBEDDED_FILES`: (file name, bytes) of the model directory when the plan embeds it.
+    include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+}
+
+/// The model directory built into the binary, if the plan embeds one.
+pub fn embedded_files() -> Option<&'static [(&'static str, &'static [u8])]> {
+    (!embedded::EMBEDDED_FILES.is_empty()).then_some(embedded::EMBEDDED_FILES)
+}

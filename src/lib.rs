@@ -17,6 +17,7 @@ pub mod baked;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod plan;

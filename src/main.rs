@@ -12,7 +12,7 @@ use kiln::plan::{self, Target};
 use kiln::plan_init::{InitOptions, init_from_hf};
 use kiln::report::PlanReport;
 use kiln::sample::{Sampler, SamplingParams};
-use kiln::weights::{Checkpoint, render_weight_problems};
+use kiln::weights::{WeightsSource, render_weight_problems};
 use kiln::{Error, Result};
 
 #[derive(Parser)]
@@ -166,25 +166,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// The model directory: --weights, else the baked plan's weights.path.
-fn weights_dir(weights: Option<PathBuf>) -> PathBuf {
-    weights.unwrap_or_else(|| PathBuf::from(&baked::plan().weights.path))
+/// --weights DIR, else the model built into the binary, else the plan's weights.path.
+fn source(weights: Option<PathBuf>) -> WeightsSource {
+    WeightsSource::choose(weights, &baked::plan().weights.path, baked::embedded_files())
 }
 
 fn open_model(weights: Option<PathBuf>) -> Result<Model> {
-    let dir = weights_dir(weights);
-    Model::load(baked::plan(), &Checkpoint::open(&dir)?)
+    Model::load(baked::plan(), &source(weights).checkpoint()?)
 }
 
 fn verify(weights: Option<PathBuf>) -> Result<ExitCode> {
-    let dir = weights_dir(weights);
-    let ckpt = Checkpoint::open(&dir)?;
+    let src = source(weights);
+    let ckpt = src.checkpoint()?;
     let problems = kiln::weights::verify(baked::plan(), &ckpt);
     if problems.is_empty() {
-        println!("{}: {} tensors match plan {}", dir.display(), ckpt.len(), baked::plan().appliance.name);
+        println!("{}: {} tensors match plan {}", src.describe(), ckpt.len(), baked::plan().appliance.name);
         Ok(ExitCode::SUCCESS)
     } else {
-        eprint!("{}: {}", dir.display(), render_weight_problems(&problems));
+        eprint!("{}: {}", src.describe(), render_weight_problems(&problems));
         Ok(ExitCode::FAILURE)
     }
 }
@@ -192,9 +191,9 @@ fn verify(weights: Option<PathBuf>) -> Result<ExitCode> {
 fn serve(bind: Option<String>, weights: Option<PathBuf>) -> Result<ExitCode> {
     let plan = baked::plan();
     let bind = bind.unwrap_or_else(|| plan.server.bind.clone());
-    let dir = weights_dir(weights);
-    let (running, _engine) = kiln::server::launch(plan, baked::PLAN_TEXT, &dir, &bind)?;
-    eprintln!("kiln: serving {} from {} on http://{}", plan.appliance.name, dir.display(), running.addr);
+    let src = source(weights);
+    let (running, _engine) = kiln::server::launch(plan, baked::PLAN_TEXT, &src, &bind)?;
+    eprintln!("kiln: serving {} from {} on http://{}", plan.appliance.name, src.describe(), running.addr);
     running.wait();
     Ok(ExitCode::SUCCESS)
 }

@@ -110,7 +110,7 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
         appliance: Appliance { name: appliance_name(dir), target: opts.target, arch: opts.arch.clone() },
         device,
         model,
-        weights: Weights { path: dir.display().to_string(), quant },
+        weights: Weights { path: dir.display().to_string(), embed: false, quant },
         parallel: Parallel { tp, dp, ep: 1 },
         speculative,
         kv_cache: KvCache {

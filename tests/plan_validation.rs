@@ -409,6 +409,16 @@ fn one_max_request_must_fit_beside_weights() {
 }
 
 #[test]
+fn only_small_models_embed() {
+    let p = problems(G, &[("weights.embed", Some(toml::Value::Boolean(true)))]);
+    assert_problem(
+        &p,
+        "weights.embed",
+        "weights.embed = true with 423.79 GB of weights: embedding is for models up to 1.07 GB",
+    );
+}
+
+#[test]
 fn all_problems_reported_at_once() {
     let p =
         problems(G, &[("parallel.tp", int(3)), ("kv_cache.page_size", int(48)), ("server.bind", string("nowhere"))]);

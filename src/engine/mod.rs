@@ -36,6 +36,8 @@ enum Msg {
     Submit(Box<GenerationRequest>),
     /// Fault injection for health tests: block the engine thread this long.
     Stall(Duration),
+    /// Fault injection for tests: sleep this long before every step (a slow model).
+    Throttle(Duration),
 }
 
 /// Liveness and admission state shared between the engine and the server.
@@ -113,6 +115,12 @@ impl EngineHandle {
     pub fn stall(&self, d: Duration) {
         let _ = self.tx.send(Msg::Stall(d));
     }
+
+    #[doc(hidden)]
+    /// Makes every engine step take at least `d` (fault injection: a slow model).
+    pub fn throttle(&self, d: Duration) {
+        let _ = self.tx.send(Msg::Throttle(d));
+    }
 }
 
 /// Starts the engine thread.
@@ -130,7 +138,17 @@ pub fn spawn(model: Arc<Model>, config: EngineConfig, metrics: Arc<Metrics>) -> 
         .name("kiln-engine".into())
         .spawn(move || {
             let _guard = AliveGuard(shared.clone());
-            Engine { model, config, metrics, shared, rx, waiting: VecDeque::new(), running: Vec::new() }.run();
+            Engine {
+                model,
+                config,
+                metrics,
+                shared,
+                rx,
+                waiting: VecDeque::new(),
+                running: Vec::new(),
+                throttle: Duration::ZERO,
+            }
+            .run();
         })
         .expect("spawn the engine thread");
     (handle, join)
@@ -156,6 +174,7 @@ struct Engine {
     rx: Receiver<Msg>,
     waiting: VecDeque<GenerationRequest>,
     running: Vec<Seq>,
+    throttle: Duration,
 }
 
 impl Engine {
@@ -166,6 +185,10 @@ impl Engine {
                 return;
             }
             self.sweep_waiting();
+            let busy = !self.running.is_empty() || !self.waiting.is_empty();
+            if busy && !self.throttle.is_zero() {
+                std::thread::sleep(self.throttle);
+            }
             self.admit();
             self.decode();
             self.report();
@@ -191,6 +214,7 @@ impl Engine {
         match m {
             Msg::Submit(r) => self.waiting.push_back(*r),
             Msg::Stall(d) => std::thread::sleep(d),
+            Msg::Throttle(d) => self.throttle = d,
         }
     }
 

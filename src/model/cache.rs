@@ -1,51 +1,33 @@
-//! One sequence's KV cache: what each layer keeps per token (reference/glm-dsa-spec.md 3.4).
+//! One sequence's KV cache outside the engine (CLI, tests, references): a growable page pool
+//! of its own, in f32 unless asked otherwise.
 
-/// Per layer: the normalized MLA latent, the roped shared rope key, and on layers that run
-/// the indexer, the roped indexer key. Token t's entries are row t.
-#[derive(Debug, Clone, Default)]
-pub struct LayerCache {
-    pub latent: Vec<f32>,     // [T, kv_lora_rank]
-    pub k_rope: Vec<f32>,     // [T, qk_rope_head_dim]
-    pub index_keys: Vec<f32>, // [T, index_head_dim] (empty on shared layers)
-}
+use crate::kv::{KvFormat, KvGeometry, KvPool, SeqKv};
 
-#[derive(Debug, Clone)]
+/// Tokens per page of a single-sequence cache.
+const PAGE: usize = 16;
+
 pub struct SeqCache {
-    pub layers: Vec<LayerCache>,
-    len: usize,
+    pub pool: KvPool,
+    pub kv: SeqKv,
 }
 
 impl SeqCache {
-    pub fn new(layers: usize) -> SeqCache {
-        SeqCache { layers: vec![LayerCache::default(); layers], len: 0 }
+    pub fn new(format: KvFormat, geometry: KvGeometry) -> SeqCache {
+        SeqCache { pool: KvPool::growable(format, geometry, PAGE), kv: SeqKv::default() }
     }
 
     /// Tokens cached; the next token's position.
     pub fn len(&self) -> usize {
-        self.len
+        self.kv.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Called once every layer has appended `n` tokens.
-    pub(crate) fn advance(&mut self, n: usize) {
-        self.len += n;
+        self.kv.len == 0
     }
 
     /// Drops every token from `len` on (speculative rollback).
-    pub fn truncate(&mut self, len: usize, kv_lora_rank: usize, rope: usize, index_dim: usize) {
-        if len >= self.len {
-            return;
-        }
-        for l in &mut self.layers {
-            l.latent.truncate(len * kv_lora_rank);
-            l.k_rope.truncate(len * rope);
-            if !l.index_keys.is_empty() {
-                l.index_keys.truncate(len * index_dim);
-            }
-        }
-        self.len = len;
+    pub fn truncate(&mut self, len: usize) {
+        // A growable pool always has a page for the copy.
+        let _ = self.pool.truncate(&mut self.kv, len);
     }
 }

@@ -25,8 +25,19 @@ impl Selection {
     }
 }
 
-/// Scores the S new queries against every cached indexer key (after appending the new keys
-/// to `keys`) and keeps the top index_topk causal keys of each.
+/// The indexer keys of S tokens (any sequences): LayerNorm, then RoPE on the first dims.
+pub fn keys(w: &IndexerWeights, m: &ModelShape, rope: &Rope, x: &[f32], positions: &[usize], aq: bool) -> Vec<f32> {
+    let (di, dr) = (m.index_head_dim as usize, m.qk_rope_head_dim as usize);
+    let mut k = matmul(x, positions.len(), &w.wk, aq); // [S, Di]
+    layer_norm_rows(&mut k, &w.k_norm_w, &w.k_norm_b, INDEX_NORM_EPS);
+    for (t, &pos) in positions.iter().enumerate() {
+        rope.apply(&mut k[t * di..t * di + dr], pos);
+    }
+    k
+}
+
+/// Scores one sequence's S queries against its cached indexer keys (the new ones included)
+/// and keeps the top index_topk causal keys of each.
 #[allow(clippy::too_many_arguments)]
 pub fn select(
     w: &IndexerWeights,
@@ -35,19 +46,12 @@ pub fn select(
     x: &[f32],     // [S, D], input-normed
     q_lat: &[f32], // [S, q_lora]
     positions: &[usize],
-    keys: &mut Vec<f32>, // [T, Di] cache
+    keys: &[f32], // [T, Di]: the sequence's cached indexer keys
     aq: bool,
 ) -> Selection {
     let s = positions.len();
     let (hi, di, dr) = (m.index_n_heads as usize, m.index_head_dim as usize, m.qk_rope_head_dim as usize);
     let k_top = m.index_topk as usize;
-
-    let mut k_new = matmul(x, s, &w.wk, aq); // [S, Di]
-    layer_norm_rows(&mut k_new, &w.k_norm_w, &w.k_norm_b, INDEX_NORM_EPS);
-    for (t, &pos) in positions.iter().enumerate() {
-        rope.apply(&mut k_new[t * di..t * di + dr], pos);
-    }
-    keys.extend_from_slice(&k_new);
 
     // Queries whose causal window fits in top-k keep everything: skip their scoring.
     if positions.iter().all(|&p| p < k_top) {

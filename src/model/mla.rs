@@ -3,7 +3,6 @@
 
 use rayon::prelude::*;
 
-use super::cache::LayerCache;
 use super::indexer::Selection;
 use super::weights::AttnWeights;
 use crate::backend::cpu::{Rope, dot, matmul, rms_norm_rows, softmax};
@@ -22,21 +21,28 @@ pub enum AttentionForm {
     Naive,
 }
 
-/// The query side of one attention call.
+/// The query side of one attention call, and the new tokens' cache entries.
 pub struct Queries {
-    pub q_lat: Vec<f32>, // [S, q_lora] (also the indexer's input)
-    pub q: Vec<f32>,     // [S, H, nope + rope], rope part roped
+    pub q_lat: Vec<f32>,  // [S, q_lora] (also the indexer's input)
+    pub q: Vec<f32>,      // [S, H, nope + rope], rope part roped
+    pub latent: Vec<f32>, // [S, kv_lora_rank], normalized: what the cache keeps
+    pub k_rope: Vec<f32>, // [S, qk_rope_head_dim], roped: what the cache keeps
 }
 
-/// Projects S tokens: returns the queries and appends each token's latent and rope key to
-/// the layer cache.
+/// One sequence's cached entries, decoded to f32.
+pub struct KvView<'a> {
+    pub latent: &'a [f32], // [T, kv_lora_rank]
+    pub k_rope: &'a [f32], // [T, qk_rope_head_dim]
+}
+
+/// Projects S tokens (of any sequences; `positions` are each token's own) into queries and
+/// cache entries.
 pub fn project(
     w: &AttnWeights,
     m: &ModelShape,
     rope: &Rope,
     x: &[f32], // [S, D], input-normed
     positions: &[usize],
-    cache: &mut LayerCache,
     aq: bool,
 ) -> Queries {
     let s = positions.len();
@@ -51,43 +57,39 @@ pub fn project(
         }
     }
     let ckv = matmul(x, s, &w.kv_a, aq); // [S, r + dr]
+    let mut latent = Vec::with_capacity(s * r);
+    let mut k_rope = Vec::with_capacity(s * dr);
     for (t, &pos) in positions.iter().enumerate() {
         let row = &ckv[t * (r + dr)..(t + 1) * (r + dr)];
         let mut c = row[..r].to_vec();
         rms_norm_rows(&mut c, &w.kv_a_norm, LATENT_NORM_EPS);
         let mut k = row[r..].to_vec();
         rope.apply(&mut k, pos);
-        cache.latent.extend_from_slice(&c);
-        cache.k_rope.extend_from_slice(&k);
+        latent.extend_from_slice(&c);
+        k_rope.extend_from_slice(&k);
     }
-    Queries { q_lat, q }
+    Queries { q_lat, q, latent, k_rope }
 }
 
 fn dims(m: &ModelShape) -> (usize, usize, usize, usize) {
     (m.num_attention_heads as usize, m.qk_nope_head_dim as usize, m.qk_rope_head_dim as usize, m.kv_lora_rank as usize)
 }
 
-/// Attention of S queries over the cache, then o_proj: [S, D].
-#[allow(clippy::too_many_arguments)]
+/// Attention of one sequence's S queries (`q` [S, H, nope + rope]) over its cached
+/// entries; the heads' outputs [S, H * v_head_dim], before o_proj.
 pub fn attend(
     w: &AttnWeights,
     m: &ModelShape,
-    queries: &Queries,
+    q: &[f32],
     positions: &[usize],
-    cache: &LayerCache,
+    cache: &KvView,
     selection: &Selection,
     form: AttentionForm,
-    aq: bool,
 ) -> Vec<f32> {
-    let s = positions.len();
-    let (h, _, _, _) = dims(m);
-    let dv = m.v_head_dim as usize;
-    let heads = match form {
-        AttentionForm::Absorbed => absorbed(w, m, &queries.q, positions, cache, selection),
-        AttentionForm::Naive => naive(w, m, &queries.q, positions, cache, selection),
-    };
-    debug_assert_eq!(heads.len(), s * h * dv);
-    matmul(&heads, s, &w.o, aq)
+    match form {
+        AttentionForm::Absorbed => absorbed(w, m, q, positions, cache, selection),
+        AttentionForm::Naive => naive(w, m, q, positions, cache, selection),
+    }
 }
 
 /// Keys query `i` may see: causal, and within its selection.
@@ -109,7 +111,7 @@ fn absorbed(
     m: &ModelShape,
     q: &[f32],
     positions: &[usize],
-    cache: &LayerCache,
+    cache: &KvView,
     selection: &Selection,
 ) -> Vec<f32> {
     let (h, dn, dr, r) = dims(m);
@@ -165,13 +167,13 @@ fn naive(
     m: &ModelShape,
     q: &[f32],
     positions: &[usize],
-    cache: &LayerCache,
+    cache: &KvView,
     selection: &Selection,
 ) -> Vec<f32> {
     let (h, dn, dr, r) = dims(m);
     let dv = m.v_head_dim as usize;
     let t_all = cache.latent.len() / r;
-    let kv = matmul(&cache.latent, t_all, &w.kv_b, false); // [T, H, dn + dv]
+    let kv = matmul(cache.latent, t_all, &w.kv_b, false); // [T, H, dn + dv]
     let sc = scale(m);
     let mut out = vec![0.0f32; positions.len() * h * dv];
     for (i, &pos) in positions.iter().enumerate() {

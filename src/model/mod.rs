@@ -1,6 +1,7 @@
 //! The GLM-DSA forward on the CPU backend, in f32, from weights kept in their checkpoint
 //! format. Embeddings; decoder layers (MLA attention over the indexer's selection, dense MLP
-//! or MoE); final norm; lm_head; and the MTP layer that drafts the token after next.
+//! or MoE); final norm; lm_head; and the MTP layer that drafts the token after next. One
+//! forward runs a batch of sequences of any lengths and positions over a paged KV pool.
 
 pub mod cache;
 pub mod indexer;
@@ -10,6 +11,9 @@ mod mtp;
 pub mod weights;
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+
+use rayon::prelude::*;
 
 pub use cache::SeqCache;
 pub use indexer::Selection;
@@ -18,17 +22,48 @@ pub use moe::Route;
 
 use crate::backend::cpu::{Rope, matmul, rms_norm_rows};
 use crate::error::{Error, Result};
+use crate::kv::{KvFormat, KvGeometry, KvPool, SeqKv};
 use crate::plan::{ActivationQuant, ModelShape, Plan};
 use crate::weights::Checkpoint;
+use mla::KvView;
 use weights::{Ffn, GlmWeights, LayerWeights};
 
 /// Per-layer discrete choices of one forward, for checking against a reference.
 #[derive(Debug, Clone, Default)]
 pub struct Trace {
-    /// Layer -> the selection of each query (full indexer layers only).
+    /// Layer -> the selection of each token of the batch (full indexer layers only).
     pub topk: BTreeMap<usize, Selection>,
     /// Layer -> each token's routed experts (MoE layers only).
     pub experts: BTreeMap<usize, Vec<Route>>,
+}
+
+/// One sequence's part of a batch: its new tokens, which go at positions kv.len.., where
+/// the pool already holds pages for them.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub kv: &'a SeqKv,
+}
+
+/// Where each token of a batch belongs.
+struct BatchLayout<'a> {
+    seqs: Vec<(&'a SeqKv, Range<usize>)>,
+    /// [N] each token's position in its sequence.
+    positions: Vec<usize>,
+    /// [N] each token's sequence.
+    owner: Vec<usize>,
+}
+
+impl<'a> BatchLayout<'a> {
+    fn new(inputs: &'a [SeqInput<'a>]) -> BatchLayout<'a> {
+        let (mut seqs, mut positions, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, s) in inputs.iter().enumerate() {
+            let start = positions.len();
+            positions.extend(s.kv.len..s.kv.len + s.tokens.len());
+            owner.extend(std::iter::repeat_n(i, s.tokens.len()));
+            seqs.push((s.kv, start..positions.len()));
+        }
+        BatchLayout { seqs, positions, owner }
+    }
 }
 
 pub struct Model {
@@ -54,8 +89,20 @@ impl Model {
         })
     }
 
+    /// What the main layers keep per token.
+    pub fn kv_geometry(&self) -> KvGeometry {
+        let m = &self.shape;
+        KvGeometry {
+            latent: m.kv_lora_rank as usize,
+            rope: m.qk_rope_head_dim as usize,
+            index: m.index_head_dim as usize,
+            indexed: self.weights.layers.iter().map(|l| l.indexer.is_some()).collect(),
+        }
+    }
+
+    /// A single-sequence cache in f32 (the reference numerics).
     pub fn new_cache(&self) -> SeqCache {
-        SeqCache::new(self.shape.num_hidden_layers as usize)
+        SeqCache::new(KvFormat::F32, self.kv_geometry())
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -73,18 +120,35 @@ impl Model {
         }
     }
 
-    /// Runs `tokens` at the positions after the cache's, appends them to the cache and
-    /// returns the final-normed hidden states [S, D] (the lm_head and MTP input).
-    pub fn forward(&self, tokens: &[u32], cache: &mut SeqCache, mut trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+    /// Runs `tokens` after the cache's, appends them to it, and returns the final-normed
+    /// hidden states [S, D] (the lm_head and MTP input).
+    pub fn forward(&self, tokens: &[u32], cache: &mut SeqCache, trace: Option<&mut Trace>) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
-        let s = tokens.len();
-        let start = cache.len();
-        let positions: Vec<usize> = (start..start + s).collect();
-        let mut h = self.embed(tokens);
+        let end = cache.kv.len + tokens.len();
+        cache.pool.reserve(&mut cache.kv, end).expect("a growable pool always has pages");
+        let h = self.forward_batch(&[SeqInput { tokens, kv: &cache.kv }], &mut cache.pool, trace)?;
+        cache.kv.len = end;
+        Ok(h)
+    }
+
+    /// One forward over a batch: every sequence's new tokens at their own positions, KV
+    /// written into `pool`. Returns the final-normed hidden states [N, D], sequence by
+    /// sequence. Callers advance each `kv.len` afterwards.
+    pub fn forward_batch(
+        &self,
+        inputs: &[SeqInput],
+        pool: &mut KvPool,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
+        for s in inputs {
+            self.check_tokens(s.tokens)?;
+        }
+        let layout = BatchLayout::new(inputs);
+        let tokens: Vec<u32> = inputs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let mut h = self.embed(&tokens);
         let mut selection = Selection::default();
         for (i, layer) in self.weights.layers.iter().enumerate() {
-            let lc = &mut cache.layers[i];
-            let (out, sel, routes) = self.layer(layer, &h, &positions, lc, &selection);
+            let (out, sel, routes) = self.layer(layer, i, &h, &layout, pool, &selection);
             h = out;
             if let Some(t) = trace.as_deref_mut() {
                 if layer.indexer.is_some() {
@@ -96,7 +160,6 @@ impl Model {
             }
             selection = sel;
         }
-        cache.advance(s);
         rms_norm_rows(&mut h, &self.weights.norm, self.shape.rms_norm_eps as f32);
         Ok(h)
     }
@@ -116,36 +179,88 @@ impl Model {
         h
     }
 
-    /// One decoder layer over h [S, D]; returns the new h, the selection it attended with,
-    /// and its routing when it is an MoE layer.
+    /// One decoder layer over h [N, D] of a batch, its KV in `pool` layer `kv_layer`.
+    /// Returns the new h, the selection each token attended with, and the routing when it is
+    /// an MoE layer.
     fn layer(
         &self,
         w: &LayerWeights,
+        kv_layer: usize,
         h: &[f32],
-        positions: &[usize],
-        cache: &mut cache::LayerCache,
+        layout: &BatchLayout,
+        pool: &mut KvPool,
         previous: &Selection,
     ) -> (Vec<f32>, Selection, Option<Vec<Route>>) {
         let m = &self.shape;
-        let s = positions.len();
+        let n = layout.positions.len();
+        let (d, r, dr) = (m.hidden_size as usize, m.kv_lora_rank as usize, m.qk_rope_head_dim as usize);
         let eps = m.rms_norm_eps as f32;
         let aq = self.act_quant;
         let mut x = h.to_vec();
         rms_norm_rows(&mut x, &w.input_norm, eps);
-        let queries = mla::project(&w.attn, m, &self.rope, &x, positions, cache, aq);
-        let selection = match &w.indexer {
-            Some(ix) => indexer::select(ix, m, &self.rope, &x, &queries.q_lat, positions, &mut cache.index_keys, aq),
-            None => previous.clone(),
+
+        // New tokens' entries go into the pool before anyone attends.
+        let queries = mla::project(&w.attn, m, &self.rope, &x, &layout.positions, aq);
+        for (t, (&pos, &owner)) in layout.positions.iter().zip(&layout.owner).enumerate() {
+            let kv = layout.seqs[owner].0;
+            pool.write_mla(
+                kv,
+                kv_layer,
+                pos,
+                &queries.latent[t * r..(t + 1) * r],
+                &queries.k_rope[t * dr..(t + 1) * dr],
+            );
+        }
+        if let Some(ix) = &w.indexer {
+            let di = m.index_head_dim as usize;
+            let keys = indexer::keys(ix, m, &self.rope, &x, &layout.positions, aq);
+            for (t, (&pos, &owner)) in layout.positions.iter().zip(&layout.owner).enumerate() {
+                pool.write_index(layout.seqs[owner].0, kv_layer, pos, &keys[t * di..(t + 1) * di]);
+            }
+        }
+
+        // Each sequence attends over its own pages.
+        let pool = &*pool;
+        let hq = m.num_attention_heads as usize * m.qk_head_dim() as usize;
+        let q_lora = m.q_lora_rank as usize;
+        let per_seq = |(kv, range): &(&SeqKv, Range<usize>)| -> (Selection, Vec<f32>) {
+            let positions = &layout.positions[range.clone()];
+            let len = kv.len + range.len();
+            let (latent, k_rope) = pool.gather_mla(kv, kv_layer, len);
+            let selection = match &w.indexer {
+                Some(ix) => {
+                    let keys = pool.gather_index(kv, kv_layer, len);
+                    let xs = &x[range.start * d..range.end * d];
+                    let ql = &queries.q_lat[range.start * q_lora..range.end * q_lora];
+                    indexer::select(ix, m, &self.rope, xs, ql, positions, &keys, aq)
+                }
+                None => Selection { rows: previous.rows.get(range.clone()).map(<[_]>::to_vec).unwrap_or_default() },
+            };
+            let view = KvView { latent: &latent, k_rope: &k_rope };
+            let q = &queries.q[range.start * hq..range.end * hq];
+            let heads = mla::attend(&w.attn, m, q, positions, &view, &selection, self.form);
+            (selection, heads)
         };
-        let attn = mla::attend(&w.attn, m, &queries, positions, cache, &selection, self.form, aq);
+        let parts: Vec<(Selection, Vec<f32>)> = if layout.seqs.len() > 1 {
+            layout.seqs.par_iter().map(per_seq).collect()
+        } else {
+            layout.seqs.iter().map(per_seq).collect()
+        };
+        let mut selection = Selection::default();
+        let mut heads = Vec::new();
+        for (sel, hds) in parts {
+            selection.rows.extend(sel.rows);
+            heads.extend(hds);
+        }
+        let attn = matmul(&heads, n, &w.attn.o, aq);
         let mut h: Vec<f32> = h.iter().zip(&attn).map(|(a, b)| a + b).collect();
 
         let mut x = h.clone();
         rms_norm_rows(&mut x, &w.post_norm, eps);
         let (y, routes) = match &w.ffn {
-            Ffn::Dense(mlp) => (moe::mlp(mlp, &x, s, aq), None),
+            Ffn::Dense(mlp) => (moe::mlp(mlp, &x, n, aq), None),
             Ffn::Moe(block) => {
-                let (y, r) = moe::moe(block, m, &x, s, aq);
+                let (y, r) = moe::moe(block, m, &x, n, aq);
                 (y, Some(r))
             }
         };

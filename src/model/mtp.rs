@@ -1,26 +1,32 @@
 //! The MTP layer (reference/glm-dsa-spec.md 3.11): from the main model's final-normed hidden
 //! state h_i and the next token t_{i+1}, draft logits for t_{i+2}.
 //!
-//! Input variant: z = eh_proj(concat[enorm(embed(t_{i+1})), hnorm(h_i)]), embedding half
-//! first, with h_i the output of `model.norm` (what lm_head sees), as sglang and vLLM feed it.
-//! The embedding is not zeroed at position 0 (vLLM does; sglang does not): the MTP layer
-//! never runs at position 0 without a real previous token in kiln. Chained drafts feed the
-//! MTP output back as the next h; that choice lives with the speculative decoder.
+//! Input variant: z = eh_proj(concat[enorm(embed(t_{i+1})), hnorm(h_i)]), embedding half first,
+//! with h_i the output of `model.norm` (what lm_head sees), as sglang and vLLM feed it and as
+//! tools/train_demo.py trains it. The embedding is not zeroed at position 0 (vLLM does; sglang
+//! does not). Chained drafts feed the MTP output back as the next h; that choice lives with
+//! the speculative decoder.
 
 use super::cache::SeqCache;
-use super::{Model, Selection};
+use super::{BatchLayout, Model, Selection, SeqInput};
 use crate::backend::cpu::{matmul, rms_norm_rows};
 use crate::error::{Error, Result};
+use crate::kv::{KvFormat, KvGeometry};
 
 impl Model {
-    /// The KV cache of one MTP layer (its own, paged like the main model's in the engine).
+    /// What an MTP layer keeps per token (it always runs its own indexer).
+    pub fn mtp_kv_geometry(&self) -> KvGeometry {
+        KvGeometry { indexed: vec![true], ..self.kv_geometry() }
+    }
+
+    /// The KV cache of one MTP layer, in f32.
     pub fn new_mtp_cache(&self) -> SeqCache {
-        SeqCache::new(1)
+        SeqCache::new(KvFormat::F32, self.mtp_kv_geometry())
     }
 
     /// Runs MTP layer `j` on S (hidden [S, D], next token) pairs at the positions after its
-    /// cache's (`cache` comes from `new_mtp_cache`, one per MTP layer). Returns the layer's final-normed output [S, D] (`shared_head.norm`);
-    /// `logits` of it are the draft logits.
+    /// cache's (`cache` from `new_mtp_cache`, one per MTP layer). Returns the layer's
+    /// final-normed output [S, D] (after `shared_head.norm`); its `logits` are the drafts.
     pub fn mtp_forward(&self, j: usize, hidden: &[f32], next_tokens: &[u32], cache: &mut SeqCache) -> Result<Vec<f32>> {
         let w = self.weights.mtp.get(j).ok_or_else(|| {
             Error::Usage(format!("the model has {} MTP layer(s), not layer {j}", self.weights.mtp.len()))
@@ -39,10 +45,12 @@ impl Model {
         let cat: Vec<f32> = e.chunks(d).zip(hn.chunks(d)).flat_map(|(a, b)| a.iter().chain(b).copied()).collect();
         let z = matmul(&cat, s, &w.eh_proj, self.act_quant);
 
-        let start = cache.len();
-        let positions: Vec<usize> = (start..start + s).collect();
-        let (mut out, _, _) = self.layer(&w.layer, &z, &positions, &mut cache.layers[0], &Selection::default());
-        cache.advance(s);
+        let end = cache.kv.len + s;
+        cache.pool.reserve(&mut cache.kv, end).expect("a growable pool always has pages");
+        let inputs = [SeqInput { tokens: next_tokens, kv: &cache.kv }];
+        let layout = BatchLayout::new(&inputs);
+        let (mut out, _, _) = self.layer(&w.layer, 0, &z, &layout, &mut cache.pool, &Selection::default());
+        cache.kv.len = end;
         rms_norm_rows(&mut out, &w.head_norm, eps);
         Ok(out)
     }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use appliance::{Appliance, Device, Target};
 pub use inventory::{StoredFormat, WeightGroup, weight_inventory};
 pub use kernels::{KernelEntry, KernelMap};
-pub use memory::{ClassBytes, KvLayout, MemoryReport, kv_layout, memory_report};
+pub use memory::{ClassBytes, FP8_SCALE_GROUP, KvLayout, MemoryReport, kv_layout, memory_report};
 pub use model::{IndexerType, LayerKind, MlpKind, ModelShape};
 pub use quant::{ActivationQuant, ModuleClass, MtpQuantRules, QuantRules, WeightFormat, Weights};
 pub use serving::{KvCache, KvDtype, Parallel, Server, SpecMethod, Speculative};

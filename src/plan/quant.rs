@@ -8,6 +8,10 @@ pub struct Weights {
     /// HF model directory (config.json + safetensors). Relative paths are taken from the
     /// directory the binary is started in.
     pub path: String,
+    /// Build the model directory's files into the binary (small models only): the binary
+    /// then serves with no files beside it. Relative paths are taken from the crate root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embed: bool,
     pub quant: QuantRules,
 }
 

@@ -11,6 +11,8 @@ use super::{Plan, Problem, SpecMethod, StoredFormat, Target, WeightFormat, gb, m
 pub const MAX_SPECULATIVE_DEPTH: u32 = 8;
 /// Largest page the KV pool accepts, in tokens.
 pub const MAX_PAGE_SIZE: u32 = 4096;
+/// Largest checkpoint a plan may build into the binary.
+pub const MAX_EMBEDDED_BYTES: u64 = 1 << 30;
 /// MXFP4 shares one E8M0 scale per this many inputs.
 pub const MXFP4_GROUP: u64 = 32;
 
@@ -450,6 +452,16 @@ impl Rules {
 
     fn memory(&mut self, p: &Plan) {
         let r = memory_report(p);
+        if p.weights.embed && r.weights_bytes_total > MAX_EMBEDDED_BYTES {
+            self.push(
+                "weights.embed",
+                format!(
+                    "weights.embed = true with {} of weights: embedding is for models up to {}; deploy the directory instead",
+                    gb(r.weights_bytes_total as f64),
+                    gb(MAX_EMBEDDED_BYTES as f64)
+                ),
+            );
+        }
         let need = r.weights_bytes_per_device as f64 + r.max_request_kv_bytes as f64;
         if need > r.usable_bytes_per_device {
             self.push(

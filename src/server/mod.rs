@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::plan::{Plan, memory_report};
 use crate::tokenizer::Tokenizer;
-use crate::weights::Checkpoint;
+use crate::weights::WeightsSource;
 
 /// By default the engine must have stepped within this long for /health to say 200.
 pub const HEALTH_STALE_AFTER: Duration = Duration::from_secs(10);
@@ -114,15 +114,15 @@ pub fn context(
     (Arc::new(ctx), join)
 }
 
-/// Opens `weights_dir` (verified against the plan before anything runs), starts the engine
+/// Opens the weights (verified against the plan before anything runs), starts the engine
 /// and listens on `bind`. Returns the server and the engine thread.
-pub fn launch(plan: &Plan, plan_text: &str, weights_dir: &Path, bind: &str) -> Result<(Running, JoinHandle<()>)> {
-    let ckpt = Checkpoint::open(weights_dir)?;
+pub fn launch(plan: &Plan, plan_text: &str, weights: &WeightsSource, bind: &str) -> Result<(Running, JoinHandle<()>)> {
+    let ckpt = weights.checkpoint()?;
     let model = Model::load(plan, &ckpt)?;
-    let tokenizer = Tokenizer::from_dir(weights_dir)?;
+    let tokenizer = Tokenizer::from_files(&weights.tokenizer_files()?)?;
     if tokenizer.vocab_size() > model.vocab_size() {
         return Err(Error::Config {
-            path: weights_dir.join("tokenizer.json"),
+            path: Path::new(&weights.describe()).join("tokenizer.json"),
             message: format!(
                 "the tokenizer has {} tokens but the model's vocabulary is {}",
                 tokenizer.vocab_size(),
@@ -133,7 +133,7 @@ pub fn launch(plan: &Plan, plan_text: &str, weights_dir: &Path, bind: &str) -> R
     let manifest = Manifest {
         plan_text: plan_text.to_string(),
         plan_hash: blake3::hash(plan_text.as_bytes()).to_hex().to_string(),
-        weights_path: weights_dir.display().to_string(),
+        weights_path: weights.describe(),
         weights_id: ckpt.header_digest(),
         weights_tensors: ckpt.len(),
     };

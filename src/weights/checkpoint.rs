@@ -76,6 +76,8 @@ impl std::fmt::Debug for TensorBytes {
 /// Every tensor of a model directory, by name.
 pub struct Checkpoint {
     pub dir: PathBuf,
+    /// config.json beside the weights, if there is one.
+    pub config_json: Option<String>,
     shards: Vec<Arc<Shard>>,
     tensors: BTreeMap<String, TensorInfo>,
 }
@@ -104,7 +106,8 @@ impl Checkpoint {
             let path = dir.join(file);
             shards.push(Shard { backing: Backing::Mapped(map_file(&path)?), path });
         }
-        let ckpt = Checkpoint::index(dir, shards)?;
+        let mut ckpt = Checkpoint::index(dir, shards)?;
+        ckpt.config_json = std::fs::read_to_string(dir.join("config.json")).ok();
         if let Some(index) = index {
             check_index(&index_path, &index, &files, &ckpt.tensors)?;
         }
@@ -144,7 +147,12 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), shards: shards.into_iter().map(Arc::new).collect(), tensors })
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config_json: None,
+            shards: shards.into_iter().map(Arc::new).collect(),
+            tensors,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&TensorInfo> {

@@ -24,9 +24,14 @@ pub struct HfConfig {
 pub fn read_hf_config(dir: &Path) -> Result<HfConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Config { path: path.clone(), message: format!("not JSON: {e}") })?;
-    Reader { path, v: &value }.config()
+    parse_hf_config(&text, &path)
+}
+
+/// config.json's text; `path` names it in errors.
+pub fn parse_hf_config(text: &str, path: &Path) -> Result<HfConfig> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Error::Config { path: path.to_path_buf(), message: format!("not JSON: {e}") })?;
+    Reader { path: path.to_path_buf(), v: &value }.config()
 }
 
 struct Reader<'a> {

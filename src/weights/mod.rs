@@ -6,10 +6,12 @@ mod config;
 pub mod decode;
 pub mod glm;
 mod linear;
+mod source;
 mod verify;
 
 pub use checkpoint::{Checkpoint, StoredAs, TensorBytes, TensorInfo};
-pub use config::{HfConfig, read_hf_config};
+pub use config::{HfConfig, parse_hf_config, read_hf_config};
 pub use linear::{Linear, load_vector};
 pub use safetensors::Dtype;
+pub use source::WeightsSource;
 pub use verify::{WeightProblem, render_weight_problems, verify};

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use safetensors::Dtype;
 
 use super::glm::{scale_name, tensor_names, weight_name};
-use super::{Checkpoint, StoredAs, read_hf_config};
+use super::{Checkpoint, StoredAs, parse_hf_config};
 use crate::plan::{Plan, WeightFormat};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,10 +142,8 @@ pub fn verify(plan: &Plan, ckpt: &Checkpoint) -> Vec<WeightProblem> {
 
 /// config.json, when the directory has one, must describe the plan's model.
 fn config_matches(plan: &Plan, ckpt: &Checkpoint, c: &mut Checker<'_>) {
-    if !ckpt.dir.join("config.json").exists() {
-        return;
-    }
-    let cfg = match read_hf_config(&ckpt.dir) {
+    let Some(text) = &ckpt.config_json else { return };
+    let cfg = match parse_hf_config(text, &ckpt.dir.join("config.json")) {
         Ok(cfg) => cfg,
         Err(e) => return c.problem("config.json", format!("config.json: {e}")),
     };

@@ -35,7 +35,11 @@ pub struct Golden {
 
 impl Golden {
     pub fn load(name: &str) -> Golden {
-        let bytes = std::fs::read(fixture_dir(name).join("golden.safetensors")).unwrap();
+        Golden::load_path(&fixture_dir(name).join("golden.safetensors"))
+    }
+
+    pub fn load_path(path: &std::path::Path) -> Golden {
+        let bytes = std::fs::read(path).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let (mut f32s, mut i64s) = (BTreeMap::new(), BTreeMap::new());
         for (n, v) in st.tensors() {

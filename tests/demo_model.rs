@@ -1,0 +1,96 @@
+//! The shipped demo model (models/tiny, built into the default binary): kiln agrees with HF
+//! transformers on it, its MTP layer drafts as trained, and `kiln serve` serves it from an
+//! empty directory with text that continues its training domain.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::fixture::{Golden, argmax, max_diff};
+use kiln::model::Model;
+use kiln::plan;
+use kiln::weights::WeightsSource;
+use serde_json::{Value, json};
+
+fn demo_model() -> Model {
+    let plan = plan::check(&common::read_plan_text(common::TINY)).unwrap();
+    let src = WeightsSource::Dir(common::repo_path("models/tiny"));
+    Model::load(&plan, &src.checkpoint().unwrap()).unwrap()
+}
+
+fn golden() -> Golden {
+    Golden::load_path(&common::repo_path("models/tiny/golden.safetensors"))
+}
+
+#[test]
+fn demo_logits_and_greedy_match_hf() {
+    let model = demo_model();
+    let g = golden();
+    let ids = g.tokens("input_ids");
+    let hidden = model.forward(&ids, &mut model.new_cache(), None).unwrap();
+    let d = model.shape.hidden_size as usize;
+    let v = model.vocab_size();
+    let last8 = model.logits(&hidden[hidden.len() - 8 * d..]);
+    let want = &g.f32("logits").1;
+    let (diff, tol) = max_diff(&last8, want);
+    assert!(diff <= tol, "max |dlogit| {diff:e} > {tol:e}");
+    for r in 0..8 {
+        assert_eq!(argmax(&last8[r * v..(r + 1) * v]), argmax(&want[r * v..(r + 1) * v]));
+    }
+    let prompt = g.tokens("greedy_prompt");
+    let mut sampler = kiln::sample::Sampler::new(kiln::sample::SamplingParams::greedy(), &prompt);
+    let got = kiln::generate::generate(&model, &prompt, 16, &mut sampler).unwrap();
+    assert_eq!(got, g.tokens("greedy_tokens"));
+}
+
+#[test]
+fn demo_mtp_drafts_as_trained() {
+    let model = demo_model();
+    let g = golden();
+    let ids = g.tokens("input_ids");
+    let d = model.shape.hidden_size as usize;
+    let hidden = model.forward(&ids, &mut model.new_cache(), None).unwrap();
+    let s = ids.len() - 1;
+    let out = model.mtp_forward(0, &hidden[..s * d], &ids[1..], &mut model.new_mtp_cache()).unwrap();
+    let logits = model.logits(&out);
+    let v = model.vocab_size();
+    let ours: Vec<u32> = (0..s).map(|i| argmax(&logits[i * v..(i + 1) * v]) as u32).collect();
+    let want = g.tokens("mtp_argmax");
+    let agree = ours.iter().zip(&want).filter(|(a, b)| a == b).count();
+    assert!(agree * 100 >= s * 97, "MTP drafts agree with the training model on {agree} of {s} positions");
+}
+
+#[test]
+fn serves_from_an_empty_directory() {
+    let empty = tempfile::tempdir().unwrap();
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let out = Command::new(kiln).arg("verify").current_dir(empty.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(embedded)"));
+
+    let mut child = Command::new(kiln)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(empty.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let base = format!("http://{}", first.rsplit("http://").next().unwrap().trim());
+    let body = json!({
+        "messages": [{"role": "user", "content": "Return the absolute value of a number."}],
+        "max_tokens": 60, "temperature": 0,
+    });
+    let (status, v): (u16, Value) = common::serve::post_json(&base, "/v1/chat/completions", &body);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    // Python, not noise: mostly printable ASCII, and the shapes of Python code.
+    let printable = text.chars().filter(|c| c.is_ascii_graphic() || c.is_ascii_whitespace()).count();
+    assert!(printable * 10 >= text.chars().count() * 9, "{text:?}");
+    let python = ["def ", "return", "self", "if ", "(", ":", "="];
+    assert!(python.iter().filter(|k| text.contains(*k)).count() >= 3, "not Python-like: {text:?}");
+}
