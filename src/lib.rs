@@ -14,6 +14,7 @@
 
 pub mod backend;
 pub mod baked;
+pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod generate;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use kiln::baked;
+use kiln::bench::{self, BenchConfig};
 use kiln::generate::generate;
 use kiln::model::Model;
 use kiln::plan::{self, Target};
@@ -40,6 +41,11 @@ enum Command {
         /// Model directory (default: the plan's weights.path).
         #[arg(long)]
         weights: Option<PathBuf>,
+    },
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
     },
     /// Check a model directory against the baked plan: every tensor, dtype, shape, format.
     Verify {
@@ -98,6 +104,34 @@ enum PlanAction {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Drive a running kiln with Poisson arrivals at each rate; print the serving table.
+    Serve {
+        /// host:port of the server.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        addr: String,
+        /// Request rates per second, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        rates: Vec<f64>,
+        /// Requests per rate.
+        #[arg(long, default_value_t = 32)]
+        requests: usize,
+        #[arg(long, default_value_t = 256)]
+        input_len: usize,
+        #[arg(long, default_value_t = 64)]
+        output_len: usize,
+        /// Share of every prompt that is the same across requests (served by the prefix cache).
+        #[arg(long, default_value_t = 0.6)]
+        prefix_ratio: f64,
+        /// Requests of the single-stream reference.
+        #[arg(long, default_value_t = 4)]
+        single: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TargetArg {
     Cpu,
@@ -140,6 +174,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             init(&from_hf, &opts, out.as_deref())
         }
         Some(Command::Verify { weights }) => verify(weights),
+        Some(Command::Bench {
+            what: BenchWhat::Serve { addr, rates, requests, input_len, output_len, prefix_ratio, single, seed },
+        }) => bench_serve(
+            BenchConfig { addr, rates, requests, input_len, output_len, prefix_ratio, vocab: 0, seed },
+            single,
+        ),
         Some(Command::Logits { tokens, weights }) => {
             let model = open_model(weights)?;
             let hidden = model.forward(&tokens, &mut model.new_cache(), None)?;
@@ -195,6 +235,52 @@ fn serve(bind: Option<String>, weights: Option<PathBuf>) -> Result<ExitCode> {
     let (running, _engine) = kiln::server::launch(plan, baked::PLAN_TEXT, &src, &bind)?;
     eprintln!("kiln: serving {} from {} on http://{}", plan.appliance.name, src.describe(), running.addr);
     running.wait();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The served model's vocabulary, from its /v1/plan.
+fn served_vocab(addr: &str) -> Result<u32> {
+    let err = |m: String| Error::Usage(format!("{addr}/v1/plan: {m}"));
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| err(e.to_string()))?;
+    use std::io::{Read, Write};
+    write!(conn, "GET /v1/plan HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| err(e.to_string()))?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).map_err(|e| err(e.to_string()))?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| err(e.to_string()))?;
+    let plan = plan::parse(v["plan"].as_str().unwrap_or("")).map_err(|p| err(plan::render_problems(&p)))?;
+    Ok(plan.model.vocab_size as u32)
+}
+
+fn bench_serve(mut cfg: BenchConfig, single: usize) -> Result<ExitCode> {
+    cfg.vocab = served_vocab(&cfg.addr)?;
+    eprintln!(
+        "kiln bench serve: {} input tokens ({:.0}% shared prefix), {} output tokens, {} requests per rate",
+        cfg.input_len,
+        100.0 * cfg.prefix_ratio,
+        cfg.output_len,
+        cfg.requests
+    );
+    let mut rows = vec![bench::single_stream(&cfg, single)];
+    eprint!("{}", bench::table(&rows));
+    for &rate in &cfg.rates {
+        rows.push(bench::at_rate(&cfg, rate));
+        eprintln!("{}", bench::table(&rows[rows.len() - 1..]).lines().last().unwrap_or(""));
+    }
+    println!("{}", bench::table(&rows));
+    let single_tok_s = rows[0].output_tok_s;
+    if let Some(best) =
+        rows[1..].iter().filter(|r| r.succeeded == r.requests).max_by(|a, b| a.output_tok_s.total_cmp(&b.output_tok_s))
+    {
+        println!(
+            "highest sustained rate {} req/s: {:.1} output tok/s = {:.2}x the single stream ({:.1} tok/s)",
+            best.rate.unwrap_or(0.0),
+            best.output_tok_s,
+            best.output_tok_s / single_tok_s,
+            single_tok_s
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,6 +41,7 @@ struct Values {
     prefix_queries: u64,
     prefix_hits: u64,
     engine_steps: u64,
+    preemptions: u64,
     finished: BTreeMap<&'static str, u64>,
     ttft: Option<Histogram>,
     itl: Option<Histogram>,
@@ -84,6 +85,14 @@ impl Metrics {
 
     pub fn step(&self) {
         self.with(|v| v.engine_steps += 1);
+    }
+
+    pub fn preempted(&self) {
+        self.with(|v| v.preemptions += 1);
+    }
+
+    pub fn preemptions(&self) -> u64 {
+        self.with(|v| v.preemptions)
     }
 
     pub fn observe_ttft(&self, s: f64) {
@@ -140,6 +149,7 @@ impl Metrics {
             v.prefix_hits.to_string(),
         );
         one("engine_steps_total", "counter", "Engine steps taken.", v.engine_steps.to_string());
+        one("num_preemptions_total", "counter", "Requests preempted for KV pages.", v.preemptions.to_string());
         let _ = writeln!(
             s,
             "# HELP kiln:request_success_total Requests finished, by reason.\n# TYPE kiln:request_success_total counter"

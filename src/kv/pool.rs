@@ -70,10 +70,19 @@ impl KvPool {
 
     fn grow_to(&mut self, pages: usize) {
         let (mla, idx) = (self.format.mla_bytes(&self.geometry), self.format.index_bytes(&self.geometry));
+        // A fresh buffer comes from the allocator already zeroed (pages are mapped when first
+        // written), so a large pool costs nothing until it fills.
+        let grow = |buf: &mut Vec<u8>, n: usize| {
+            if buf.is_empty() {
+                *buf = vec![0u8; n];
+            } else {
+                buf.resize(n, 0);
+            }
+        };
         for (l, &indexed) in self.geometry.indexed.iter().enumerate() {
-            self.mla[l].resize(pages * self.page_size * mla, 0);
+            grow(&mut self.mla[l], pages * self.page_size * mla);
             if indexed {
-                self.index[l].resize(pages * self.page_size * idx, 0);
+                grow(&mut self.index[l], pages * self.page_size * idx);
             }
         }
         self.refs.resize(pages, 0);

@@ -21,6 +21,7 @@ pub use params::Limits;
 
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::error::{Error, Result};
+use crate::kv::KvFormat;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::plan::{Plan, memory_report};
@@ -73,11 +74,16 @@ pub fn context(
 ) -> (Arc<ServerContext>, JoinHandle<()>) {
     let metrics = Arc::new(Metrics::default());
     let s = &plan.server;
+    let page_size = plan.kv_cache.page_size as usize;
     let config = EngineConfig {
         max_running: s.max_running_requests as usize,
         max_queued: s.max_queued_requests as usize,
         request_timeout: Duration::from_secs(s.request_timeout_s),
-        kv_capacity_tokens: memory_report(plan).kv_tokens_per_device as usize,
+        prefill_chunk_tokens: s.prefill_chunk_tokens as usize,
+        kv_format: KvFormat::from(plan.kv_cache.dtype),
+        page_size,
+        kv_pages: memory_report(plan).kv_tokens_per_device as usize / page_size,
+        prefix_cache: plan.kv_cache.prefix_cache,
     };
     let limits = Limits {
         model_name: plan.appliance.name.clone(),
