@@ -61,13 +61,16 @@ struct Prompts {
 }
 
 impl Prompts {
-    fn new(cfg: &BenchConfig) -> Prompts {
+    /// The shared prefix is the same for the whole run (like a common system prompt); the
+    /// unique tails come from a stream of their own per `stream`, so no two runs repeat them.
+    fn new(cfg: &BenchConfig, stream: u64) -> Prompts {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let shared = (cfg.input_len as f64 * cfg.prefix_ratio).round() as usize;
         // Ids from the upper part of the vocabulary: ordinary tokens, no specials.
         let lo = cfg.vocab / 8;
         let prefix = (0..shared).map(|_| rng.random_range(lo..cfg.vocab)).collect();
-        Prompts { prefix, rng, cfg: cfg.clone() }
+        let tails = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ stream);
+        Prompts { prefix, rng: tails, cfg: cfg.clone() }
     }
 
     fn next(&mut self) -> Vec<u32> {
@@ -112,7 +115,7 @@ const TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One request at a time: the single-stream reference.
 pub fn single_stream(cfg: &BenchConfig, n: usize) -> RateResult {
-    let mut prompts = Prompts::new(cfg);
+    let mut prompts = Prompts::new(cfg, 0);
     let start = Instant::now();
     let results: Vec<StreamResult> =
         (0..n).map(|_| stream(&cfg.addr, "/v1/completions", &prompts.body(), TIMEOUT)).collect();
@@ -121,7 +124,7 @@ pub fn single_stream(cfg: &BenchConfig, n: usize) -> RateResult {
 
 /// `requests` requests with Poisson arrivals at `rate` per second.
 pub fn at_rate(cfg: &BenchConfig, rate: f64) -> RateResult {
-    let mut prompts = Prompts::new(cfg);
+    let mut prompts = Prompts::new(cfg, rate.to_bits());
     let mut arrivals = ChaCha8Rng::seed_from_u64(cfg.seed ^ rate.to_bits());
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
