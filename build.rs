@@ -8,6 +8,9 @@
 #[path = "src/plan/mod.rs"]
 mod plan;
 
+#[path = "build_support/kernel_compile.rs"]
+mod kernel_compile;
+
 use std::path::{Path, PathBuf};
 
 const DEFAULT_PLAN: &str = "plan/tiny.toml";
@@ -18,6 +21,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=KILN_PLAN");
     build_helper::rerun_if_changed("src/plan");
     build_helper::rerun_if_changed("build.rs");
+    build_helper::rerun_if_changed("build_support");
+    build_helper::rerun_if_changed("kernels");
+    println!("cargo:rerun-if-env-changed=HIPCC");
+    println!("cargo:rerun-if-env-changed=KILN_HIP_CLANG");
 
     let requested = std::env::var("KILN_PLAN").unwrap_or_else(|_| DEFAULT_PLAN.to_string());
     let plan_path = resolve(&manifest_dir, &requested);
@@ -33,6 +40,7 @@ fn main() {
     let out = build_helper::out_dir();
     write(&out.join("plan.toml"), text.as_bytes());
     write(&out.join("embedded.rs"), embedded_files(&manifest_dir, &plan).as_bytes());
+    write(&out.join("code_objects.rs"), code_objects(&manifest_dir, &out, &plan).as_bytes());
     let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
     println!("cargo:rustc-env=KILN_PLAN_HASH={hash}");
     println!("cargo:rustc-env=KILN_PLAN_SOURCE={}", plan_path.display());
@@ -74,6 +82,43 @@ fn embedded_files(manifest_dir: &Path, plan: &plan::Plan) -> String {
         ));
     }
     format!("pub const EMBEDDED_FILES: &[(&str, &[u8])] = &[\n{entries}];\n")
+}
+
+/// For a GPU target: compiles exactly the kernel sources the plan's kernel map selects, for
+/// its arch, and returns Rust source for `CODE_OBJECTS` embedding them. The cpu target
+/// compiles nothing.
+fn code_objects(manifest_dir: &Path, out: &Path, plan: &plan::Plan) -> String {
+    let Some(arch) = plan.appliance.arch.as_deref().filter(|_| plan.appliance.target != plan::Target::Cpu) else {
+        return "pub const CODE_OBJECTS: &[CodeObject] = &[];\n".into();
+    };
+    // Sources in use, with every symbol the selected variants need from each.
+    let mut sources: Vec<(&str, Vec<&str>)> = Vec::new();
+    for e in &plan.kernels.entries {
+        let v = plan::variant(&e.kernel).expect("validated: every kernel exists");
+        match sources.iter_mut().find(|(s, _)| *s == v.source) {
+            Some((_, syms)) => syms.extend(v.symbols.iter().copied()),
+            None => sources.push((v.source, v.symbols.to_vec())),
+        }
+    }
+    let mut entries = String::new();
+    let mut errors = Vec::new();
+    for (source, mut symbols) in sources {
+        symbols.sort_unstable();
+        symbols.dedup();
+        let src = manifest_dir.join("kernels").join(source);
+        let object = out.join(format!("{}.{arch}.co", source.trim_end_matches(".hip")));
+        match kernel_compile::compile(&src, arch, &object, &symbols) {
+            Ok(_) => entries.push_str(&format!(
+                "    CodeObject {{ source: {source:?}, arch: {arch:?}, symbols: &{symbols:?}, bytes: include_bytes!({:?}) }},\n",
+                object.display().to_string()
+            )),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        fail(&format!("appliance.target = {} for {arch}:\n  {}", plan.appliance.target.as_str(), errors.join("\n  ")));
+    }
+    format!("pub const CODE_OBJECTS: &[CodeObject] = &[\n{entries}];\n")
 }
 
 /// Relative plan paths are taken from the crate root, so `KILN_PLAN=plan/x.toml` works from

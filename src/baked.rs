@@ -26,6 +26,25 @@ pub fn hash_text(text: &str) -> String {
     blake3::hash(text.as_bytes()).to_hex().to_string()
 }
 
+/// A kernel code object build.rs compiled for the plan's GPU.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeObject {
+    /// kernels/<source>
+    pub source: &'static str,
+    pub arch: &'static str,
+    /// The extern "C" kernels the plan uses from it.
+    pub symbols: &'static [&'static str],
+    pub bytes: &'static [u8],
+}
+
+mod code_objects {
+    use super::CodeObject;
+    // `CODE_OBJECTS`: every kernel code object of the plan (none for the cpu target).
+    include!(concat!(env!("OUT_DIR"), "/code_objects.rs"));
+}
+
+pub use code_objects::CODE_OBJECTS;
+
 mod embedded {
     // `EMBEDDED_FILES`: (file name, bytes) of the model directory when the plan embeds it.
     include!(concat!(env!("OUT_DIR"), "/embedded.rs"));

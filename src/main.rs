@@ -232,6 +232,23 @@ fn serve(bind: Option<String>, weights: Option<PathBuf>) -> Result<ExitCode> {
     let plan = baked::plan();
     let bind = bind.unwrap_or_else(|| plan.server.bind.clone());
     let src = source(weights);
+    match plan.appliance.target {
+        Target::Cpu => {}
+        Target::Hip => {
+            let loaded = kiln::backend::hip::load(baked::CODE_OBJECTS)?;
+            eprintln!(
+                "kiln: loaded {} kernels from {} code objects on {}; the forward runs on the CPU backend until the HIP forward lands",
+                loaded.functions.len(),
+                baked::CODE_OBJECTS.len(),
+                loaded.device
+            );
+        }
+        Target::Cuda => {
+            return Err(Error::Usage(
+                "appliance.target = cuda builds and checks kernels with nvcc; serving needs a CUDA runtime loader kiln does not have yet".into(),
+            ));
+        }
+    }
     let (running, _engine) = kiln::server::launch(plan, baked::PLAN_TEXT, &src, &bind)?;
     eprintln!("kiln: serving {} from {} on http://{}", plan.appliance.name, src.describe(), running.addr);
     running.wait();
@@ -286,7 +303,7 @@ fn bench_serve(mut cfg: BenchConfig, single: usize) -> Result<ExitCode> {
 
 fn print_baked(json: bool) {
     let plan = baked::plan();
-    let report = PlanReport::new(plan, baked::PLAN_HASH, baked::PLAN_SOURCE);
+    let report = PlanReport::new(plan, baked::PLAN_HASH, baked::PLAN_SOURCE).with_code_objects(baked::CODE_OBJECTS);
     if json {
         println!("{}", report.to_json());
     } else {

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::plan::{
     ActivationQuant, Appliance, Device, KernelMap, KvCache, KvDtype, ModuleClass, MtpQuantRules, Parallel, Plan,
-    QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights,
+    QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights, default_entries,
 };
 use crate::weights::glm::tensor_names;
 use crate::weights::{Checkpoint, StoredAs, read_hf_config};
@@ -106,7 +106,7 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
         Speculative { method: SpecMethod::None, depth: 0 }
     };
 
-    let plan = Plan {
+    let mut plan = Plan {
         appliance: Appliance { name: appliance_name(dir), target: opts.target, arch: opts.arch.clone() },
         device,
         model,
@@ -130,6 +130,13 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
         },
         kernels: KernelMap::default(),
     };
+    if gpu {
+        plan.kernels.entries = default_entries(&plan);
+        notes.push(format!(
+            "wrote a default kernel map ({} rows): each op gets the registry variant that covers its buckets; tune it before production",
+            plan.kernels.entries.len()
+        ));
+    }
     Ok(InitResult { plan, notes })
 }
 

@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::plan::{Device, KvCache, MemoryReport, Parallel, Plan, Speculative, gb, memory_report};
+use crate::baked::CodeObject;
+use crate::plan::{Device, KvCache, MemoryReport, Parallel, Plan, Speculative, Target, gb, memory_report, variant};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {
@@ -23,6 +24,30 @@ pub struct PlanReport {
     pub indexer_pattern: String,
     #[serde(flatten)]
     pub memory: MemoryReport,
+    /// Which kernel serves each op of the plan (GPU targets).
+    pub kernels: Vec<KernelRow>,
+    /// The code objects built into this binary (the baked plan only).
+    pub code_objects: Vec<CodeObjectRow>,
+    /// How the HIP runtime is linked, for the operator.
+    pub linking: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelRow {
+    pub op: String,
+    pub shape: String,
+    pub buckets: Vec<u64>,
+    pub kernel: String,
+    pub source: String,
+    pub symbols: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CodeObjectRow {
+    pub source: String,
+    pub arch: String,
+    pub bytes: usize,
+    pub symbols: Vec<String>,
 }
 
 impl PlanReport {
@@ -40,7 +65,43 @@ impl PlanReport {
             kv_cache: plan.kv_cache.clone(),
             indexer_pattern: plan.model.indexer_pattern(),
             memory: memory_report(plan),
+            kernels: plan
+                .kernels
+                .entries
+                .iter()
+                .map(|e| {
+                    let v = variant(&e.kernel);
+                    KernelRow {
+                        op: e.op.clone(),
+                        shape: e.shape.clone(),
+                        buckets: e.buckets.clone(),
+                        kernel: e.kernel.clone(),
+                        source: v.map(|v| v.source.to_string()).unwrap_or_default(),
+                        symbols: v.map(|v| v.symbols.iter().map(|s| s.to_string()).collect()).unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            code_objects: Vec::new(),
+            linking: match plan.appliance.target {
+                Target::Cpu => "no GPU runtime: a CPU binary".into(),
+                Target::Hip => "the ROCm runtime (libamdhip64) is linked dynamically (cargo feature `hip`); kernels are embedded code objects".into(),
+                Target::Cuda => "the CUDA runtime would be linked dynamically; kernels are embedded cubins".into(),
+            },
         }
+    }
+
+    /// The code objects this binary carries.
+    pub fn with_code_objects(mut self, objects: &[CodeObject]) -> PlanReport {
+        self.code_objects = objects
+            .iter()
+            .map(|c| CodeObjectRow {
+                source: c.source.into(),
+                arch: c.arch.into(),
+                bytes: c.bytes.len(),
+                symbols: c.symbols.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        self
     }
 
     pub fn to_json(&self) -> String {
@@ -161,6 +222,25 @@ impl PlanReport {
         row(&mut s, "  upper bound".into(), format!("{:.1} tok/s", r.decode_roofline_tok_s));
         row(&mut s, format!("+ KV reads at {} tokens", r.max_request_tokens), gb(r.decode_kv_bytes_at_max_context));
         row(&mut s, "  upper bound".into(), format!("{:.1} tok/s", r.decode_roofline_at_max_context_tok_s));
+
+        if !self.kernels.is_empty() {
+            s.push_str("\nkernel map (op, shape, token buckets -> kernel)\n");
+            for k in &self.kernels {
+                let b = match (k.buckets.first(), k.buckets.last()) {
+                    (Some(a), Some(z)) if a != z => format!("{a}..{z}"),
+                    (Some(a), _) => a.to_string(),
+                    _ => "-".into(),
+                };
+                s.push_str(&format!("  {:<12} {:<44} {:>10}  {} ({})\n", k.op, k.shape, b, k.kernel, k.source));
+            }
+        }
+        if !self.code_objects.is_empty() {
+            s.push_str("\ncode objects in this binary\n");
+            for c in &self.code_objects {
+                s.push_str(&format!("  {:<16} {:<8} {:>8} B  {}\n", c.source, c.arch, c.bytes, c.symbols.join(", ")));
+            }
+        }
+        s.push_str(&format!("\nlinking      {}\n", self.linking));
         s
     }
 }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::fixture::*;
@@ -23,14 +22,7 @@ fn a_fixture_checkpoint_runs_from_its_own_plan() {
     let plan = tmp.path().join("plan.toml");
     run(Command::new(env!("CARGO_BIN_EXE_kiln")).args(["plan", "init", "--from-hf"]).arg(&dir).arg("-o").arg(&plan));
 
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-plan-build");
-    run(Command::new(cargo)
-        .args(["build", "--frozen", "--quiet", "--bin", "kiln"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("KILN_PLAN", &plan)
-        .env("CARGO_TARGET_DIR", &target_dir));
-    let kiln = target_dir.join("debug/kiln");
+    let kiln = common::plan_build::build_kiln(&plan, name, &[]).unwrap_or_else(|e| panic!("{e}"));
 
     let report = run(Command::new(&kiln).args(["plan", "--json"]));
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();

@@ -8,7 +8,7 @@ const G: &str = GLM_TP4DP2;
 
 #[test]
 fn shipped_plans_validate() {
-    for rel in [TINY, GLM_TP4DP2, GLM_TP8] {
+    for rel in [TINY, GLM_TP4DP2, GLM_TP8, "plan/tiny-hip-gfx90a.toml"] {
         let p = problems(rel, &[]);
         assert!(p.is_empty(), "{rel}:\n{}", kiln::plan::render_problems(&p));
     }
@@ -362,26 +362,117 @@ fn requests_fit_the_context() {
     );
 }
 
-fn kernel_row(op: &str, bucket: i64) -> toml::Value {
+fn kernel_row(op: &str, shape: &str, buckets: &[i64], kernel: &str) -> toml::Value {
     let mut t = toml::Table::new();
     t.insert("op".into(), toml::Value::String(op.into()));
-    t.insert("bucket".into(), toml::Value::Integer(bucket));
-    t.insert("kernel".into(), toml::Value::String("k".into()));
+    t.insert("shape".into(), toml::Value::String(shape.into()));
+    t.insert("buckets".into(), toml::Value::Array(buckets.iter().map(|b| toml::Value::Integer(*b)).collect()));
+    t.insert("kernel".into(), toml::Value::String(kernel.into()));
     toml::Value::Table(t)
+}
+
+/// The GLM-5.2 TP4 plan's kernel rows with `f` applied.
+fn glm_rows(f: impl FnOnce(&mut Vec<toml::Value>)) -> Option<toml::Value> {
+    let doc: toml::Table = toml::from_str(&read_plan_text(G)).unwrap();
+    let mut rows = doc["kernels"]["entries"].as_array().unwrap().clone();
+    f(&mut rows);
+    Some(toml::Value::Array(rows))
 }
 
 #[test]
 fn cpu_has_no_kernel_rows() {
-    let rows = toml::Value::Array(vec![kernel_row("moe.routed", 1)]);
+    let rows = toml::Value::Array(vec![kernel_row("rmsnorm", "d=256|128|64", &[1], "rmsnorm.block")]);
     let p = problems(TINY, &[("kernels.entries", Some(rows))]);
     assert_problem(&p, "kernels.entries", "appliance.target = cpu has no kernel variants");
 }
 
 #[test]
-fn kernel_rows_unique() {
-    let rows = toml::Value::Array(vec![kernel_row("moe.routed", 1), kernel_row("moe.routed", 1)]);
-    let p = problems(G, &[("kernels.entries", Some(rows))]);
-    assert_problem(&p, "kernels.entries", "(op = \"moe.routed\", bucket = 1) appears more than once");
+fn a_missing_kernel_cell_names_op_shape_and_bucket() {
+    // Drop bucket 128 of the MoE down projection's tile row.
+    let rows = glm_rows(|r| {
+        let row = r
+            .iter_mut()
+            .find(|x| x["op"].as_str() == Some("moe.down") && x["kernel"].as_str() == Some("moe.mxfp4.tile64x32"))
+            .unwrap();
+        let b = row.get_mut("buckets").unwrap().as_array_mut().unwrap();
+        b.retain(|x| x.as_integer() != Some(128));
+    });
+    let p = problems(G, &[("kernels.entries", rows)]);
+    assert_problem(
+        &p,
+        "kernels.entries",
+        "no kernel serves (op = \"moe.down\", shape = \"experts=256 n=6144 k=512\", bucket = 128)",
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+}
+
+#[test]
+fn every_missing_cell_is_listed() {
+    let rows = glm_rows(|r| r.retain(|x| x["op"].as_str() != Some("sample")));
+    let p = problems(G, &[("kernels.entries", rows)]);
+    assert_eq!(p.iter().filter(|x| x.message.contains("op = \"sample\"")).count(), 10, "{p:?}");
+}
+
+#[test]
+fn kernel_cells_are_served_once() {
+    let rows = glm_rows(|r| r.push(kernel_row("sample", "vocab=154880", &[4], "sample.greedy_top_p")));
+    let p = problems(G, &[("kernels.entries", rows)]);
+    assert_problem(&p, "kernels.entries[10]", "(op = \"sample\", bucket = 4) is already served by kernels.entries[9]");
+}
+
+#[test]
+fn unknown_kernels_are_named_with_the_alternatives() {
+    let rows = glm_rows(|r| r[0]["kernel"] = toml::Value::String("rmsnorm.fast".into()));
+    let p = problems(G, &[("kernels.entries", rows)]);
+    assert_problem(
+        &p,
+        "kernels.entries[0]",
+        "unknown kernel \"rmsnorm.fast\" (this build has for rmsnorm: rmsnorm.block)",
+    );
+}
+
+#[test]
+fn kernels_serve_only_their_op_family() {
+    let rows = glm_rows(|r| r[0]["kernel"] = toml::Value::String("sample.greedy_top_p".into()));
+    let p = problems(G, &[("kernels.entries", rows)]);
+    assert_problem(&p, "kernels.entries[0]", "serves sample but op \"rmsnorm\" needs a rmsnorm kernel");
+}
+
+#[test]
+fn kernels_must_be_built_for_the_arch() {
+    let p = problems(G, &[("appliance.target", string("cuda")), ("appliance.arch", string("sm_75"))]);
+    assert_problem(&p, "kernels.entries[0]", "kernel \"rmsnorm.block\" is not built for appliance.arch = \"sm_75\"");
+}
+
+#[test]
+fn stale_shapes_are_refused() {
+    // The map was tuned for TP4; at TP8 every per-rank shape changes.
+    let p = problems(G, &[("parallel.tp", int(8)), ("parallel.dp", int(1))]);
+    assert_problem(
+        &p,
+        "kernels.entries[3]",
+        "was tuned for shape \"experts=256 n=512 k=6144\" but this plan runs \"experts=256 n=256 k=6144\"",
+    );
+}
+
+#[test]
+fn rows_for_ops_the_plan_does_not_run_are_refused() {
+    let rows = glm_rows(|r| r.push(kernel_row("attention.prefill", "x", &[1], "rmsnorm.block")));
+    let p = problems(G, &[("kernels.entries", rows)]);
+    assert_problem(&p, "kernels.entries[10]", "op \"attention.prefill\" is not one this plan runs");
+}
+
+#[test]
+fn kernels_cover_only_their_buckets() {
+    let rows = glm_rows(|r| {
+        let row = r.iter_mut().find(|x| x["kernel"].as_str() == Some("moe.mxfp4.wave_per_row")).unwrap();
+        row["buckets"].as_array_mut().unwrap().push(toml::Value::Integer(128));
+    });
+    let p = problems(G, &[("kernels.entries", rows)]);
+    assert_problem(&p, "kernels.entries[3]", "serves buckets up to 64 but the row lists 128");
+    let rows = glm_rows(|r| r[0]["buckets"].as_array_mut().unwrap().push(toml::Value::Integer(3)));
+    let p = problems(G, &[("kernels.entries", rows)]);
+    assert_problem(&p, "kernels.entries[0]", "bucket 3 is not one op \"rmsnorm\" sees");
 }
 
 #[test]
@@ -426,4 +517,13 @@ fn all_problems_reported_at_once() {
     assert_problem(&p, "kv_cache.page_size", "power of two");
     assert_problem(&p, "server.bind", "not an IP address");
     assert!(p.len() >= 3);
+}
+
+#[test]
+fn shipped_gpu_plans_use_the_default_kernel_choices() {
+    // The shipped maps are untuned starting points: what `kiln plan init` would write.
+    for rel in [GLM_TP4DP2, GLM_TP8, "plan/tiny-hip-gfx90a.toml"] {
+        let plan = kiln::plan::check(&read_plan_text(rel)).unwrap();
+        assert_eq!(plan.kernels.entries, kiln::plan::default_entries(&plan), "{rel}");
+    }
 }

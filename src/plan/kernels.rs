@@ -1,9 +1,13 @@
-//! The tuned kernel map: which kernel variant serves each (op, token bucket).
-//!
-//! Reserved here so plans can carry it; the kernel pipeline derives the required
-//! (op, shape, bucket) set and makes every uncovered entry a build error.
+//! The tuned kernel map: which kernel variant serves each (op, shape, token bucket), and the
+//! registry of variants this build has. build.rs derives the (op, shape, bucket) set the plan's
+//! model, layout and limits need; a miss, a duplicate, an unknown kernel, a shape or an arch
+//! the kernel was not made for is a build error (reference/gpu-kernels.md section 1.7).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use super::{Plan, Problem, SpecMethod, Target, WeightFormat, memory_report};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -12,13 +16,353 @@ pub struct KernelMap {
     pub entries: Vec<KernelEntry>,
 }
 
+/// One row of the map: `kernel` serves `op` of `shape` at these token buckets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelEntry {
-    /// Op instance, e.g. `moe.routed`.
     pub op: String,
-    /// Largest token count this row serves.
-    pub bucket: u64,
-    /// Kernel variant name; it must exist in this build.
+    /// The op's shape this row was tuned for; must equal what the plan derives.
+    pub shape: String,
+    /// Token buckets (powers of two) this row serves.
+    pub buckets: Vec<u64>,
     pub kernel: String,
+}
+
+/// A kernel variant built from kernels/<source>.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelVariant {
+    pub name: &'static str,
+    pub op: &'static str,
+    pub source: &'static str,
+    /// extern "C" symbols the code object must export.
+    pub symbols: &'static [&'static str],
+    pub archs: &'static [&'static str],
+    /// Largest token bucket it is made for.
+    pub max_bucket: u64,
+}
+
+const ALL_ARCHES: &[&str] = &["gfx90a", "gfx940", "gfx942", "gfx950", "sm_80", "sm_90", "sm_90a"];
+
+/// Every kernel variant in kernels/.
+pub const REGISTRY: &[KernelVariant] = &[
+    KernelVariant {
+        name: "rmsnorm.block",
+        op: "rmsnorm",
+        source: "norm.hip",
+        symbols: &["kiln_rmsnorm_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "rope.interleaved",
+        op: "rope",
+        source: "rope.hip",
+        symbols: &["kiln_rope_interleaved_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "router.sigmoid_topk",
+        op: "router",
+        source: "router.hip",
+        symbols: &["kiln_router_sigmoid_topk"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "moe.mxfp4.wave_per_row",
+        op: "moe.mxfp4",
+        source: "moe_mxfp4.hip",
+        symbols: &["kiln_moe_mxfp4_decode"],
+        archs: ALL_ARCHES,
+        max_bucket: 64,
+    },
+    KernelVariant {
+        name: "moe.mxfp4.tile64x32",
+        op: "moe.mxfp4",
+        source: "moe_mxfp4.hip",
+        symbols: &["kiln_moe_mxfp4_prefill"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "mla.decode.bf16",
+        op: "mla.decode.bf16",
+        source: "mla_decode.hip",
+        symbols: &["kiln_mla_decode_bf16"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "mla.decode.fp8",
+        op: "mla.decode.fp8_e4m3",
+        source: "mla_decode.hip",
+        symbols: &["kiln_mla_decode_fp8"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "indexer.radix_topk.bf16",
+        op: "indexer.bf16",
+        source: "indexer.hip",
+        symbols: &["kiln_indexer_scores_bf16", "kiln_topk_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "indexer.radix_topk.fp8",
+        op: "indexer.fp8_e4m3",
+        source: "indexer.hip",
+        symbols: &["kiln_indexer_scores_fp8", "kiln_topk_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "sample.greedy_top_p",
+        op: "sample",
+        source: "sample.hip",
+        symbols: &["kiln_sample_greedy", "kiln_sample_top_p"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+];
+
+pub fn variant(name: &str) -> Option<&'static KernelVariant> {
+    REGISTRY.iter().find(|v| v.name == name)
+}
+
+/// Every kernels/ source file, once.
+pub fn all_sources() -> Vec<&'static str> {
+    let mut s: Vec<&str> = REGISTRY.iter().map(|v| v.source).collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// An op instance the plan's model runs, with its shape and the token buckets it sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequiredOp {
+    /// Map key; op families the registry serves (`moe.gate_up` is served by `moe.mxfp4`
+    /// kernels when the experts are MXFP4).
+    pub op: String,
+    /// Which registry op family can serve it.
+    pub family: String,
+    pub shape: String,
+    pub buckets: Vec<u64>,
+}
+
+/// Powers of two from 1 through the first at or above `max`.
+pub fn buckets_up_to(max: u64) -> Vec<u64> {
+    let mut b = vec![1u64];
+    while *b.last().expect("non-empty") < max.max(1) {
+        b.push(b.last().expect("non-empty") * 2);
+    }
+    b
+}
+
+/// The (op, shape, buckets) set a GPU plan needs (nothing for the cpu target).
+pub fn required_ops(plan: &Plan) -> Vec<RequiredOp> {
+    if plan.appliance.target == Target::Cpu {
+        return Vec::new();
+    }
+    let m = &plan.model;
+    let tp = u64::from(plan.parallel.tp.max(1));
+    let ep = u64::from(plan.parallel.ep.max(1));
+    let heads = m.num_attention_heads / tp;
+    let step = memory_report(plan).max_step_tokens;
+    let drafts = if plan.speculative.method == SpecMethod::Mtp { u64::from(plan.speculative.depth) } else { 0 };
+    let decode_rows =
+        u64::from(plan.server.max_running_requests).div_ceil(u64::from(plan.parallel.dp.max(1))) * (1 + drafts);
+    let all = buckets_up_to(step);
+    let decode = buckets_up_to(decode_rows);
+    let kv = plan.kv_cache.dtype.as_str();
+    let experts_fmt = plan.weights.quant.routed_experts;
+    let moe_family = match experts_fmt {
+        WeightFormat::Mxfp4 => "moe.mxfp4",
+        WeightFormat::Bf16 => "moe.bf16",
+        WeightFormat::F32 => "moe.f32",
+    };
+    let op = |op: &str, family: &str, shape: String, buckets: &[u64]| RequiredOp {
+        op: op.to_string(),
+        family: family.to_string(),
+        shape,
+        buckets: buckets.to_vec(),
+    };
+    let expert_width = m.moe_intermediate_size / (tp / ep).max(1);
+    vec![
+        op("rmsnorm", "rmsnorm", format!("d={}|{}|{}", m.hidden_size, m.q_lora_rank, m.kv_lora_rank), &all),
+        op("rope", "rope", format!("rot={} heads={} index_heads={}", m.qk_rope_head_dim, heads, m.index_n_heads), &all),
+        op(
+            "router",
+            "router",
+            format!(
+                "experts={} top_k={} groups={}/{} d={}",
+                m.n_routed_experts, m.num_experts_per_tok, m.topk_group, m.n_group, m.hidden_size
+            ),
+            &all,
+        ),
+        op(
+            "moe.gate_up",
+            moe_family,
+            format!("experts={} n={} k={}", m.n_routed_experts / ep, expert_width, m.hidden_size),
+            &all,
+        ),
+        op(
+            "moe.down",
+            moe_family,
+            format!("experts={} n={} k={}", m.n_routed_experts / ep, m.hidden_size, expert_width),
+            &all,
+        ),
+        op(
+            "mla.decode",
+            &format!("mla.decode.{kv}"),
+            format!(
+                "heads={heads} r={} dr={} page={} topk={}",
+                m.kv_lora_rank, m.qk_rope_head_dim, plan.kv_cache.page_size, m.index_topk
+            ),
+            &all,
+        ),
+        op(
+            "indexer",
+            &format!("indexer.{kv}"),
+            format!(
+                "heads={} dim={} topk={} page={}",
+                m.index_n_heads, m.index_head_dim, m.index_topk, plan.kv_cache.page_size
+            ),
+            &all,
+        ),
+        op("sample", "sample", format!("vocab={}", m.vocab_size), &decode),
+    ]
+}
+
+/// The kernel map's rules, each problem naming `kernels.entries[i]` or the missing cell.
+pub fn check(plan: &Plan) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let entries = &plan.kernels.entries;
+    if plan.appliance.target == Target::Cpu {
+        if !entries.is_empty() {
+            out.push(Problem::new(
+                "kernels.entries",
+                format!(
+                    "kernels.entries has {} rows but appliance.target = cpu has no kernel variants to choose",
+                    entries.len()
+                ),
+            ));
+        }
+        return out;
+    }
+    let arch = plan.appliance.arch.as_deref().unwrap_or("");
+    let required = required_ops(plan);
+    let mut served: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let key = format!("kernels.entries[{i}]");
+        let Some(req) = required.iter().find(|r| r.op == e.op) else {
+            let known: Vec<&str> = required.iter().map(|r| r.op.as_str()).collect();
+            out.push(Problem::new(
+                &key,
+                format!("{key}: op {:?} is not one this plan runs ({})", e.op, known.join(", ")),
+            ));
+            continue;
+        };
+        if e.shape != req.shape {
+            out.push(Problem::new(
+                &key,
+                format!("{key}: op {:?} was tuned for shape {:?} but this plan runs {:?}", e.op, e.shape, req.shape),
+            ));
+        }
+        match variant(&e.kernel) {
+            None => {
+                let names: Vec<&str> = REGISTRY.iter().filter(|v| v.op == req.family).map(|v| v.name).collect();
+                out.push(Problem::new(
+                    &key,
+                    format!(
+                        "{key}: unknown kernel {:?} (this build has for {}: {})",
+                        e.kernel,
+                        req.family,
+                        names.join(", ")
+                    ),
+                ));
+            }
+            Some(v) => {
+                if v.op != req.family {
+                    out.push(Problem::new(
+                        &key,
+                        format!(
+                            "{key}: kernel {:?} serves {} but op {:?} needs a {} kernel",
+                            v.name, v.op, e.op, req.family
+                        ),
+                    ));
+                }
+                if !v.archs.contains(&arch) {
+                    out.push(Problem::new(
+                        &key,
+                        format!(
+                            "{key}: kernel {:?} is not built for appliance.arch = {arch:?} ({})",
+                            v.name,
+                            v.archs.join(", ")
+                        ),
+                    ));
+                }
+                if let Some(b) = e.buckets.iter().find(|b| **b > v.max_bucket) {
+                    out.push(Problem::new(
+                        &key,
+                        format!(
+                            "{key}: kernel {:?} serves buckets up to {} but the row lists {b}",
+                            v.name, v.max_bucket
+                        ),
+                    ));
+                }
+            }
+        }
+        for &b in &e.buckets {
+            if !req.buckets.contains(&b) {
+                out.push(Problem::new(
+                    &key,
+                    format!("{key}: bucket {b} is not one op {:?} sees (its buckets: {:?})", e.op, req.buckets),
+                ));
+            } else if let Some(first) = served.insert((req.op.as_str(), b), i) {
+                out.push(Problem::new(
+                    &key,
+                    format!("{key}: (op = {:?}, bucket = {b}) is already served by kernels.entries[{first}]", e.op),
+                ));
+            }
+        }
+    }
+    for r in &required {
+        for &b in &r.buckets {
+            if !served.contains_key(&(r.op.as_str(), b)) {
+                out.push(Problem::new(
+                    "kernels.entries",
+                    format!("kernels.entries: no kernel serves (op = {:?}, shape = {:?}, bucket = {b})", r.op, r.shape),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// A starting map for a plan: for each required op and bucket, the registry variant of its
+/// family with the smallest reach that covers the bucket. `kiln plan init` writes it; tuning
+/// replaces rows with measured choices.
+pub fn default_entries(plan: &Plan) -> Vec<KernelEntry> {
+    let mut out = Vec::new();
+    for r in required_ops(plan) {
+        let mut variants: Vec<&KernelVariant> = REGISTRY.iter().filter(|v| v.op == r.family).collect();
+        variants.sort_by_key(|v| v.max_bucket);
+        let mut rows: Vec<KernelEntry> = Vec::new();
+        for &b in &r.buckets {
+            let Some(v) = variants.iter().find(|v| b <= v.max_bucket) else { continue };
+            match rows.last_mut() {
+                Some(e) if e.kernel == v.name => e.buckets.push(b),
+                _ => rows.push(KernelEntry {
+                    op: r.op.clone(),
+                    shape: r.shape.clone(),
+                    buckets: vec![b],
+                    kernel: v.name.into(),
+                }),
+            }
+        }
+        out.extend(rows);
+    }
+    out
 }

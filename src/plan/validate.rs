@@ -429,25 +429,7 @@ impl Rules {
     }
 
     fn kernels(&mut self, p: &Plan) {
-        let entries = &p.kernels.entries;
-        if p.appliance.target == Target::Cpu && !entries.is_empty() {
-            self.push(
-                "kernels.entries",
-                format!(
-                    "kernels.entries has {} rows but appliance.target = cpu has no kernel variants to choose",
-                    entries.len()
-                ),
-            );
-        }
-        let mut seen = BTreeSet::new();
-        for e in entries {
-            if !seen.insert((e.op.as_str(), e.bucket)) {
-                self.push(
-                    "kernels.entries",
-                    format!("kernels.entries: (op = {:?}, bucket = {}) appears more than once", e.op, e.bucket),
-                );
-            }
-        }
+        self.0.extend(super::kernels::check(p));
     }
 
     fn memory(&mut self, p: &Plan) {

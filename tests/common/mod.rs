@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod plan_build;
 pub mod serve;
 
 use std::path::PathBuf;

@@ -24,16 +24,7 @@ pub fn serve_binary() -> &'static Path {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "--frozen", "--quiet", "--bin", "kiln"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("KILN_PLAN", &plan)
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        target.join("debug/kiln")
+        super::plan_build::build_kiln(&plan, "chat_tiny", &[]).unwrap_or_else(|e| panic!("{e}"))
     })
 }
 

@@ -1,0 +1,106 @@
+// kiln kernels: the one place that knows HIP from CUDA.
+//
+// Every kernel source includes only this header. It provides the runtime header, the
+// wave/warp width as a compile-time constant (warpSize is not constexpr since ROCm 7), cross-lane
+// shuffles with the right mask width, and decoders for the stored formats (bf16, fp8 e4m3,
+// E2M1 + E8M0) on raw bytes, so no vendor-specific bf16/fp8 type appears in a kernel.
+#pragma once
+
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIP__)
+#define KILN_HIP 1
+#include <hip/hip_runtime.h>
+// CDNA (gfx90a, gfx940/942, gfx950) runs wave64.
+#define KILN_WAVE 64
+__device__ inline float kiln_shfl_xor(float v, int lane_mask) { return __shfl_xor(v, lane_mask, KILN_WAVE); }
+__device__ inline int kiln_shfl_xor_int(int v, int lane_mask) { return __shfl_xor(v, lane_mask, KILN_WAVE); }
+#elif defined(__CUDACC__)
+#define KILN_CUDA 1
+#include <cuda_runtime.h>
+#define KILN_WAVE 32
+__device__ inline float kiln_shfl_xor(float v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask, KILN_WAVE); }
+__device__ inline int kiln_shfl_xor_int(int v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask, KILN_WAVE); }
+#else
+#error "kiln kernels build with hipcc/clang (HIP) or nvcc (CUDA)"
+#endif
+
+#include <stdint.h>
+
+#define KILN_EXPORT extern "C" __global__
+
+// ---- reductions --------------------------------------------------------------------------
+
+__device__ inline float kiln_wave_sum(float v) {
+#pragma unroll
+    for (int m = KILN_WAVE / 2; m > 0; m >>= 1) v += kiln_shfl_xor(v, m);
+    return v;
+}
+
+__device__ inline float kiln_wave_max(float v) {
+#pragma unroll
+    for (int m = KILN_WAVE / 2; m > 0; m >>= 1) v = fmaxf(v, kiln_shfl_xor(v, m));
+    return v;
+}
+
+// Block-wide sum; `scratch` holds one float per wave. Every thread gets the result.
+__device__ inline float kiln_block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x % KILN_WAVE, wave = threadIdx.x / KILN_WAVE;
+    const int waves = (blockDim.x + KILN_WAVE - 1) / KILN_WAVE;
+    v = kiln_wave_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[wave] = v;
+    __syncthreads();
+    float t = (threadIdx.x < waves) ? scratch[threadIdx.x] : 0.0f;
+    if (wave == 0) t = kiln_wave_sum(t);
+    if (threadIdx.x == 0) scratch[0] = t;
+    __syncthreads();
+    return scratch[0];
+}
+
+__device__ inline float kiln_block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % KILN_WAVE, wave = threadIdx.x / KILN_WAVE;
+    const int waves = (blockDim.x + KILN_WAVE - 1) / KILN_WAVE;
+    v = kiln_wave_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[wave] = v;
+    __syncthreads();
+    float t = (threadIdx.x < waves) ? scratch[threadIdx.x] : -INFINITY;
+    if (wave == 0) t = kiln_wave_max(t);
+    if (threadIdx.x == 0) scratch[0] = t;
+    __syncthreads();
+    return scratch[0];
+}
+
+// ---- stored formats ----------------------------------------------------------------------
+
+__device__ inline float kiln_bf16(uint16_t bits) { return __uint_as_float(((uint32_t)bits) << 16); }
+
+__device__ inline uint16_t kiln_to_bf16(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);                     // round to nearest even
+    return (uint16_t)(u >> 16);
+}
+
+// OCP fp8 e4m3 (fn): bias 7, no infinities, S.1111.111 is NaN.
+__device__ inline float kiln_e4m3(uint8_t b) {
+    const uint32_t exp = (b >> 3) & 0xF, man = b & 7;
+    float mag;
+    if ((b & 0x7F) == 0x7F) mag = __uint_as_float(0x7fc00000u);
+    else if (exp == 0) mag = (float)man * (1.0f / 512.0f);
+    else mag = __uint_as_float(((exp + 120u) << 23) | (man << 20));
+    return (b & 0x80) ? -mag : mag;
+}
+
+// E2M1 (fp4) code in the low 4 bits.
+__device__ inline float kiln_e2m1(uint32_t code) {
+    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    const float v = mag[code & 7];
+    return (code & 8) ? -v : v;
+}
+
+// E8M0 scale: 2^(b - 127); 0xFF is NaN.
+__device__ inline float kiln_e8m0(uint8_t b) {
+    if (b == 0xFF) return __uint_as_float(0x7fc00000u);
+    if (b == 0) return __uint_as_float(1u << 22);
+    return __uint_as_float(((uint32_t)b) << 23);
+}

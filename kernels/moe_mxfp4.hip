@@ -1,0 +1,123 @@
+// Routed experts in AMD Quark MXFP4 times f32 activations, grouped by expert.
+// CPU twin: backend::cpu::matmul over weights::Linear (MXFP4 storage), per expert.
+//
+// Layout (all experts of a layer contiguous, as the weight packer writes them):
+//   codes  [E, N, K/2] u8   two E2M1 codes per byte, low nibble = even element
+//   scales [E, N, K/32] u8  E8M0, one per 32 inputs of a row
+//   x      [M, K] f32       activations sorted by expert
+//   offsets[E + 1] int32    expert e owns rows offsets[e] .. offsets[e+1] of x and y
+//   y      [M, N] f32
+#include "compat.h"
+
+// One 32-element group of a weight row dotted with 32 activations.
+__device__ inline float kiln_mxfp4_group_dot(const uint8_t* __restrict__ codes, uint8_t scale,
+                                             const float* __restrict__ xg) {
+    float acc = 0.0f;
+#if defined(__gfx950__)
+    // gfx950 decodes packed E2M1 with the scale in hardware: 2 values per instruction.
+    const float s = kiln_e8m0(scale);
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(codes);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            const auto v = __builtin_amdgcn_cvt_scalef32_pk_f32_fp4(w[q], s, b);
+            acc += v[0] * xg[8 * q + 2 * b] + v[1] * xg[8 * q + 2 * b + 1];
+        }
+    }
+#else
+    // Software dequant (gfx90a, gfx940/942, CUDA): 16-entry LUT, scale applied once.
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const uint32_t b = codes[j];
+        acc += kiln_e2m1(b & 0xF) * xg[2 * j] + kiln_e2m1(b >> 4) * xg[2 * j + 1];
+    }
+    acc *= kiln_e8m0(scale);
+#endif
+    return acc;
+}
+
+// Decode buckets (a few tokens per expert): one wave per output row, lanes split K by groups;
+// the row is read from memory once and reused from cache for each token.
+// Grid: (ceil(N / rows_per_block), E); block: rows_per_block * KILN_WAVE threads.
+KILN_EXPORT void kiln_moe_mxfp4_decode(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
+                                       const float* __restrict__ x, const int* __restrict__ offsets,
+                                       float* __restrict__ y, int n, int k) {
+    const int e = blockIdx.y;
+    const int rows_per_block = blockDim.x / KILN_WAVE;
+    const int row = blockIdx.x * rows_per_block + threadIdx.x / KILN_WAVE;
+    const int lane = threadIdx.x % KILN_WAVE;
+    if (row >= n) return;
+    const int groups = k / 32;
+    const uint8_t* wc = codes + ((size_t)e * n + row) * (k / 2);
+    const uint8_t* ws = scales + ((size_t)e * n + row) * groups;
+    for (int m = offsets[e]; m < offsets[e + 1]; ++m) {
+        const float* xm = x + (size_t)m * k;
+        float acc = 0.0f;
+        for (int g = lane; g < groups; g += KILN_WAVE) acc += kiln_mxfp4_group_dot(wc + 16 * g, ws[g], xm + 32 * g);
+        acc = kiln_wave_sum(acc);
+        if (lane == 0) y[(size_t)m * n + row] = acc;
+    }
+}
+
+#define KILN_TILE_N 64
+#define KILN_TILE_M 32
+#define KILN_TILE_K 64
+
+// Prefill buckets: a 64-row x 32-token output tile per block, K in steps of 64 through
+// shared memory (weights dequantized once per tile). Block: 256 threads, 4 rows x 2 tokens
+// each. Grid: (ceil(N / 64), ceil(max tokens of an expert / 32), E).
+KILN_EXPORT void kiln_moe_mxfp4_prefill(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
+                                        const float* __restrict__ x, const int* __restrict__ offsets,
+                                        float* __restrict__ y, int n, int k) {
+    __shared__ float wt[KILN_TILE_N][KILN_TILE_K + 1];
+    __shared__ float xt[KILN_TILE_M][KILN_TILE_K + 1];
+    const int e = blockIdx.z;
+    const int m0 = offsets[e] + blockIdx.y * KILN_TILE_M, m_end = offsets[e + 1];
+    if (m0 >= m_end) return;
+    const int n0 = blockIdx.x * KILN_TILE_N;
+    const int tr = (threadIdx.x / 16) * 4;  // 4 rows
+    const int tm = (threadIdx.x % 16) * 2;  // 2 tokens
+    float acc[4][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}};
+    const size_t row_bytes = k / 2, row_groups = k / 32;
+    for (int k0 = 0; k0 < k; k0 += KILN_TILE_K) {
+        // Dequantize 64 rows x 64 inputs: each thread decodes 8 bytes (16 values).
+        for (int i = threadIdx.x; i < KILN_TILE_N * (KILN_TILE_K / 16); i += blockDim.x) {
+            const int r = i / (KILN_TILE_K / 16), c16 = (i % (KILN_TILE_K / 16)) * 16;
+            const int gr = n0 + r;
+            if (gr < n) {
+                const uint8_t* wc = codes + ((size_t)e * n + gr) * row_bytes + (k0 + c16) / 2;
+                const float s = kiln_e8m0(scales[((size_t)e * n + gr) * row_groups + (k0 + c16) / 32]);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    wt[r][c16 + 2 * j] = kiln_e2m1(wc[j] & 0xF) * s;
+                    wt[r][c16 + 2 * j + 1] = kiln_e2m1(wc[j] >> 4) * s;
+                }
+            } else {
+                for (int j = 0; j < 16; ++j) wt[r][c16 + j] = 0.0f;
+            }
+        }
+        for (int i = threadIdx.x; i < KILN_TILE_M * KILN_TILE_K; i += blockDim.x) {
+            const int r = i / KILN_TILE_K, c = i % KILN_TILE_K;
+            xt[r][c] = (m0 + r < m_end) ? x[(size_t)(m0 + r) * k + k0 + c] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int c = 0; c < KILN_TILE_K; ++c) {
+            const float x0 = xt[tm][c], x1 = xt[tm + 1][c];
+#pragma unroll
+            for (int a = 0; a < 4; ++a) {
+                acc[a][0] += wt[tr + a][c] * x0;
+                acc[a][1] += wt[tr + a][c] * x1;
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+            const int gr = n0 + tr + a, gm = m0 + tm + b;
+            if (gr < n && gm < m_end) y[(size_t)gm * n + gr] = acc[a][b];
+        }
+}

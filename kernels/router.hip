@@ -1,0 +1,96 @@
+// The MoE router: fp32 logits, sigmoid, correction bias used only to choose, group-limited
+// top-k, renormalized and scaled weights. CPU twin: model::moe::route.
+#include "compat.h"
+
+#define KILN_ROUTER_MAX_EXPERTS 1024
+
+// x [T, D] f32, w [E, D] f32, bias [E] f32 -> idx [T, k] int32 (ascending), weights [T, k] f32.
+// One block per token (256 threads); E <= 1024, k <= 16, E % groups == 0.
+KILN_EXPORT void kiln_router_sigmoid_topk(const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ bias, int* __restrict__ idx,
+                                          float* __restrict__ weights, int d, int e, int k, int groups,
+                                          int keep_groups, int normalize, float scaling) {
+    __shared__ float score[KILN_ROUTER_MAX_EXPERTS];
+    __shared__ float choice[KILN_ROUTER_MAX_EXPERTS];
+    __shared__ float best_v[32];
+    __shared__ int best_i[32];
+    __shared__ int picked[16];
+    const float* xt = x + (size_t)blockIdx.x * d;
+    // Logits: one wave per expert at a time, lanes split D.
+    const int lane = threadIdx.x % KILN_WAVE, wave = threadIdx.x / KILN_WAVE;
+    const int waves = blockDim.x / KILN_WAVE;
+    for (int j = wave; j < e; j += waves) {
+        float acc = 0.0f;
+        for (int c = lane; c < d; c += KILN_WAVE) acc += xt[c] * w[(size_t)j * d + c];
+        acc = kiln_wave_sum(acc);
+        if (lane == 0) {
+            const float s = 1.0f / (1.0f + __expf(-acc));
+            score[j] = s;
+            choice[j] = s + bias[j];
+        }
+    }
+    __syncthreads();
+    if (groups > 1) {
+        // A group's score is the sum of its two best choices; keep the best keep_groups.
+        const int per = e / groups;
+        if (threadIdx.x == 0) {
+            float gs[64];
+            for (int g = 0; g < groups && g < 64; ++g) {
+                float a = -INFINITY, b = -INFINITY;
+                for (int j = 0; j < per; ++j) {
+                    const float v = choice[g * per + j];
+                    if (v > a) { b = a; a = v; } else if (v > b) b = v;
+                }
+                gs[g] = a + b;
+            }
+            for (int g = 0; g < groups && g < 64; ++g) {
+                int rank = 0;
+                for (int h = 0; h < groups && h < 64; ++h)
+                    rank += (gs[h] > gs[g]) || (gs[h] == gs[g] && h < g);
+                if (rank >= keep_groups)
+                    for (int j = 0; j < per; ++j) choice[g * per + j] = -INFINITY;
+            }
+        }
+        __syncthreads();
+    }
+    // Top-k by k rounds of a block argmax (lowest index among equals).
+    for (int r = 0; r < k; ++r) {
+        float v = -INFINITY;
+        int vi = 0x7fffffff;
+        for (int j = threadIdx.x; j < e; j += blockDim.x)
+            if (choice[j] > v || (choice[j] == v && j < vi)) { v = choice[j]; vi = j; }
+        for (int m = KILN_WAVE / 2; m > 0; m >>= 1) {
+            const float ov = kiln_shfl_xor(v, m);
+            const int oi = kiln_shfl_xor_int(vi, m);
+            if (ov > v || (ov == v && oi < vi)) { v = ov; vi = oi; }
+        }
+        if (lane == 0) { best_v[wave] = v; best_i[wave] = vi; }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int q = 1; q < waves; ++q)
+                if (best_v[q] > best_v[0] || (best_v[q] == best_v[0] && best_i[q] < best_i[0])) {
+                    best_v[0] = best_v[q];
+                    best_i[0] = best_i[q];
+                }
+            picked[r] = best_i[0];
+            choice[best_i[0]] = -INFINITY;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        // Ascending expert order, as the CPU twin reports them.
+        for (int a = 1; a < k; ++a)
+            for (int b = a; b > 0 && picked[b - 1] > picked[b]; --b) {
+                const int t = picked[b];
+                picked[b] = picked[b - 1];
+                picked[b - 1] = t;
+            }
+        float sum = 0.0f;
+        for (int a = 0; a < k; ++a) sum += score[picked[a]];
+        const float norm = normalize ? 1.0f / (sum + 1e-20f) : 1.0f;
+        for (int a = 0; a < k; ++a) {
+            idx[(size_t)blockIdx.x * k + a] = picked[a];
+            weights[(size_t)blockIdx.x * k + a] = score[picked[a]] * norm * scaling;
+        }
+    }
+}
