@@ -25,6 +25,49 @@ __device__ inline int kiln_shfl_xor_int(int v, int lane_mask) { return __shfl_xo
 
 #include <stdint.h>
 
+// ---- host API (the harness; kernels built with --genco ignore these) ---------------------
+#if KILN_HIP
+#define kilnMalloc hipMalloc
+#define kilnFree hipFree
+#define kilnMemcpy hipMemcpy
+#define kilnMemcpyHostToDevice hipMemcpyHostToDevice
+#define kilnMemcpyDeviceToHost hipMemcpyDeviceToHost
+#define kilnMemcpyDeviceToDevice hipMemcpyDeviceToDevice
+#define kilnEvent_t hipEvent_t
+#define kilnEventCreate hipEventCreate
+#define kilnEventRecord hipEventRecord
+#define kilnEventSynchronize hipEventSynchronize
+#define kilnEventElapsedTime hipEventElapsedTime
+#define kilnDeviceSynchronize hipDeviceSynchronize
+#define kilnGetLastError hipGetLastError
+#define kilnGetErrorString hipGetErrorString
+#define kilnSuccess hipSuccess
+#define kilnError_t hipError_t
+#define kilnGetDeviceCount hipGetDeviceCount
+#define kilnGetDeviceProperties hipGetDeviceProperties
+#define kilnDeviceProp hipDeviceProp_t
+#else
+#define kilnMalloc cudaMalloc
+#define kilnFree cudaFree
+#define kilnMemcpy cudaMemcpy
+#define kilnMemcpyHostToDevice cudaMemcpyHostToDevice
+#define kilnMemcpyDeviceToHost cudaMemcpyDeviceToHost
+#define kilnMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
+#define kilnEvent_t cudaEvent_t
+#define kilnEventCreate cudaEventCreate
+#define kilnEventRecord cudaEventRecord
+#define kilnEventSynchronize cudaEventSynchronize
+#define kilnEventElapsedTime cudaEventElapsedTime
+#define kilnDeviceSynchronize cudaDeviceSynchronize
+#define kilnGetLastError cudaGetLastError
+#define kilnGetErrorString cudaGetErrorString
+#define kilnSuccess cudaSuccess
+#define kilnError_t cudaError_t
+#define kilnGetDeviceCount cudaGetDeviceCount
+#define kilnGetDeviceProperties cudaGetDeviceProperties
+#define kilnDeviceProp cudaDeviceProp
+#endif
+
 #define KILN_EXPORT extern "C" __global__
 
 // ---- reductions --------------------------------------------------------------------------

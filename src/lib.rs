@@ -18,6 +18,7 @@ pub mod bench;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod kernel_cases;
 pub mod kv;
 pub mod metrics;
 pub mod model;

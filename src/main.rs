@@ -42,6 +42,11 @@ enum Command {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
+    /// GPU kernel tooling.
+    Kernels {
+        #[command(subcommand)]
+        what: KernelsWhat,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
@@ -102,6 +107,12 @@ enum PlanAction {
         #[arg(long, short)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum KernelsWhat {
+    /// Write test vectors (inputs and CPU-twin outputs) for kernels/harness/harness.cpp.
+    Cases { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -174,6 +185,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             init(&from_hf, &opts, out.as_deref())
         }
         Some(Command::Verify { weights }) => verify(weights),
+        Some(Command::Kernels { what: KernelsWhat::Cases { dir } }) => {
+            let names = kiln::kernel_cases::write_cases(&dir)?;
+            println!("{} kernel cases in {}: {}", names.len(), dir.display(), names.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Bench {
             what: BenchWhat::Serve { addr, rates, requests, input_len, output_len, prefix_ratio, single, seed },
         }) => bench_serve(

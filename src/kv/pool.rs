@@ -239,6 +239,12 @@ impl KvPool {
         }
     }
 
+    /// A layer's raw MLA entries and indexer keys [pages * page_size, bytes per entry], as a
+    /// device copy of the pool holds them.
+    pub fn layer_bytes(&self, layer: usize) -> (&[u8], &[u8]) {
+        (&self.mla[layer], &self.index[layer])
+    }
+
     fn slot(&self, seq: &SeqKv, pos: usize) -> usize {
         seq.pages[pos / self.page_size] as usize * self.page_size + pos % self.page_size
     }

@@ -36,6 +36,21 @@ pub fn keys(w: &IndexerWeights, m: &ModelShape, rope: &Rope, x: &[f32], position
     k
 }
 
+/// One query's index scores against `keys` [T, Di] (the GPU `indexer` kernel's twin):
+/// sum over heads of w_h * ReLU(q_h . k_t * dot_scale). q [Hi, Di], w [Hi] (already scaled).
+pub fn score_row(q: &[f32], w: &[f32], keys: &[f32], dot_scale: f32) -> Vec<f32> {
+    let hi = w.len();
+    let di = q.len() / hi.max(1);
+    keys.chunks(di)
+        .map(|k| {
+            (0..hi)
+                // ReLU before the head weighting; weights may be negative.
+                .map(|h| w[h] * (dot(&q[h * di..(h + 1) * di], k) * dot_scale).max(0.0))
+                .sum()
+        })
+        .collect()
+}
+
 /// Scores one sequence's S queries against its cached indexer keys (the new ones included)
 /// and keeps the top index_topk causal keys of each.
 #[allow(clippy::too_many_arguments)]
@@ -73,18 +88,12 @@ pub fn select(
         if pos < k_top {
             return None;
         }
-        let scores: Vec<f32> = (0..=pos)
-            .map(|t| {
-                let k = &keys[t * di..(t + 1) * di];
-                (0..hi)
-                    .map(|head| {
-                        let qh = &q[(i * hi + head) * di..(i * hi + head + 1) * di];
-                        // ReLU before the head weighting; weights may be negative.
-                        wts[i * hi + head] * (dot(qh, k) * dot_scale).max(0.0)
-                    })
-                    .sum()
-            })
-            .collect();
+        let scores = score_row(
+            &q[i * hi * di..(i + 1) * hi * di],
+            &wts[i * hi..(i + 1) * hi],
+            &keys[..(pos + 1) * di],
+            dot_scale,
+        );
         Some(top_k(&scores, k_top))
     };
     let rows = if s > 1 {

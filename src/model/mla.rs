@@ -93,7 +93,7 @@ pub fn attend(
 }
 
 /// Keys query `i` may see: causal, and within its selection.
-fn keys_for(selection: &Selection, i: usize, pos: usize) -> Vec<usize> {
+pub fn keys_for(selection: &Selection, i: usize, pos: usize) -> Vec<usize> {
     match selection.row(i) {
         None => (0..=pos).collect(),
         Some(set) => set.iter().map(|&t| t as usize).filter(|&t| t <= pos).collect(),
@@ -134,18 +134,7 @@ fn absorbed(
                     *a += qv * b;
                 }
             }
-            for (sv, &t) in scores.iter_mut().zip(&keys) {
-                let c = &cache.latent[t * r..(t + 1) * r];
-                let k = &cache.k_rope[t * dr..(t + 1) * dr];
-                *sv = (dot(&q_abs, c) + dot(&qh[dn..], k)) * sc;
-            }
-            softmax(&mut scores);
-            o_lat.fill(0.0);
-            for (p, &t) in scores.iter().zip(&keys) {
-                for (a, b) in o_lat.iter_mut().zip(&cache.latent[t * r..(t + 1) * r]) {
-                    *a += p * b;
-                }
-            }
+            latent_attention(&q_abs, &qh[dn..], cache, &keys, sc, &mut scores, &mut o_lat);
             for (j, o) in out[head * dv..(head + 1) * dv].iter_mut().enumerate() {
                 let wv = &kv_b[(rows + dn + j) * r..(rows + dn + j + 1) * r];
                 *o = dot(wv, &o_lat);
@@ -159,6 +148,33 @@ fn absorbed(
         positions.iter().enumerate().map(per_query).collect()
     };
     rows.concat()
+}
+
+/// One head's attention in latent space (the GPU `mla.decode` kernel's twin): scores
+/// (q_abs . c_t + q_rope . k_rope_t) * scale over `keys`, softmax, and the weighted sum of
+/// latents into `o_lat` [kv_lora_rank]. `scores` is scratch of keys.len().
+pub fn latent_attention(
+    q_abs: &[f32],  // [r]
+    q_rope: &[f32], // [dr]
+    cache: &KvView,
+    keys: &[usize],
+    scale: f32,
+    scores: &mut [f32],
+    o_lat: &mut [f32],
+) {
+    let (r, dr) = (q_abs.len(), q_rope.len());
+    for (sv, &t) in scores.iter_mut().zip(keys) {
+        let c = &cache.latent[t * r..(t + 1) * r];
+        let k = &cache.k_rope[t * dr..(t + 1) * dr];
+        *sv = (dot(q_abs, c) + dot(q_rope, k)) * scale;
+    }
+    softmax(scores);
+    o_lat.fill(0.0);
+    for (p, &t) in scores.iter().zip(keys) {
+        for (a, b) in o_lat.iter_mut().zip(&cache.latent[t * r..(t + 1) * r]) {
+            *a += p * b;
+        }
+    }
 }
 
 /// HF's form: k_nope and v of every cached token through kv_b, then plain attention.

@@ -38,6 +38,8 @@ pub struct TensorInfo {
 enum Backing {
     Mapped(Mmap),
     Static(&'static [u8]),
+    /// Bytes made in memory (test vectors, kernel cases).
+    Owned(Vec<u8>),
 }
 
 struct Shard {
@@ -50,6 +52,7 @@ impl Shard {
         match &self.backing {
             Backing::Mapped(m) => m,
             Backing::Static(b) => b,
+            Backing::Owned(v) => v,
         }
     }
 }
@@ -62,6 +65,15 @@ pub struct TensorBytes {
 }
 
 impl TensorBytes {
+    /// Bytes that live in memory rather than in a checkpoint file.
+    pub fn owned(bytes: Vec<u8>) -> TensorBytes {
+        let range = 0..bytes.len();
+        TensorBytes {
+            shard: Arc::new(Shard { path: PathBuf::from("<memory>"), backing: Backing::Owned(bytes) }),
+            range,
+        }
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         &self.shard.bytes()[self.range.clone()]
     }

@@ -34,6 +34,12 @@ impl Linear {
         Some(Linear { rows: rows as usize, cols: cols as usize, storage })
     }
 
+    /// An MXFP4 weight from packed codes [rows, cols/2] and E8M0 scales [rows, cols/32].
+    pub fn mxfp4(codes: Vec<u8>, scales: Vec<u8>, rows: usize, cols: usize) -> Linear {
+        let storage = Storage::Mxfp4 { codes: TensorBytes::owned(codes), scales: TensorBytes::owned(scales) };
+        Linear { rows, cols, storage }
+    }
+
     pub fn is_mxfp4(&self) -> bool {
         matches!(self.storage, Storage::Mxfp4 { .. })
     }
