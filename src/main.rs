@@ -141,6 +141,17 @@ enum BenchWhat {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Single-stream decode speed and MTP acceptance at each draft depth, in-process on the
+    /// baked plan's model (greedy; every depth writes the same text).
+    Spec {
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
+        depths: Vec<usize>,
+        /// New tokens per prompt.
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -189,6 +200,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let names = kiln::kernel_cases::write_cases(&dir)?;
             println!("{} kernel cases in {}: {}", names.len(), dir.display(), names.join(", "));
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { what: BenchWhat::Spec { depths, tokens, weights } }) => {
+            bench_spec(&depths, tokens, weights)
         }
         Some(Command::Bench {
             what: BenchWhat::Serve { addr, rates, requests, input_len, output_len, prefix_ratio, single, seed },
@@ -268,6 +282,47 @@ fn serve(bind: Option<String>, weights: Option<PathBuf>) -> Result<ExitCode> {
     let (running, _engine) = kiln::server::launch(plan, baked::PLAN_TEXT, &src, &bind)?;
     eprintln!("kiln: serving {} from {} on http://{}", plan.appliance.name, src.describe(), running.addr);
     running.wait();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prompts for `kiln bench spec`: the starts of code the demo model was trained on.
+const SPEC_PROMPTS: &[&str] = &[
+    "import os\n\n\ndef list_files(directory):\n",
+    "class Config:\n    def __init__(self, path):\n",
+    "[gMASK]<sop><|user|>\nReturn the absolute value of a number.<|assistant|>\n",
+    "def _read(self, n):\n    \"\"\"Read up to n bytes",
+    "for line in open(path):\n",
+    "[gMASK]<sop><|user|>\nSplit a string on commas.<|assistant|>\n",
+];
+
+fn bench_spec(depths: &[usize], tokens: usize, weights: Option<PathBuf>) -> Result<ExitCode> {
+    let plan = baked::plan();
+    let src = source(weights);
+    let model = std::sync::Arc::new(Model::load(plan, &src.checkpoint()?)?);
+    if model.weights.mtp.is_empty() {
+        return Err(Error::Usage("the model has no MTP layer to draft with".into()));
+    }
+    let tok = kiln::tokenizer::Tokenizer::from_files(&src.tokenizer_files()?)?;
+    let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| tok.encode(p, false)).collect::<Result<_>>()?;
+    let page_size = plan.kv_cache.page_size as usize;
+    let base = kiln::engine::EngineConfig {
+        max_running: 1,
+        max_queued: 1,
+        request_timeout: std::time::Duration::from_secs(3600),
+        prefill_chunk_tokens: plan.server.prefill_chunk_tokens as usize,
+        kv_format: kiln::kv::KvFormat::from(plan.kv_cache.dtype),
+        page_size,
+        kv_pages: (prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64).div_ceil(page_size) * 2,
+        prefix_cache: false,
+        spec_depth: 0,
+    };
+    eprintln!(
+        "kiln bench spec: {} prompts x {tokens} tokens, greedy, single stream, {}",
+        prompts.len(),
+        src.describe()
+    );
+    let rows = bench::spec_table(&model, &base, &prompts, tokens, depths);
+    println!("{}", bench::spec_markdown(&rows));
     Ok(ExitCode::SUCCESS)
 }
 

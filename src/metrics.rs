@@ -42,6 +42,12 @@ struct Values {
     prefix_hits: u64,
     engine_steps: u64,
     preemptions: u64,
+    /// Speculative decoding: verification steps with drafts, drafted and accepted tokens,
+    /// and accepted tokens by draft position.
+    spec_drafts: u64,
+    spec_draft_tokens: u64,
+    spec_accepted: u64,
+    spec_accepted_per_pos: Vec<u64>,
     finished: BTreeMap<&'static str, u64>,
     ttft: Option<Histogram>,
     itl: Option<Histogram>,
@@ -93,6 +99,26 @@ impl Metrics {
 
     pub fn preemptions(&self) -> u64 {
         self.with(|v| v.preemptions)
+    }
+
+    /// One verification of `drafted` draft tokens of which the first `accepted` stood.
+    pub fn speculated(&self, drafted: usize, accepted: usize) {
+        self.with(|v| {
+            v.spec_drafts += 1;
+            v.spec_draft_tokens += drafted as u64;
+            v.spec_accepted += accepted as u64;
+            if v.spec_accepted_per_pos.len() < drafted {
+                v.spec_accepted_per_pos.resize(drafted, 0);
+            }
+            for p in v.spec_accepted_per_pos.iter_mut().take(accepted) {
+                *p += 1;
+            }
+        });
+    }
+
+    /// (verification steps, drafted tokens, accepted tokens, accepted by position).
+    pub fn speculation(&self) -> (u64, u64, u64, Vec<u64>) {
+        self.with(|v| (v.spec_drafts, v.spec_draft_tokens, v.spec_accepted, v.spec_accepted_per_pos.clone()))
     }
 
     pub fn observe_ttft(&self, s: f64) {
@@ -150,6 +176,39 @@ impl Metrics {
         );
         one("engine_steps_total", "counter", "Engine steps taken.", v.engine_steps.to_string());
         one("num_preemptions_total", "counter", "Requests preempted for KV pages.", v.preemptions.to_string());
+        one(
+            "spec_decode_num_drafts_total",
+            "counter",
+            "Speculative verification steps with drafts.",
+            v.spec_drafts.to_string(),
+        );
+        one(
+            "spec_decode_num_draft_tokens_total",
+            "counter",
+            "Draft tokens proposed by the MTP layer.",
+            v.spec_draft_tokens.to_string(),
+        );
+        one(
+            "spec_decode_num_accepted_tokens_total",
+            "counter",
+            "Draft tokens the model accepted.",
+            v.spec_accepted.to_string(),
+        );
+        let mean =
+            if v.spec_drafts > 0 { (v.spec_accepted + v.spec_drafts) as f64 / v.spec_drafts as f64 } else { 0.0 };
+        one(
+            "spec_decode_mean_acceptance_length",
+            "gauge",
+            "Tokens per verification step (accepted drafts + 1).",
+            format!("{mean}"),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP kiln:spec_decode_num_accepted_tokens_per_pos_total Accepted drafts by position.\n# TYPE kiln:spec_decode_num_accepted_tokens_per_pos_total counter"
+        );
+        for (pos, n) in v.spec_accepted_per_pos.iter().enumerate() {
+            let _ = writeln!(s, "kiln:spec_decode_num_accepted_tokens_per_pos_total{{{l},position=\"{pos}\"}} {n}");
+        }
         let _ = writeln!(
             s,
             "# HELP kiln:request_success_total Requests finished, by reason.\n# TYPE kiln:request_success_total counter"

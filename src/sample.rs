@@ -51,6 +51,7 @@ impl SamplingParams {
 
 /// One request's sampler: its parameters, its random stream, and the token history the
 /// penalties need.
+#[derive(Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
@@ -58,6 +59,14 @@ pub struct Sampler {
     generated: HashMap<u32, u32>,
     /// Tokens of the prompt (repetition penalty only).
     prompt: HashMap<u32, ()>,
+}
+
+/// What speculative verification decided for one draft token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Rejected; this token replaces it and ends the step.
+    Replace(u32),
 }
 
 impl Sampler {
@@ -71,33 +80,98 @@ impl Sampler {
         }
     }
 
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0
+    }
+
     /// Picks the next token and records it in the history.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let mut l = logits.to_vec();
-        self.penalize(&mut l);
-        let p = &self.params;
-        let token = if p.temperature <= 0.0 {
-            argmax(&l)
-        } else {
-            let mut cand = filtered(&l, p);
-            let total: f32 = cand.iter().map(|c| c.1).sum();
-            let mut u = self.rng.random::<f32>() * total;
-            let last = cand.len() - 1;
-            let mut pick = cand[last].0;
-            for (i, c) in cand.iter_mut().enumerate() {
-                if u < c.1 || i == last {
-                    pick = c.0;
-                    break;
-                }
-                u -= c.1;
-            }
-            pick
-        };
-        *self.generated.entry(token).or_default() += 1;
+        let (token, _) = self.pick(logits);
+        self.record(token);
         token
     }
 
-    fn penalize(&self, l: &mut [f32]) {
+    /// The next token and, when sampling, the distribution it was drawn from; the history is
+    /// not changed (drafting uses this).
+    pub fn pick(&mut self, logits: &[f32]) -> (u32, Option<Vec<f32>>) {
+        match self.distribution(logits) {
+            None => (argmax(&self.penalized(logits)), None),
+            Some(p) => (self.draw(&p), Some(p)),
+        }
+    }
+
+    pub fn record(&mut self, token: u32) {
+        *self.generated.entry(token).or_default() += 1;
+    }
+
+    /// A sampler for drafting ahead of this one: the same history, an independent random
+    /// stream (draft and verification draws must not be correlated).
+    pub fn drafter(&self) -> Sampler {
+        let mut d = self.clone();
+        d.rng.set_stream(d.rng.get_stream().wrapping_add(1));
+        d
+    }
+
+    /// Probabilities over the vocabulary after penalties, temperature, top-k, top-p and
+    /// min-p; None when greedy.
+    pub fn distribution(&self, logits: &[f32]) -> Option<Vec<f32>> {
+        if self.is_greedy() {
+            return None;
+        }
+        let cand = filtered(&self.penalized(logits), &self.params);
+        let total: f32 = cand.iter().map(|c| c.1).sum();
+        let mut p = vec![0.0f32; logits.len()];
+        for (t, w) in cand {
+            p[t as usize] = w / total;
+        }
+        Some(p)
+    }
+
+    /// A token drawn from `p` (a distribution over the vocabulary).
+    fn draw(&mut self, p: &[f32]) -> u32 {
+        let mut u = self.rng.random::<f32>() * p.iter().sum::<f32>();
+        let mut last = 0;
+        for (i, &w) in p.iter().enumerate() {
+            if w <= 0.0 {
+                continue;
+            }
+            last = i;
+            if u < w {
+                return i as u32;
+            }
+            u -= w;
+        }
+        last as u32
+    }
+
+    /// Verifies a draft against the target model's `logits` (speculative decoding) and
+    /// records the token that stands. Greedy: accept iff the draft is the target's argmax.
+    /// Sampling (the standard rejection rule, so outputs follow the target distribution):
+    /// accept with probability min(1, p(d) / q(d)); otherwise draw from max(0, p - q).
+    pub fn verify(&mut self, logits: &[f32], draft: u32, q: Option<&[f32]>) -> Verdict {
+        let verdict = match (self.distribution(logits), q) {
+            (None, _) | (_, None) => {
+                let y = argmax(&self.penalized(logits));
+                if y == draft { Verdict::Accept } else { Verdict::Replace(y) }
+            }
+            (Some(p), Some(q)) => {
+                let u = self.rng.random::<f32>();
+                if accept_draft(&p, q, draft, u) {
+                    Verdict::Accept
+                } else {
+                    Verdict::Replace(self.draw(&residual(&p, q)))
+                }
+            }
+        };
+        self.record(match verdict {
+            Verdict::Accept => draft,
+            Verdict::Replace(t) => t,
+        });
+        verdict
+    }
+
+    fn penalized(&self, logits: &[f32]) -> Vec<f32> {
+        let mut l = logits.to_vec();
         let p = &self.params;
         if p.repetition_penalty != 1.0 {
             let seen = self.prompt.keys().chain(self.generated.keys());
@@ -114,7 +188,21 @@ impl Sampler {
                 }
             }
         }
+        l
     }
+}
+
+/// The rejection rule's acceptance: u < p(d) / q(d), with u uniform in [0, 1).
+pub fn accept_draft(p: &[f32], q: &[f32], draft: u32, u: f32) -> bool {
+    let (pd, qd) = (p[draft as usize], q[draft as usize]);
+    qd <= 0.0 || u * qd < pd
+}
+
+/// max(0, p - q), normalized; p itself where q covers p everywhere.
+pub fn residual(p: &[f32], q: &[f32]) -> Vec<f32> {
+    let r: Vec<f32> = p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).collect();
+    let total: f32 = r.iter().sum();
+    if total > 0.0 { r.into_iter().map(|x| x / total).collect() } else { p.to_vec() }
 }
 
 /// (token, unnormalized probability) of the tokens that survive temperature, top-k, top-p
@@ -226,6 +314,57 @@ mod tests {
         // Repetition penalty covers the prompt: token 0 (in the prompt) 1.5 / 2 < 1.0.
         let mut s = Sampler::new(SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() }, &[0]);
         assert_eq!(s.sample(&[1.5, 1.0]), 1);
+    }
+
+    #[test]
+    fn speculative_sampling_follows_the_target_distribution() {
+        // Tiny vocabulary: drafts from q, verified against p, must come out distributed as p.
+        let p = [0.05f32, 0.40, 0.25, 0.20, 0.10];
+        let q = [0.30f32, 0.10, 0.30, 0.05, 0.25];
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let n = 200_000;
+        let mut counts = [0u32; 5];
+        for _ in 0..n {
+            let mut u = rng.random::<f32>();
+            let mut d = 0;
+            while d < 4 && u >= q[d] {
+                u -= q[d];
+                d += 1;
+            }
+            let out = if accept_draft(&p, &q, d as u32, rng.random::<f32>()) {
+                d
+            } else {
+                let r = residual(&p, &q);
+                let mut u = rng.random::<f32>();
+                let mut t = 0;
+                while t < 4 && u >= r[t] {
+                    u -= r[t];
+                    t += 1;
+                }
+                t
+            };
+            counts[out] += 1;
+        }
+        // Pearson chi-square with 4 degrees of freedom: 18.47 is the 0.1% critical value.
+        let chi2: f64 = counts
+            .iter()
+            .zip(&p)
+            .map(|(&c, &pi)| {
+                let e = n as f64 * pi as f64;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum();
+        assert!(chi2 < 18.47, "chi-square {chi2:.2}: {counts:?}");
+        // And drafting from q alone would fail the same test by a wide margin.
+        let chi2_q: f64 = q.iter().zip(&p).map(|(&qi, &pi)| n as f64 * (qi - pi).powi(2) as f64 / pi as f64).sum();
+        assert!(chi2_q > 1000.0);
+    }
+
+    #[test]
+    fn greedy_verification_accepts_only_the_argmax() {
+        let mut s = Sampler::new(SamplingParams::greedy(), &[]);
+        assert_eq!(s.verify(&[0.0, 2.0, 1.0], 1, None), Verdict::Accept);
+        assert_eq!(s.verify(&[0.0, 2.0, 1.0], 2, None), Verdict::Replace(1));
     }
 
     #[test]

@@ -29,6 +29,7 @@ fn config(format: KvFormat, pages: usize, chunk: usize) -> EngineConfig {
         page_size: 8,
         kv_pages: pages,
         prefix_cache: true,
+        spec_depth: 0,
     }
 }
 

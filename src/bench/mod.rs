@@ -5,6 +5,7 @@
 //! a single stream measured in the same run.
 
 mod client;
+mod spec;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use client::{StreamResult, stream};
+pub use spec::{SpecRow, spec_markdown, spec_table};
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {

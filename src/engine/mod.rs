@@ -7,6 +7,7 @@
 //! recently admitted request is preempted (its pages freed, its tokens recomputed later).
 
 mod request;
+mod speculate;
 mod step;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct EngineConfig {
     pub page_size: usize,
     pub kv_pages: usize,
     pub prefix_cache: bool,
+    /// MTP draft tokens per step (0 = no speculative decoding).
+    pub spec_depth: usize,
 }
 
 /// What `EngineHandle::inspect` reports.
@@ -160,14 +163,12 @@ pub fn spawn(model: Arc<Model>, config: EngineConfig, metrics: Arc<Metrics>) -> 
         .name("kiln-engine".into())
         .spawn(move || {
             let _guard = AliveGuard(shared.clone());
-            let pool = KvPool::new(
-                config.kv_format,
-                model.kv_geometry(),
-                config.page_size,
-                config.kv_pages,
-                config.prefix_cache,
-            );
-            step::Engine::new(model, config, metrics, shared, rx, pool).run();
+            // With speculation the MTP layer's entries live in the same pages as the main
+            // layers': one page table, one prefix cache, one rollback.
+            let speculate = config.spec_depth > 0 && !model.weights.mtp.is_empty();
+            let geometry = if speculate { model.kv_geometry_with_mtp() } else { model.kv_geometry() };
+            let pool = KvPool::new(config.kv_format, geometry, config.page_size, config.kv_pages, config.prefix_cache);
+            step::Engine::new(model, config, metrics, shared, rx, pool, speculate).run();
         })
         .expect("spawn the engine thread");
     (handle, join)

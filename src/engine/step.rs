@@ -1,5 +1,5 @@
-//! One engine step: intake, admission, the mixed decode + chunked-prefill batch, sampling,
-//! finishing, preemption.
+//! One engine step: intake, admission, the mixed decode + chunked-prefill batch (with MTP
+//! drafts verified in the same forward), sampling, finishing, preemption.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use super::speculate;
 use super::{EngineConfig, Event, FinishReason, GenerationRequest, Msg, PoolReport, Shared, Usage};
 use crate::kv::{KvPool, SeqKv};
 use crate::metrics::Metrics;
@@ -17,18 +18,27 @@ use crate::sample::{Sampler, logprobs};
 const IDLE_WAIT: Duration = Duration::from_millis(50);
 
 /// A request inside the engine.
-struct Seq {
-    req: GenerationRequest,
-    kv: SeqKv,
+pub(super) struct Seq {
+    pub req: GenerationRequest,
+    pub kv: SeqKv,
     /// Prompt, then generated tokens; KV is written for tokens[..kv.len].
-    tokens: Vec<u32>,
-    sampler: Sampler,
-    generated: usize,
+    pub tokens: Vec<u32>,
+    pub sampler: Sampler,
+    pub generated: usize,
     /// Prompt tokens found in the prefix cache at first admission.
     cached: usize,
     admitted: bool,
     first_token: Option<Instant>,
     last_token: Instant,
+    /// Speculative decoding: positions whose MTP entries are written (the MTP layer is one
+    /// more layer of the same pages), the main model's hidden rows it has not consumed yet
+    /// (positions mtp_len .. kv.len), and the drafts (with the distributions they were
+    /// drawn from) to verify next step.
+    pub mtp_len: usize,
+    pub mtp_hidden: Vec<f32>,
+    pub drafts: Vec<u32>,
+    pub draft_probs: Vec<Option<Vec<f32>>>,
+    pub finish: Option<FinishReason>,
 }
 
 impl Seq {
@@ -44,25 +54,32 @@ impl Seq {
             admitted: false,
             first_token: None,
             last_token: Instant::now(),
+            mtp_len: 0,
+            mtp_hidden: Vec::new(),
+            drafts: Vec::new(),
+            draft_probs: Vec::new(),
+            finish: None,
         }
     }
 
     /// Tokens whose KV is still to be computed.
-    fn pending(&self) -> usize {
+    pub fn pending(&self) -> usize {
         self.tokens.len() - self.kv.len
     }
 }
 
 pub struct Engine {
-    model: Arc<Model>,
+    pub(super) model: Arc<Model>,
     config: EngineConfig,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
-    pool: KvPool,
+    pub(super) pool: KvPool,
+    /// Whether MTP speculation is on (the pool then has the MTP layer too).
+    speculate: bool,
     waiting: VecDeque<Seq>,
     /// In admission order (preemption takes from the back).
-    running: Vec<Seq>,
+    pub(super) running: Vec<Seq>,
     throttle: Duration,
 }
 
@@ -74,6 +91,7 @@ impl Engine {
         shared: Arc<Shared>,
         rx: Receiver<Msg>,
         pool: KvPool,
+        speculate: bool,
     ) -> Engine {
         Engine {
             model,
@@ -82,10 +100,15 @@ impl Engine {
             shared,
             rx,
             pool,
+            speculate,
             waiting: VecDeque::new(),
             running: Vec::new(),
             throttle: Duration::ZERO,
         }
+    }
+
+    pub fn spec_depth(&self) -> usize {
+        if self.speculate { self.config.spec_depth } else { 0 }
     }
 
     pub fn run(mut self) {
@@ -125,12 +148,13 @@ impl Engine {
             Msg::Submit(r) => self.waiting.push_back(Seq::new(*r)),
             Msg::Inspect(tx) => {
                 let live: Vec<&SeqKv> = self.running.iter().map(|s| &s.kv).collect();
+                let integrity = self.pool.check(&live);
                 let _ = tx.send(PoolReport {
                     total_pages: self.pool.total_pages(),
                     available_pages: self.pool.available_pages(),
                     running: self.running.len(),
                     waiting: self.waiting.len(),
-                    integrity: self.pool.check(&live),
+                    integrity,
                 });
             }
             Msg::Stall(d) => std::thread::sleep(d),
@@ -143,22 +167,13 @@ impl Engine {
         let timeout = self.config.request_timeout;
         let gone = |s: &Seq| s.req.cancel.is_cancelled() || s.req.arrival.elapsed() > timeout;
         let reason = |s: &Seq| if s.req.cancel.is_cancelled() { FinishReason::Abort } else { FinishReason::Timeout };
-        for queue in [0, 1] {
-            let seqs: Vec<Seq> = if queue == 0 {
-                std::mem::take(&mut self.waiting).into_iter().collect()
-            } else {
-                std::mem::take(&mut self.running)
-            };
-            let (out, stay): (Vec<Seq>, Vec<Seq>) = seqs.into_iter().partition(gone);
-            for s in out {
-                let r = reason(&s);
-                self.end(s, r);
-            }
-            if queue == 0 {
-                self.waiting = stay.into();
-            } else {
-                self.running = stay;
-            }
+        let (out, stay): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut self.waiting).into_iter().partition(gone);
+        self.waiting = stay.into();
+        let (out2, stay): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut self.running).into_iter().partition(gone);
+        self.running = stay;
+        for s in out.into_iter().chain(out2) {
+            let r = reason(&s);
+            self.end(s, r);
         }
     }
 
@@ -168,7 +183,7 @@ impl Engine {
         while self.running.len() < self.config.max_running {
             let Some(mut seq) = self.waiting.pop_front() else { break };
             let cached = self.pool.attach_prefix(&mut seq.kv, &seq.tokens);
-            let need = self.pool.pages_needed(&seq.kv, seq.tokens.len() + 1);
+            let need = self.pool.pages_needed(&seq.kv, seq.tokens.len() + 1 + self.spec_depth());
             if need > self.pool.available_pages() {
                 self.pool.release(&mut seq.kv);
                 if self.running.is_empty() && need > self.pool.total_pages() {
@@ -185,29 +200,31 @@ impl Engine {
                 seq.cached = cached;
                 self.metrics.add_prompt(seq.req.prompt.len(), cached);
             }
+            // Cached pages carry the MTP layer's entries too.
+            seq.mtp_len = seq.kv.len;
             self.running.push(seq);
         }
     }
 
-    /// One batched forward: a decode token for every request that has one, and prompt chunks
-    /// within the prefill budget.
+    /// One batched forward: the pending token (and drafts) of every decoding request, and
+    /// prompt chunks within the prefill budget.
     fn step(&mut self) {
         if self.running.is_empty() {
             return;
         }
-        // Pages for this step's tokens; preempt the newest requests when they run out.
         let mut budget = self.config.prefill_chunk_tokens;
         let mut plan: Vec<(usize, usize)> = Vec::new(); // (running index, tokens this step)
         let mut i = 0;
         while i < self.running.len() {
-            let pending = self.running[i].pending();
-            // Decode tokens always run; prompt chunks share the prefill budget.
-            let n = if pending <= 1 { pending } else { pending.min(budget) };
+            let seq = &self.running[i];
+            let pending = seq.pending();
+            // Decode: the pending token plus its drafts; prompt chunks share the budget.
+            let n = if pending <= 1 { pending + seq.drafts.len() } else { pending.min(budget) };
             if n == 0 {
                 i += 1;
                 continue;
             }
-            let end = self.running[i].kv.len + n;
+            let end = seq.kv.len + n;
             let seq = &mut self.running[i];
             if self.pool.reserve(&mut seq.kv, end).is_err() {
                 // Free pages by preempting the newest request; if this is the newest, it waits.
@@ -227,12 +244,19 @@ impl Engine {
             return;
         }
 
-        let inputs: Vec<SeqInput> = plan
+        // A decoding request's drafts ride after its pending token.
+        let step_tokens: Vec<Vec<u32>> = plan
             .iter()
             .map(|&(i, n)| {
                 let s = &self.running[i];
-                SeqInput { tokens: &s.tokens[s.kv.len..s.kv.len + n], kv: &s.kv }
+                let own = &s.tokens[s.kv.len..s.kv.len + n - s.drafts.len()];
+                own.iter().chain(&s.drafts).copied().collect()
             })
+            .collect();
+        let inputs: Vec<SeqInput> = plan
+            .iter()
+            .zip(&step_tokens)
+            .map(|(&(i, _), tokens)| SeqInput { tokens, kv: &self.running[i].kv })
             .collect();
         let hidden = self.model.forward_batch(&inputs, &mut self.pool, None);
         drop(inputs);
@@ -252,30 +276,100 @@ impl Engine {
 
         let d = self.model.shape.hidden_size as usize;
         let mut row = 0;
-        let mut finished = Vec::new();
         for &(i, n) in &plan {
+            let rows = &hidden[row * d..(row + n) * d];
             row += n;
-            let seq = &mut self.running[i];
-            seq.kv.len += n;
-            self.pool.commit(&mut seq.kv, &seq.tokens);
-            if seq.pending() == 0 {
-                let last = &hidden[(row - 1) * d..row * d];
-                if let Some(reason) = self.sample(i, last) {
-                    finished.push((i, reason));
-                }
+            if self.running[i].drafts.is_empty() {
+                self.advance_plain(i, n, rows);
+            } else {
+                self.advance_speculative(i, rows);
             }
         }
-        for (i, reason) in finished.into_iter().rev() {
-            let s = self.running.remove(i);
-            self.end(s, reason);
+        if self.spec_depth() > 0 {
+            speculate::draft(self);
+        }
+        let mut k = 0;
+        while k < self.running.len() {
+            if let Some(reason) = self.running[k].finish {
+                let s = self.running.remove(k);
+                self.end(s, reason);
+            } else {
+                k += 1;
+            }
         }
     }
 
-    /// Samples the next token of running request `i`; Some(reason) when it is over.
-    fn sample(&mut self, i: usize, hidden: &[f32]) -> Option<FinishReason> {
-        let logits = self.model.logits(hidden);
+    /// A prompt chunk or a single decode token of running request `i`, `rows` its hidden
+    /// states [n, D].
+    fn advance_plain(&mut self, i: usize, n: usize, rows: &[f32]) {
+        let d = self.model.shape.hidden_size as usize;
+        let spec = self.spec_depth() > 0;
         let seq = &mut self.running[i];
-        let token = seq.sampler.sample(&logits);
+        seq.kv.len += n;
+        if spec {
+            // Pages join the prefix cache once their MTP entries are written too (speculate.rs).
+            seq.mtp_hidden.extend_from_slice(rows);
+        } else {
+            self.pool.commit(&mut seq.kv, &seq.tokens);
+        }
+        if seq.pending() == 0 {
+            let logits = self.model.logits(&rows[rows.len() - d..]);
+            let token = self.running[i].sampler.sample(&logits);
+            self.emit(i, token, &logits);
+        }
+    }
+
+    /// Verification of running request `i`'s drafts: `rows` [1 + drafts, D] are the hidden
+    /// states of its pending token and each draft. Accepts the longest agreeing prefix plus
+    /// one token from the model, and rolls the rejected drafts' KV back.
+    fn advance_speculative(&mut self, i: usize, rows: &[f32]) {
+        let d = self.model.shape.hidden_size as usize;
+        let seq = &mut self.running[i];
+        let start = seq.kv.len;
+        let drafts = std::mem::take(&mut seq.drafts);
+        let probs = std::mem::take(&mut seq.draft_probs);
+        let logits: Vec<Vec<f32>> = rows.chunks(d).map(|r| self.model.logits(r)).collect();
+        let mut out = Vec::with_capacity(drafts.len() + 1);
+        let mut accepted = 0;
+        for (k, &draft) in drafts.iter().enumerate() {
+            match seq.sampler.verify(&logits[k], draft, probs[k].as_deref()) {
+                crate::sample::Verdict::Accept => {
+                    out.push((draft, k));
+                    accepted += 1;
+                }
+                crate::sample::Verdict::Replace(t) => {
+                    out.push((t, k));
+                    break;
+                }
+            }
+        }
+        if accepted == drafts.len() {
+            // Every draft stood: the model's own next token comes free.
+            let t = seq.sampler.sample(&logits[drafts.len()]);
+            out.push((t, drafts.len()));
+        }
+        self.metrics.speculated(drafts.len(), accepted);
+        // Valid KV: the pending token and the accepted drafts.
+        let keep = start + 1 + accepted;
+        seq.kv.len = start + 1 + drafts.len();
+        if self.pool.truncate(&mut seq.kv, keep).is_err() {
+            seq.finish = Some(FinishReason::Abort);
+            return;
+        }
+        seq.mtp_hidden.extend_from_slice(&rows[..(1 + accepted) * d]);
+        for (t, k) in out {
+            if self.running[i].finish.is_some() {
+                break;
+            }
+            self.emit(i, t, &logits[k]);
+        }
+    }
+
+    /// Delivers a sampled token of running request `i` (`logits` it came from): counts,
+    /// latencies, stop and length checks, the event.
+    fn emit(&mut self, i: usize, token: u32, logits: &[f32]) {
+        let context = self.model.shape.max_position_embeddings as usize;
+        let seq = &mut self.running[i];
         seq.generated += 1;
         let now = Instant::now();
         match seq.first_token {
@@ -288,18 +382,18 @@ impl Engine {
         seq.last_token = now;
         self.metrics.add_generated(1);
         if seq.req.stop_token_ids.contains(&token) {
-            return Some(FinishReason::Stop);
+            seq.finish = Some(FinishReason::Stop);
+            return;
         }
-        let logprob = seq.req.logprobs.map(|n| logprobs(&logits, token, n));
+        let logprob = seq.req.logprobs.map(|n| logprobs(logits, token, n));
         if seq.req.events.send(Event::Token { id: token, logprob }).is_err() {
-            return Some(FinishReason::Abort);
+            seq.finish = Some(FinishReason::Abort);
+            return;
         }
         seq.tokens.push(token);
-        let context = self.model.shape.max_position_embeddings as usize;
         if seq.generated >= seq.req.max_tokens || seq.tokens.len() >= context {
-            return Some(FinishReason::Length);
+            seq.finish = Some(FinishReason::Length);
         }
-        None
     }
 
     /// Preempts the most recently admitted running request after `i`; false if none.
@@ -316,13 +410,21 @@ impl Engine {
     /// far (prompt and generated) are recomputed when it is admitted again.
     fn preempt(&mut self, i: usize) {
         let mut s = self.running.remove(i);
-        self.pool.release(&mut s.kv);
+        self.release(&mut s);
         self.metrics.preempted();
         self.waiting.push_front(s);
     }
 
+    fn release(&mut self, s: &mut Seq) {
+        self.pool.release(&mut s.kv);
+        s.mtp_len = 0;
+        s.mtp_hidden.clear();
+        s.drafts.clear();
+        s.draft_probs.clear();
+    }
+
     fn end(&mut self, mut seq: Seq, reason: FinishReason) {
-        self.pool.release(&mut seq.kv);
+        self.release(&mut seq);
         let usage =
             Usage { prompt_tokens: seq.req.prompt.len(), completion_tokens: seq.generated, cached_tokens: seq.cached };
         let _ = seq.req.events.send(Event::Done { reason, usage });

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::kv::KvFormat;
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::plan::{Plan, memory_report};
+use crate::plan::{Plan, SpecMethod, memory_report};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightsSource;
 
@@ -84,6 +84,10 @@ pub fn context(
         page_size,
         kv_pages: memory_report(plan).kv_tokens_per_device as usize / page_size,
         prefix_cache: plan.kv_cache.prefix_cache,
+        spec_depth: match plan.speculative.method {
+            SpecMethod::Mtp => plan.speculative.depth as usize,
+            SpecMethod::None => 0,
+        },
     };
     let limits = Limits {
         model_name: plan.appliance.name.clone(),
