@@ -81,7 +81,46 @@ fn embedded_files(manifest_dir: &Path, plan: &plan::Plan) -> String {
             missing.join(", ")
         ));
     }
+    if let Some(pin) = &plan.weights.pin {
+        check_embedded_pin(&dir, pin);
+    }
     format!("pub const EMBEDDED_FILES: &[(&str, &[u8])] = &[\n{entries}];\n")
+}
+
+/// Embedded weights are at hand at build time, so a pin that does not match them is a build
+/// error rather than a binary that refuses to start.
+fn check_embedded_pin(dir: &Path, pin: &plan::WeightsPin) {
+    let mut problems = Vec::new();
+    for f in &pin.files {
+        let path = dir.join(&f.name);
+        match std::fs::read(&path) {
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+            Ok(bytes) => {
+                let got = blake3::hash(&bytes).to_hex().to_string();
+                if bytes.len() as u64 != f.bytes || got != f.blake3 {
+                    problems.push(format!(
+                        "{} is {} bytes with blake3 {got}, but weights.pin says {} bytes with blake3 {}",
+                        path.display(),
+                        bytes.len(),
+                        f.bytes,
+                        f.blake3
+                    ));
+                }
+            }
+        }
+    }
+    for (name, _) in MODEL_FILES {
+        if dir.join(name).is_file() && pin.file(name).is_none() {
+            problems.push(format!("{name} is embedded but weights.pin does not cover it"));
+        }
+    }
+    if !problems.is_empty() {
+        fail(&format!(
+            "the embedded weights differ from weights.pin:\n  - {}\n(re-pin with `kiln plan pin --weights {} PLAN.toml` if the change is intended)",
+            problems.join("\n  - "),
+            dir.display()
+        ));
+    }
 }
 
 /// For a GPU target: compiles exactly the kernel sources the plan's kernel map selects, for

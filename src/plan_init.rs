@@ -110,7 +110,7 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
         appliance: Appliance { name: appliance_name(dir), target: opts.target, arch: opts.arch.clone() },
         device,
         model,
-        weights: Weights { path: dir.display().to_string(), embed: false, quant },
+        weights: Weights { path: dir.display().to_string(), embed: false, quant, pin: None },
         parallel: Parallel { tp, dp, ep: 1 },
         speculative,
         kv_cache: KvCache {
@@ -127,6 +127,7 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
             max_output_tokens,
             prefill_chunk_tokens: if gpu { 8192 } else { 256 },
             request_timeout_s: 600,
+            drain_timeout_s: 60,
         },
         kernels: KernelMap::default(),
     };

@@ -335,6 +335,7 @@ fn server_limits_positive() {
         "server.max_prompt_tokens",
         "server.max_output_tokens",
         "server.request_timeout_s",
+        "server.drain_timeout_s",
         "server.prefill_chunk_tokens",
     ] {
         let p = problems(G, &[(key, int(0))]);
@@ -526,4 +527,50 @@ fn shipped_gpu_plans_use_the_default_kernel_choices() {
         let plan = kiln::plan::check(&read_plan_text(rel)).unwrap();
         assert_eq!(plan.kernels.entries, kiln::plan::default_entries(&plan), "{rel}");
     }
+}
+
+/// The tiny plan's pin with one file row changed through TOML.
+fn pin_edited(edit: impl Fn(&mut toml::Table)) -> Vec<kiln::plan::Problem> {
+    let mut doc: toml::Table = toml::from_str(&read_plan_text(TINY)).unwrap();
+    let pin = doc["weights"]["pin"].as_table().cloned().unwrap();
+    let mut pin = pin;
+    edit(&mut pin);
+    doc.get_mut("weights").unwrap().as_table_mut().unwrap().insert("pin".into(), toml::Value::Table(pin));
+    match kiln::plan::check(&toml::to_string(&doc).unwrap()) {
+        Ok(_) => Vec::new(),
+        Err(p) => p,
+    }
+}
+
+fn file_row(pin: &mut toml::Table, i: usize) -> &mut toml::Table {
+    pin.get_mut("files").unwrap().as_array_mut().unwrap()[i].as_table_mut().unwrap()
+}
+
+#[test]
+fn weights_pin_digests_and_names_are_checked() {
+    let p = pin_edited(|pin| {
+        pin.insert("headers".into(), "abc".into());
+    });
+    assert_problem(&p, "weights.pin.headers", "64 lowercase hex digits");
+    let p = pin_edited(|pin| {
+        file_row(pin, 0).insert("blake3".into(), "C787".into());
+    });
+    assert_problem(&p, "weights.pin.files[0]", "weights.pin.files[0].blake3 for model.safetensors must be");
+    let p = pin_edited(|pin| {
+        file_row(pin, 0).remove("headers");
+    });
+    assert_problem(&p, "weights.pin.files[0]", "headers is missing for the shard model.safetensors");
+    let p = pin_edited(|pin| {
+        file_row(pin, 1).insert("name".into(), "../config.json".into());
+    });
+    assert_problem(&p, "weights.pin.files[1]", "must be a file name inside the model directory");
+    let p = pin_edited(|pin| {
+        file_row(pin, 2).insert("name".into(), "config.json".into());
+    });
+    assert_problem(&p, "weights.pin.files[2]", "\"config.json\" is pinned twice");
+    let p = pin_edited(|pin| {
+        let files = pin.get_mut("files").unwrap().as_array_mut().unwrap();
+        files.retain(|f| !f["name"].as_str().unwrap().ends_with(".safetensors"));
+    });
+    assert_problem(&p, "weights.pin.files", "names no .safetensors shard");
 }

@@ -9,6 +9,7 @@ mod inventory;
 mod kernels;
 mod memory;
 mod model;
+mod pin;
 mod quant;
 mod serving;
 mod validate;
@@ -23,6 +24,7 @@ pub use kernels::{
 };
 pub use memory::{ClassBytes, FP8_SCALE_GROUP, KvLayout, MemoryReport, kv_layout, memory_report};
 pub use model::{IndexerType, LayerKind, MlpKind, ModelShape};
+pub use pin::{PinnedFile, WeightsPin, is_digest};
 pub use quant::{ActivationQuant, ModuleClass, MtpQuantRules, QuantRules, WeightFormat, Weights};
 pub use serving::{KvCache, KvDtype, Parallel, Server, SpecMethod, Speculative};
 

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::pin::WeightsPin;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Weights {
@@ -13,6 +15,9 @@ pub struct Weights {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub embed: bool,
     pub quant: QuantRules,
+    /// The weights' digests; absent until `kiln plan pin` writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<WeightsPin>,
 }
 
 /// How a linear's weight is stored in the checkpoint.

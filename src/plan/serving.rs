@@ -76,6 +76,9 @@ pub struct Server {
     pub prefill_chunk_tokens: u64,
     /// A request running longer than this is cancelled.
     pub request_timeout_s: u64,
+    /// On SIGTERM, how long requests in flight may run to completion before the process
+    /// exits anyway (new requests are refused from the signal on).
+    pub drain_timeout_s: u64,
 }
 
 impl Server {

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use super::appliance::HIP_ARCHES;
 use super::model::IndexerType;
-use super::{Plan, Problem, SpecMethod, StoredFormat, Target, WeightFormat, gb, memory_report, weight_inventory};
+use super::{
+    Plan, Problem, SpecMethod, StoredFormat, Target, WeightFormat, gb, is_digest, memory_report, weight_inventory,
+};
 
 /// The most drafts per step the scheduler is built for.
 pub const MAX_SPECULATIVE_DEPTH: u32 = 8;
@@ -21,6 +23,7 @@ pub fn validate(plan: &Plan) -> Vec<Problem> {
     v.appliance(plan);
     v.model(plan);
     v.quant(plan);
+    v.pin(plan);
     v.parallel(plan);
     v.speculative(plan);
     v.kv_cache_and_server(plan);
@@ -292,6 +295,42 @@ impl Rules {
         }
     }
 
+    fn pin(&mut self, p: &Plan) {
+        let Some(pin) = &p.weights.pin else { return };
+        if !is_digest(&pin.headers) {
+            self.push(
+                "weights.pin.headers",
+                "weights.pin.headers must be a blake3 digest: 64 lowercase hex digits".into(),
+            );
+        }
+        if pin.shards().next().is_none() {
+            self.push("weights.pin.files", "weights.pin.files names no .safetensors shard".into());
+        }
+        let mut names = BTreeSet::new();
+        for (i, f) in pin.files.iter().enumerate() {
+            let key = format!("weights.pin.files[{i}]");
+            if f.name.is_empty() || f.name.contains('/') || f.name.contains('\\') || f.name == ".." {
+                self.push(&key, format!("{key}.name = {:?} must be a file name inside the model directory", f.name));
+            }
+            if !names.insert(f.name.as_str()) {
+                self.push(&key, format!("{key}.name = {:?} is pinned twice", f.name));
+            }
+            if !is_digest(&f.blake3) {
+                self.push(&key, format!("{key}.blake3 for {} must be 64 lowercase hex digits", f.name));
+            }
+            match (&f.headers, f.is_shard()) {
+                (Some(h), true) if !is_digest(h) => {
+                    self.push(&key, format!("{key}.headers for {} must be 64 lowercase hex digits", f.name))
+                }
+                (None, true) => self.push(&key, format!("{key}.headers is missing for the shard {}", f.name)),
+                (Some(_), false) => {
+                    self.push(&key, format!("{key}.headers is only for .safetensors shards, not {}", f.name))
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn parallel(&mut self, p: &Plan) {
         let (tp, dp, ep) = (u64::from(p.parallel.tp), u64::from(p.parallel.dp), u64::from(p.parallel.ep));
         let ok = [("parallel.tp", tp), ("parallel.dp", dp), ("parallel.ep", ep)]
@@ -402,6 +441,7 @@ impl Rules {
         self.positive("server.max_prompt_tokens", s.max_prompt_tokens);
         self.positive("server.max_output_tokens", s.max_output_tokens);
         self.positive("server.request_timeout_s", s.request_timeout_s);
+        self.positive("server.drain_timeout_s", s.drain_timeout_s);
         if self.positive("server.prefill_chunk_tokens", s.prefill_chunk_tokens) && kv.page_size > 0 {
             let page = u64::from(kv.page_size);
             if s.prefill_chunk_tokens % page != 0 {
