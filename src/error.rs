@@ -22,6 +22,9 @@ pub enum Error {
     /// A safetensors file or index is unreadable, truncated or inconsistent.
     #[error("{}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
+    /// The weights are not the ones the plan's `[weights.pin]` names.
+    #[error("{}", crate::weights::pin::render_pin_problems(.0).trim_end())]
+    Pin(Vec<crate::weights::pin::PinProblem>),
     /// A command line that cannot be carried out.
     #[error("{0}")]
     Usage(String),

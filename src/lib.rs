@@ -11,15 +11,18 @@
 //! - [`sample`], [`generate`]: choosing tokens; prefill + cached decode of one sequence.
 //! - [`plan_init`]: writing a plan for an HF model directory.
 //! - [`report`]: what `kiln plan` prints.
+//! - [`log`], [`signals`]: the event log on stderr; SIGTERM/SIGINT/SIGHUP for the server.
 
 pub mod backend;
 pub mod baked;
 pub mod bench;
+pub mod deploy;
 pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kernel_cases;
 pub mod kv;
+pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod plan;
@@ -27,6 +30,7 @@ pub mod plan_init;
 pub mod report;
 pub mod sample;
 pub mod server;
+pub mod signals;
 pub mod tokenizer;
 pub mod weights;
 

@@ -7,13 +7,15 @@ use clap::{Parser, Subcommand};
 
 use kiln::baked;
 use kiln::bench::{self, BenchConfig};
+use kiln::deploy::{self, EXIT_WEIGHTS};
 use kiln::generate::generate;
+use kiln::log::{self, LogFormat};
 use kiln::model::Model;
 use kiln::plan::{self, Target};
 use kiln::plan_init::{InitOptions, init_from_hf};
 use kiln::report::PlanReport;
 use kiln::sample::{Sampler, SamplingParams};
-use kiln::weights::{WeightsSource, render_weight_problems};
+use kiln::weights::WeightsSource;
 use kiln::{Error, Result};
 
 #[derive(Parser)]
@@ -21,6 +23,9 @@ use kiln::{Error, Result};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// How events are written to stderr: one line each, as text or as JSON.
+    #[arg(long, value_enum, global = true, default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +62,9 @@ enum Command {
         /// Model directory (default: the plan's weights.path).
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Also hash every byte and compare with the plan's weights.pin (progress on stderr).
+        #[arg(long)]
+        full: bool,
     },
     /// Print the logits of every position as JSON: {"logits": [[f32; vocab], ...]}.
     Logits {
@@ -90,6 +98,14 @@ enum Command {
 enum PlanAction {
     /// Validate a plan file without baking it and print its report.
     Check { file: PathBuf },
+    /// Write the digests of a model directory into a plan's [weights.pin] (in place).
+    Pin {
+        /// The model directory to pin.
+        #[arg(long)]
+        weights: PathBuf,
+        /// The plan file to write the pin into.
+        file: PathBuf,
+    },
     /// Write a plan for an HF model directory (config.json + safetensors).
     Init {
         #[arg(long = "from-hf", value_name = "DIR")]
@@ -173,19 +189,28 @@ impl From<TargetArg> for Target {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log::set_format(cli.log_format);
+    let json_log = cli.log_format == LogFormat::Json;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln: {e}");
-            ExitCode::FAILURE
+            if json_log {
+                log::error("fatal", e.to_string()).emit();
+            } else {
+                eprintln!("kiln: {e}");
+            }
+            match e {
+                Error::Pin(_) | Error::Checkpoint { .. } => ExitCode::from(EXIT_WEIGHTS),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        None => serve(None, None),
-        Some(Command::Serve { bind, weights }) => serve(bind, weights),
+        None => deploy::serve(baked::plan(), None, source(None)),
+        Some(Command::Serve { bind, weights }) => deploy::serve(baked::plan(), bind, source(weights)),
         Some(Command::Plan { action: None, json }) => {
             print_baked(json);
             Ok(ExitCode::SUCCESS)
@@ -195,7 +220,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let opts = InitOptions { target: target.into(), arch, tp, dp };
             init(&from_hf, &opts, out.as_deref())
         }
-        Some(Command::Verify { weights }) => verify(weights),
+        Some(Command::Plan { action: Some(PlanAction::Pin { weights, file }), .. }) => {
+            deploy::pin_plan(&weights, &file)
+        }
+        Some(Command::Verify { weights, full }) => deploy::verify(baked::plan(), &source(weights), full),
         Some(Command::Kernels { what: KernelsWhat::Cases { dir } }) => {
             let names = kiln::kernel_cases::write_cases(&dir)?;
             println!("{} kernel cases in {}: {}", names.len(), dir.display(), names.join(", "));
@@ -236,53 +264,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// --weights DIR, else the model built into the binary, else the plan's weights.path.
 fn source(weights: Option<PathBuf>) -> WeightsSource {
-    WeightsSource::choose(weights, &baked::plan().weights.path, baked::embedded_files())
+    deploy::source(baked::plan(), weights)
 }
 
 fn open_model(weights: Option<PathBuf>) -> Result<Model> {
     Model::load(baked::plan(), &source(weights).checkpoint()?)
-}
-
-fn verify(weights: Option<PathBuf>) -> Result<ExitCode> {
-    let src = source(weights);
-    let ckpt = src.checkpoint()?;
-    let problems = kiln::weights::verify(baked::plan(), &ckpt);
-    if problems.is_empty() {
-        println!("{}: {} tensors match plan {}", src.describe(), ckpt.len(), baked::plan().appliance.name);
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprint!("{}: {}", src.describe(), render_weight_problems(&problems));
-        Ok(ExitCode::FAILURE)
-    }
-}
-
-fn serve(bind: Option<String>, weights: Option<PathBuf>) -> Result<ExitCode> {
-    let plan = baked::plan();
-    let bind = bind.unwrap_or_else(|| plan.server.bind.clone());
-    let src = source(weights);
-    match plan.appliance.target {
-        Target::Cpu => {}
-        Target::Hip => {
-            let loaded = kiln::backend::hip::load(baked::CODE_OBJECTS)?;
-            eprintln!(
-                "kiln: loaded {} kernels from {} code objects on {}; the forward runs on the CPU backend until the HIP forward lands",
-                loaded.functions.len(),
-                baked::CODE_OBJECTS.len(),
-                loaded.device
-            );
-        }
-        Target::Cuda => {
-            return Err(Error::Usage(
-                "appliance.target = cuda builds and checks kernels with nvcc; serving needs a CUDA runtime loader kiln does not have yet".into(),
-            ));
-        }
-    }
-    let (running, _engine) = kiln::server::launch(plan, baked::PLAN_TEXT, &src, &bind)?;
-    eprintln!("kiln: serving {} from {} on http://{}", plan.appliance.name, src.describe(), running.addr);
-    running.wait();
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Prompts for `kiln bench spec`: the starts of code the demo model was trained on.
@@ -374,7 +361,9 @@ fn bench_serve(mut cfg: BenchConfig, single: usize) -> Result<ExitCode> {
 
 fn print_baked(json: bool) {
     let plan = baked::plan();
-    let report = PlanReport::new(plan, baked::PLAN_HASH, baked::PLAN_SOURCE).with_code_objects(baked::CODE_OBJECTS);
+    let report = PlanReport::new(plan, baked::PLAN_HASH, baked::PLAN_SOURCE)
+        .with_code_objects(baked::CODE_OBJECTS)
+        .with_this_binary();
     if json {
         println!("{}", report.to_json());
     } else {

@@ -49,6 +49,8 @@ struct Values {
     spec_accepted: u64,
     spec_accepted_per_pos: Vec<u64>,
     finished: BTreeMap<&'static str, u64>,
+    /// The weights pin's content check: (bytes hashed, bytes pinned, state); None without a pin.
+    pin: Option<(u64, u64, PinState)>,
     ttft: Option<Histogram>,
     itl: Option<Histogram>,
     e2e: Option<Histogram>,
@@ -58,6 +60,14 @@ struct Values {
 #[derive(Debug, Default)]
 pub struct Metrics {
     v: Mutex<Values>,
+}
+
+/// Where the background check of the weights against the plan's pin stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinState {
+    Hashing = 0,
+    Verified = 1,
+    Mismatch = 2,
 }
 
 /// Why a request ended, as `finished_reason` labels it.
@@ -137,6 +147,10 @@ impl Metrics {
     }
 
     /// (running, waiting) as last reported by the engine.
+    pub fn set_pin(&self, hashed: u64, total: u64, state: PinState) {
+        self.with(|v| v.pin = Some((hashed, total, state)));
+    }
+
     pub fn queue(&self) -> (u64, u64) {
         self.with(|v| (v.running, v.waiting))
     }
@@ -202,6 +216,21 @@ impl Metrics {
             "Tokens per verification step (accepted drafts + 1).",
             format!("{mean}"),
         );
+        if let Some((hashed, total, state)) = v.pin {
+            one("weights_pin_bytes", "gauge", "Bytes of weights the plan pins.", total.to_string());
+            one(
+                "weights_pin_hashed_bytes",
+                "gauge",
+                "Bytes of weights hashed so far by the background pin check.",
+                hashed.to_string(),
+            );
+            one(
+                "weights_pin_state",
+                "gauge",
+                "Background pin check: 0 hashing, 1 every byte matches, 2 mismatch (serving stopped).",
+                (state as u8).to_string(),
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP kiln:spec_decode_num_accepted_tokens_per_pos_total Accepted drafts by position.\n# TYPE kiln:spec_decode_num_accepted_tokens_per_pos_total counter"

@@ -28,8 +28,13 @@ pub struct PlanReport {
     pub kernels: Vec<KernelRow>,
     /// The code objects built into this binary (the baked plan only).
     pub code_objects: Vec<CodeObjectRow>,
-    /// How the HIP runtime is linked, for the operator.
+    /// How a binary for this plan's target is linked, for the operator.
     pub linking: String,
+    /// How this very binary is linked (the baked plan only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub this_binary: Option<String>,
+    /// `[weights.pin]`: files and bytes pinned, or none.
+    pub pin: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,11 +88,37 @@ impl PlanReport {
                 .collect(),
             code_objects: Vec::new(),
             linking: match plan.appliance.target {
-                Target::Cpu => "no GPU runtime: a CPU binary".into(),
-                Target::Hip => "the ROCm runtime (libamdhip64) is linked dynamically (cargo feature `hip`); kernels are embedded code objects".into(),
-                Target::Cuda => "the CUDA runtime would be linked dynamically; kernels are embedded cubins".into(),
+                Target::Cpu => "cpu: the release build (README) is one fully static binary (glibc, crt-static); nothing is loaded at run time".into(),
+                Target::Hip => "hip: only the ROCm runtime (libamdhip64, cargo feature `hip`) is a shared library, and with it glibc and its loader, since a static executable cannot load one; every Rust crate and the kernels' code objects are inside the binary".into(),
+                Target::Cuda => "cuda: the CUDA runtime would be the one shared library; kernels are embedded cubins".into(),
+            },
+            this_binary: None,
+            pin: match &plan.weights.pin {
+                Some(p) => format!(
+                    "{} file(s), {}, tensor headers blake3 {}",
+                    p.files.len(),
+                    gb(p.total_bytes() as f64),
+                    &p.headers[..16.min(p.headers.len())]
+                ),
+                None => "none (`kiln plan pin --weights DIR PLAN.toml` writes one)".into(),
             },
         }
+    }
+
+    /// Says how this binary itself is linked.
+    pub fn with_this_binary(mut self) -> PlanReport {
+        let hip = cfg!(feature = "hip");
+        self.this_binary = Some(
+            match (cfg!(target_feature = "crt-static"), hip) {
+                (true, _) => "statically linked (crt-static): runs on any x86_64 Linux with no libraries",
+                (false, true) => "dynamically linked: libamdhip64 and glibc",
+                (false, false) => {
+                    "dynamically linked against glibc; the README's release command makes it fully static"
+                }
+            }
+            .into(),
+        );
+        self
     }
 
     /// The code objects this binary carries.
@@ -171,6 +202,7 @@ impl PlanReport {
                 q.activations.as_str()
             ),
         );
+        line("weights pin", self.pin.clone());
         line("speculative", format!("{:?} depth {}", self.speculative.method, self.speculative.depth).to_lowercase());
         let kv = &self.kv_cache;
         line(
@@ -186,14 +218,15 @@ impl PlanReport {
         line(
             "server",
             format!(
-                "{} ; {} running, {} queued, prompt <= {}, output <= {}, prefill chunk {}, step <= {} tokens",
+                "{} ; {} running, {} queued, prompt <= {}, output <= {}, prefill chunk {}, step <= {} tokens, drain {} s",
                 sv.bind,
                 sv.max_running_requests,
                 sv.max_queued_requests,
                 sv.max_prompt_tokens,
                 sv.max_output_tokens,
                 sv.prefill_chunk_tokens,
-                r.max_step_tokens
+                r.max_step_tokens,
+                sv.drain_timeout_s
             ),
         );
 
@@ -241,6 +274,9 @@ impl PlanReport {
             }
         }
         s.push_str(&format!("\nlinking      {}\n", self.linking));
+        if let Some(b) = &self.this_binary {
+            s.push_str(&format!("this binary  {b}\n"));
+        }
         s
     }
 }

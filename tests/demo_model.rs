@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::fixture::{Golden, argmax, max_diff};
 use kiln::model::Model;
@@ -69,23 +68,16 @@ fn serves_from_an_empty_directory() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("(embedded)"));
 
-    let mut child = Command::new(kiln)
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .current_dir(empty.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    std::thread::spawn(move || for _ in lines {});
-    let base = format!("http://{}", first.rsplit("http://").next().unwrap().trim());
+    let mut cmd = Command::new(kiln);
+    cmd.args(["serve", "--bind", "127.0.0.1:0"]).current_dir(empty.path());
+    let server = common::serve::Serving::spawn(cmd);
+    let base = server.base.clone();
     let body = json!({
         "messages": [{"role": "user", "content": "Return the absolute value of a number."}],
         "max_tokens": 60, "temperature": 0,
     });
     let (status, v): (u16, Value) = common::serve::post_json(&base, "/v1/chat/completions", &body);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     assert_eq!(status, 200, "{v}");
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
     // Python, not noise: mostly printable ASCII, and the shapes of Python code.

@@ -13,6 +13,7 @@ use super::api_error::ApiError;
 use super::http::{EventStream, respond_error, respond_json};
 use super::params::{Endpoint, Prepared};
 use crate::engine::{CancelFlag, Event, FinishReason, GenerationRequest, Rejected, Usage};
+use crate::log;
 use crate::sample::TokenLogprob;
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -185,11 +186,51 @@ pub fn run(ctx: &ServerContext, req: Request, prep: Prepared) {
         Err(RecvTimeoutError::Disconnected) => Event::Failed("the engine stopped".into()),
     };
     let head = Head { id, created: now_secs(), model: ctx.limits.model_name.clone(), endpoint: prep.endpoint };
-    if prep.stream {
-        stream(ctx, req, &prep, &head, &rx, &cancel, recv);
+    let arrival = Instant::now();
+    let outcome = if prep.stream {
+        stream(ctx, req, &prep, &head, &rx, &cancel, recv)
     } else {
-        whole(ctx, req, &prep, &head, &rx, &cancel, recv);
-    }
+        whole(ctx, req, &prep, &head, &rx, &cancel, recv)
+    };
+    access_log(&head, &prep, &outcome, arrival.elapsed());
+}
+
+/// How a request ended, for the access log.
+struct Outcome {
+    /// finish_reason, or the error code / `client_gone`.
+    end: &'static str,
+    usage: Option<Usage>,
+}
+
+fn ended(end: &'static str, usage: Option<Usage>) -> Outcome {
+    Outcome { end, usage }
+}
+
+/// One line per request.
+fn access_log(head: &Head, prep: &Prepared, o: &Outcome, took: Duration) {
+    let u = o.usage.unwrap_or_default();
+    let level = if matches!(o.end, "stop" | "length") { log::info } else { log::warn };
+    level(
+        "request",
+        format!(
+            "request {} {} prompt={} cached={} output={} end={} in {:.3} s",
+            head.id,
+            if prep.stream { "stream" } else { "whole" },
+            u.prompt_tokens,
+            u.cached_tokens,
+            u.completion_tokens,
+            o.end,
+            took.as_secs_f64()
+        ),
+    )
+    .field("id", head.id.clone())
+    .field("stream", prep.stream)
+    .field("prompt_tokens", u.prompt_tokens)
+    .field("cached_tokens", u.cached_tokens)
+    .field("completion_tokens", u.completion_tokens)
+    .field("end", o.end)
+    .field("seconds", took.as_secs_f64())
+    .emit();
 }
 
 struct Head {
@@ -217,7 +258,7 @@ fn whole(
     rx: &mpsc::Receiver<Event>,
     cancel: &CancelFlag,
     recv: impl Fn(&mpsc::Receiver<Event>) -> Event,
-) {
+) -> Outcome {
     let mut out = TextOut::new(&ctx.tokenizer, &prep.stop);
     let mut lps = Vec::new();
     loop {
@@ -231,12 +272,18 @@ fn whole(
                     }
                 }
             }
-            Event::Failed(msg) => return respond_error(req, &ApiError::new(500, "server_error", "engine_error", msg)),
+            Event::Failed(msg) => {
+                respond_error(req, &ApiError::new(500, "server_error", "engine_error", msg));
+                return ended("engine_error", None);
+            }
             Event::Done { reason, usage } => {
                 out.finish();
                 let reason = match finish_reason(reason, out.stopped) {
                     Ok(r) => r,
-                    Err(e) => return respond_error(req, &e),
+                    Err(e) => {
+                        respond_error(req, &e);
+                        return ended(e.code.unwrap_or("error"), Some(usage));
+                    }
                 };
                 let logprobs = prep.logprobs.map(|_| logprobs_json(prep.endpoint, &ctx.tokenizer, &lps, 0));
                 let (object, choice) = match prep.endpoint {
@@ -253,7 +300,8 @@ fn whole(
                     "id": head.id, "object": object, "created": head.created, "model": head.model,
                     "choices": [choice], "usage": usage_json(&usage),
                 });
-                return respond_json(req, 200, &body, &[]);
+                respond_json(req, 200, &body, &[]);
+                return ended(reason, Some(usage));
             }
         }
     }
@@ -267,9 +315,13 @@ fn stream(
     rx: &mpsc::Receiver<Event>,
     cancel: &CancelFlag,
     recv: impl Fn(&mpsc::Receiver<Event>) -> Event,
-) {
+) -> Outcome {
+    let gone = || {
+        cancel.cancel();
+        ended("client_gone", None)
+    };
     let Ok(mut sse) = EventStream::start(req) else {
-        return cancel.cancel();
+        return gone();
     };
     let with_usage = |mut v: Value| {
         if prep.include_usage {
@@ -288,7 +340,7 @@ fn stream(
         let first =
             json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
         if sse.send(&with_usage(head.chunk(first)).to_string()).is_err() {
-            return cancel.cancel();
+            return gone();
         }
     }
     let mut out = TextOut::new(&ctx.tokenizer, &prep.stop);
@@ -314,13 +366,13 @@ fn stream(
                 }
                 if sse.send(&with_usage(head.chunk(text_choice(&text, lp, Value::Null))).to_string()).is_err() {
                     // The client is gone: free the request now.
-                    return cancel.cancel();
+                    return gone();
                 }
             }
             Event::Failed(msg) => {
                 let _ = sse.send(&ApiError::new(500, "server_error", "engine_error", msg).body().to_string());
                 let _ = sse.finish();
-                return;
+                return ended("engine_error", None);
             }
             Event::Done { reason, usage } => {
                 let rest = out.finish();
@@ -329,23 +381,25 @@ fn stream(
                     Err(e) => {
                         let _ = sse.send(&e.body().to_string());
                         let _ = sse.finish();
-                        return;
+                        return ended(e.code.unwrap_or("error"), Some(usage));
                     }
                 };
                 let last = head.chunk(text_choice(&rest, Value::Null, json!(reason)));
                 if sse.send(&with_usage(last).to_string()).is_err() {
-                    return;
+                    return ended("client_gone", Some(usage));
                 }
                 if prep.include_usage {
                     let mut u = head.chunk(Value::Null);
                     u["choices"] = json!([]);
                     u["usage"] = usage_json(&usage);
                     if sse.send(&u.to_string()).is_err() {
-                        return;
+                        return ended("client_gone", Some(usage));
                     }
                 }
-                let _ = sse.finish();
-                return;
+                if sse.finish().is_err() {
+                    return ended("client_gone", Some(usage));
+                }
+                return ended(reason, Some(usage));
             }
         }
     }

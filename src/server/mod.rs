@@ -4,29 +4,35 @@
 mod api_error;
 mod completion;
 mod http;
+pub mod lifecycle;
 pub mod params;
+mod pin_watch;
 mod routes;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
 
 pub use api_error::ApiError;
+pub use lifecycle::{Ended, Stop, serve_until_stopped};
 pub use params::Limits;
 
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::error::{Error, Result};
 use crate::kv::KvFormat;
+use crate::log;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::plan::{Plan, SpecMethod, memory_report};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightsSource;
+use crate::weights::pin::check_quick;
 
 /// By default the engine must have stepped within this long for /health to say 200.
 pub const HEALTH_STALE_AFTER: Duration = Duration::from_secs(10);
@@ -44,6 +50,8 @@ pub struct ServerContext {
     pub plan_info: Value,
     /// /health answers 503 when the engine has not stepped for longer than this.
     pub health_stale_after: Duration,
+    /// Set by SIGTERM (or a weights mismatch): new generation requests get 503.
+    pub draining: AtomicBool,
     next_id: AtomicU64,
     handlers: AtomicUsize,
     max_handlers: usize,
@@ -52,6 +60,15 @@ pub struct ServerContext {
 impl ServerContext {
     fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Requests being handled right now, from accept to the last byte written.
+    pub fn busy_handlers(&self) -> usize {
+        self.handlers.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -117,6 +134,7 @@ pub fn context(
         body_limit: (s.max_prompt_tokens as usize * 32).max(1 << 20),
         plan_info,
         health_stale_after: HEALTH_STALE_AFTER,
+        draining: AtomicBool::new(false),
         next_id: AtomicU64::new(1),
         handlers: AtomicUsize::new(0),
         max_handlers: config.max_running + config.max_queued + 64,
@@ -124,10 +142,24 @@ pub fn context(
     (Arc::new(ctx), join)
 }
 
-/// Opens the weights (verified against the plan before anything runs), starts the engine
-/// and listens on `bind`. Returns the server and the engine thread.
-pub fn launch(plan: &Plan, plan_text: &str, weights: &WeightsSource, bind: &str) -> Result<(Running, JoinHandle<()>)> {
+/// Opens the weights (checked against the plan's pin and shapes before anything runs),
+/// starts the engine and listens on `bind`. With a pin, the contents are hashed in the
+/// background and a mismatch is sent on `stops`. Returns the server and the engine thread.
+pub fn launch(
+    plan: &Plan,
+    plan_text: &str,
+    weights: &WeightsSource,
+    bind: &str,
+    stops: Sender<Stop>,
+) -> Result<(Running, JoinHandle<()>)> {
     let ckpt = weights.checkpoint()?;
+    if let Some(pin) = &plan.weights.pin {
+        let problems = check_quick(pin, weights, &ckpt);
+        if !problems.is_empty() {
+            return Err(Error::Pin(problems));
+        }
+        log::info("pin_quick", format!("weights pin: {} file sizes and shard headers match", pin.files.len())).emit();
+    }
     let model = Model::load(plan, &ckpt)?;
     let tokenizer = Tokenizer::from_files(&weights.tokenizer_files()?)?;
     if tokenizer.vocab_size() > model.vocab_size() {
@@ -148,7 +180,11 @@ pub fn launch(plan: &Plan, plan_text: &str, weights: &WeightsSource, bind: &str)
         weights_tensors: ckpt.len(),
     };
     let (ctx, engine) = context(plan, model, tokenizer, manifest);
-    Ok((start(ctx, bind)?, engine))
+    let running = start(ctx, bind)?;
+    if let Some(pin) = &plan.weights.pin {
+        pin_watch::spawn(pin.clone(), weights.clone(), running.context.metrics.clone(), stops)?;
+    }
+    Ok((running, engine))
 }
 
 /// A listening server; `stop` unblocks the accept loop.
@@ -193,11 +229,11 @@ pub fn start(ctx: Arc<ServerContext>, bind: &str) -> Result<Running> {
                     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes::handle(&ctx, req)));
                     ctx.handlers.fetch_sub(1, Ordering::AcqRel);
                     if handled.is_err() {
-                        eprintln!("kiln: a request handler panicked");
+                        log::error("handler_panic", "a request handler panicked").emit();
                     }
                 });
                 if spawned.is_err() {
-                    eprintln!("kiln: cannot start a request thread");
+                    log::error("thread", "cannot start a request thread").emit();
                 }
             }
         })

@@ -12,6 +12,7 @@ pub fn handle(ctx: &ServerContext, req: Request) {
     let path = req.url().split('?').next().unwrap_or("").to_string();
     let method = req.method().clone();
     match (method, path.as_str()) {
+        (Method::Post, "/v1/completions" | "/v1/chat/completions") if ctx.is_draining() => shutting_down(req),
         (Method::Post, "/v1/completions") => generate(ctx, req, Endpoint::Completions),
         (Method::Post, "/v1/chat/completions") => generate(ctx, req, Endpoint::Chat),
         (Method::Get, "/v1/models") => {
@@ -23,7 +24,9 @@ pub fn handle(ctx: &ServerContext, req: Request) {
         }
         (Method::Get, "/health") => {
             let (alive, since) = ctx.engine.health();
-            if alive && since <= ctx.health_stale_after {
+            if ctx.is_draining() {
+                respond_text(req, 503, "text/plain", "shutting down: draining requests in flight\n".into());
+            } else if alive && since <= ctx.health_stale_after {
                 respond_text(req, 200, "text/plain", "ok\n".into());
             } else {
                 let why = if alive {
@@ -67,8 +70,24 @@ fn generate(ctx: &ServerContext, mut req: Request, endpoint: Endpoint) {
 
 /// Too many connections at once: 503 without reading the request.
 pub fn overloaded(req: Request) {
-    let e = ApiError::new(503, "server_error", "overloaded", "too many concurrent connections");
-    let mut r = tiny_http::Response::from_string(e.body().to_string()).with_status_code(503);
-    r.add_header(tiny_http::Header::from_bytes(&b"Retry-After"[..], &b"1"[..]).expect("static header"));
+    unavailable(req, &ApiError::new(503, "server_error", "overloaded", "too many concurrent connections"));
+}
+
+/// After SIGTERM: new work goes to another replica; the connection is closed.
+fn shutting_down(req: Request) {
+    let e = ApiError::new(
+        503,
+        "server_error",
+        "shutting_down",
+        "kiln is shutting down and takes no new requests; requests in flight finish",
+    );
+    unavailable(req, &e);
+}
+
+fn unavailable(req: Request, e: &ApiError) {
+    let mut r = tiny_http::Response::from_string(e.body().to_string()).with_status_code(e.status);
+    for (k, v) in [("Retry-After", "1"), ("Content-Type", "application/json")] {
+        r.add_header(tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("static header"));
+    }
     let _ = req.respond(r);
 }

@@ -20,6 +20,10 @@ pub struct Tokenizer {
     chat: Option<ChatTemplate>,
 }
 
+/// The files besides the weights that the tokenizer and chat template are read from.
+pub const TOKENIZER_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"];
+
 /// The text files of a model directory that describe its tokenizer.
 #[derive(Debug, Clone, Default)]
 pub struct TokenizerFiles {
@@ -31,6 +35,7 @@ pub struct TokenizerFiles {
 }
 
 impl TokenizerFiles {
+    /// Reads the files of [`TOKENIZER_FILES`] that `dir` has (tokenizer.json must be there).
     pub fn read_dir(dir: &Path) -> Result<TokenizerFiles> {
         let path = dir.join("tokenizer.json");
         let tokenizer_json = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::plan::WeightFormat;
 
 const SINGLE_FILE: &str = "model.safetensors";
-const INDEX_FILE: &str = "model.safetensors.index.json";
+pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// What a linear's weight is stored as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +214,14 @@ impl Checkpoint {
             h.update(format!("{name}\t{:?}\t{:?}\t{}\n", t.dtype, t.shape, t.range.len()).as_bytes());
         }
         h.finalize().to_hex().to_string()
+    }
+
+    /// The shards' file names.
+    pub fn shard_names(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .map(|s| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .collect()
     }
 
     pub fn shard_path(&self, shard: usize) -> &Path {

@@ -6,6 +6,7 @@ mod config;
 pub mod decode;
 pub mod glm;
 mod linear;
+pub mod pin;
 mod source;
 mod verify;
 

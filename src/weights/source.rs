@@ -1,8 +1,10 @@
 //! Where a model comes from: a directory to mmap, or files built into the binary.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::Checkpoint;
+use super::checkpoint::INDEX_FILE;
 use crate::error::{Error, Result};
 use crate::tokenizer::TokenizerFiles;
 
@@ -74,6 +76,50 @@ impl WeightsSource {
                     chat_template_jinja: text("chat_template.jinja"),
                 })
             }
+        }
+    }
+
+    /// Every file serving reads: the checkpoint's shards, the shard index, config.json and
+    /// the tokenizer files that are present. Shards first, each group in name order.
+    pub fn files_read(&self, ckpt: &Checkpoint) -> Vec<String> {
+        let mut names = ckpt.shard_names();
+        names.sort();
+        let others = [INDEX_FILE, "config.json"].into_iter().chain(crate::tokenizer::TOKENIZER_FILES.iter().copied());
+        for name in others {
+            if !names.iter().any(|n| n == name) && self.file_size(name).ok().flatten().is_some() {
+                names.push(name.to_string());
+            }
+        }
+        names
+    }
+
+    /// The size of a file of the model, or `None` when there is no such file.
+    pub fn file_size(&self, name: &str) -> Result<Option<u64>> {
+        match self {
+            WeightsSource::Dir(d) => {
+                let path = d.join(name);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => Ok(Some(m.len())),
+                    Ok(_) => Ok(None),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::io(path, e)),
+                }
+            }
+            WeightsSource::Embedded { .. } => Ok(self.file(name).map(|b| b.len() as u64)),
+        }
+    }
+
+    /// A file of the model to read from the start.
+    pub fn open(&self, name: &str) -> Result<Box<dyn Read + Send>> {
+        match self {
+            WeightsSource::Dir(d) => {
+                let path = d.join(name);
+                Ok(Box::new(std::fs::File::open(&path).map_err(|e| Error::io(path, e))?))
+            }
+            WeightsSource::Embedded { .. } => match self.file(name) {
+                Some(bytes) => Ok(Box::new(bytes)),
+                None => Err(Error::Usage(format!("the embedded model has no {name}"))),
+            },
         }
     }
 

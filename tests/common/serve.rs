@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub const CHAT_FIXTURE: &str = "tests/fixtures/chat_tiny";
 
@@ -28,31 +28,76 @@ pub fn serve_binary() -> &'static Path {
     })
 }
 
-/// A `kiln serve` process; killed when dropped.
-pub struct Server {
-    child: Child,
+/// The chat_tiny server of the server tests.
+pub type Server = Serving;
+
+/// A started `kiln serve` and every line it has written to stderr so far.
+pub struct Serving {
+    pub child: Child,
     pub base: String,
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
-impl Server {
-    pub fn start() -> Server {
-        let mut child = Command::new(serve_binary())
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+impl Serving {
+    /// `kiln serve` baked from the chat_tiny fixture, on a free loopback port.
+    pub fn start() -> Serving {
+        let mut cmd = Command::new(serve_binary());
+        cmd.args(["serve", "--bind", "127.0.0.1:0"]);
+        Serving::spawn(cmd)
+    }
+
+    /// Spawns `cmd` and waits for its `serving ... on http://ADDR` line; panics with the log
+    /// if the process ends first.
+    pub fn spawn(mut cmd: Command) -> Serving {
+        let mut child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let first = lines.next().expect("a start-up line").unwrap();
-        let addr = first.rsplit("http://").next().unwrap().trim().to_string();
-        assert!(first.contains("serving"), "{first}");
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let status = child.wait().unwrap();
+                panic!("kiln exited ({status}) before serving:\n{}", log.lock().unwrap().join("\n"));
+            };
+            log.lock().unwrap().push(line.clone());
+            if line.contains("serving") && line.contains("http://") {
+                let tail = line.rsplit("http://").next().unwrap();
+                break tail
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c))
+                    .collect::<String>();
+            }
+        };
         // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, base: format!("http://{addr}") }
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Serving { child, base: format!("http://{addr}"), log }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the process to end (at most `limit`), then for its stderr to be read out.
+    pub fn wait(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("kiln did not exit within {limit:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
-impl Drop for Server {
+impl Drop for Serving {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

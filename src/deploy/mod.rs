@@ -1,0 +1,15 @@
+//! The commands an operator runs on a node: `kiln serve` (signals, drain, the weights pin),
+//! `kiln verify [--full]` and `kiln plan pin`.
+
+mod pin;
+mod progress;
+mod serve;
+mod verify;
+
+pub use pin::pin_plan;
+pub use serve::{serve, source};
+pub use verify::verify;
+
+/// Exit status when the weights are not what the plan says (sysexits' EX_DATAERR): a
+/// restart cannot fix it, so the systemd unit does not restart on it.
+pub const EXIT_WEIGHTS: u8 = 65;

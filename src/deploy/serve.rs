@@ -1,0 +1,78 @@
+//! `kiln serve`: start-up, then serve until a signal or a weights mismatch ends it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use super::EXIT_WEIGHTS;
+use crate::error::{Error, Result};
+use crate::plan::{Plan, Target};
+use crate::server::{Ended, Stop, launch, serve_until_stopped};
+use crate::signals::Signal;
+use crate::weights::WeightsSource;
+use crate::{baked, log, signals};
+
+pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<ExitCode> {
+    // Before any thread exists, so that every thread inherits the mask and only the signal
+    // thread sees SIGTERM, SIGINT and SIGHUP.
+    let signals = signals::block()?;
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let to_stop = stop_tx.clone();
+    // Loading a large checkpoint takes minutes; a stop asked for before serving has nothing
+    // to drain and should not wait for the load.
+    let serving = Arc::new(AtomicBool::new(false));
+    let serving_seen = serving.clone();
+    signals.forward(move |s| {
+        if let Signal::Terminate(name) = s
+            && !serving_seen.load(Ordering::Acquire)
+        {
+            log::info("stopped", format!("{name} during start-up: exiting before serving")).emit();
+            std::process::exit(0);
+        }
+        let _ = to_stop.send(Stop::Signal(s));
+    })?;
+
+    let bind = bind.unwrap_or_else(|| plan.server.bind.clone());
+    match plan.appliance.target {
+        Target::Cpu => {}
+        Target::Hip => {
+            let loaded = crate::backend::hip::load(baked::CODE_OBJECTS)?;
+            log::info(
+                "kernels",
+                format!(
+                    "loaded {} kernels from {} code objects on {}; the forward runs on the CPU backend until the HIP forward lands",
+                    loaded.functions.len(),
+                    baked::CODE_OBJECTS.len(),
+                    loaded.device
+                ),
+            )
+            .emit();
+        }
+        Target::Cuda => {
+            return Err(Error::Usage(
+                "appliance.target = cuda builds and checks kernels with nvcc; serving needs a CUDA runtime loader kiln does not have yet".into(),
+            ));
+        }
+    }
+    let (running, _engine) = launch(plan, baked::PLAN_TEXT, &src, &bind, stop_tx)?;
+    serving.store(true, Ordering::Release);
+    log::info("serving", format!("serving {} from {} on http://{}", plan.appliance.name, src.describe(), running.addr))
+        .field("addr", running.addr.to_string())
+        .field("plan", plan.appliance.name.clone())
+        .field("plan_hash", baked::PLAN_HASH)
+        .field("weights", src.describe())
+        .emit();
+    let drain = Duration::from_secs(plan.server.drain_timeout_s);
+    Ok(match serve_until_stopped(running, &stop_rx, drain) {
+        Ended::Drained { .. } => ExitCode::SUCCESS,
+        Ended::Forced => ExitCode::FAILURE,
+        Ended::WeightsMismatch => ExitCode::from(EXIT_WEIGHTS),
+    })
+}
+
+/// `--weights DIR`, else the model built into the binary, else the plan's weights.path.
+pub fn source(plan: &Plan, weights: Option<PathBuf>) -> WeightsSource {
+    WeightsSource::choose(weights, &plan.weights.path, baked::embedded_files())
+}
