@@ -72,45 +72,42 @@ __device__ inline int kiln_shfl_xor_int(int v, int lane_mask) { return __shfl_xo
 
 // ---- reductions --------------------------------------------------------------------------
 
-__device__ inline float kiln_wave_sum(float v) {
+struct KilnSum {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct KilnMax {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename Op>
+__device__ inline float kiln_wave_reduce(float v, Op op) {
 #pragma unroll
-    for (int m = KILN_WAVE / 2; m > 0; m >>= 1) v += kiln_shfl_xor(v, m);
+    for (int m = KILN_WAVE / 2; m > 0; m >>= 1) v = op(v, kiln_shfl_xor(v, m));
     return v;
 }
 
-__device__ inline float kiln_wave_max(float v) {
-#pragma unroll
-    for (int m = KILN_WAVE / 2; m > 0; m >>= 1) v = fmaxf(v, kiln_shfl_xor(v, m));
-    return v;
-}
-
-// Block-wide sum; `scratch` holds one float per wave. Every thread gets the result.
-__device__ inline float kiln_block_sum(float v, float* scratch) {
+// Block-wide reduction; `scratch` holds one float per wave, `identity` pads the lanes of
+// wave 0 past the wave count. Every thread gets the result.
+template <typename Op>
+__device__ inline float kiln_block_reduce(float v, float* scratch, float identity, Op op) {
     const int lane = threadIdx.x % KILN_WAVE, wave = threadIdx.x / KILN_WAVE;
     const int waves = (blockDim.x + KILN_WAVE - 1) / KILN_WAVE;
-    v = kiln_wave_sum(v);
+    v = kiln_wave_reduce(v, op);
     __syncthreads();
     if (lane == 0) scratch[wave] = v;
     __syncthreads();
-    float t = (threadIdx.x < waves) ? scratch[threadIdx.x] : 0.0f;
-    if (wave == 0) t = kiln_wave_sum(t);
+    float t = (threadIdx.x < waves) ? scratch[threadIdx.x] : identity;
+    if (wave == 0) t = kiln_wave_reduce(t, op);
     if (threadIdx.x == 0) scratch[0] = t;
     __syncthreads();
     return scratch[0];
 }
 
+__device__ inline float kiln_wave_sum(float v) { return kiln_wave_reduce(v, KilnSum{}); }
+__device__ inline float kiln_wave_max(float v) { return kiln_wave_reduce(v, KilnMax{}); }
+__device__ inline float kiln_block_sum(float v, float* scratch) { return kiln_block_reduce(v, scratch, 0.0f, KilnSum{}); }
 __device__ inline float kiln_block_max(float v, float* scratch) {
-    const int lane = threadIdx.x % KILN_WAVE, wave = threadIdx.x / KILN_WAVE;
-    const int waves = (blockDim.x + KILN_WAVE - 1) / KILN_WAVE;
-    v = kiln_wave_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[wave] = v;
-    __syncthreads();
-    float t = (threadIdx.x < waves) ? scratch[threadIdx.x] : -INFINITY;
-    if (wave == 0) t = kiln_wave_max(t);
-    if (threadIdx.x == 0) scratch[0] = t;
-    __syncthreads();
-    return scratch[0];
+    return kiln_block_reduce(v, scratch, -INFINITY, KilnMax{});
 }
 
 // ---- stored formats ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fixture::*;
 use kiln::engine::{self, CancelFlag, EngineConfig, EngineHandle, Event, GenerationRequest};
@@ -53,18 +53,8 @@ fn submit(h: &EngineHandle, prompt: Vec<u32>, max_tokens: usize) -> Pending {
 
 /// None when the engine is at its running + queued limit.
 fn try_submit(h: &EngineHandle, prompt: Vec<u32>, max_tokens: usize) -> Option<Pending> {
-    let (tx, rx) = mpsc::channel();
-    let cancel = CancelFlag::default();
-    let req = GenerationRequest {
-        prompt,
-        params: SamplingParams::greedy(),
-        max_tokens,
-        stop_token_ids: Default::default(),
-        logprobs: None,
-        arrival: Instant::now(),
-        events: tx,
-        cancel: cancel.clone(),
-    };
+    let (req, rx) = GenerationRequest::new(prompt, SamplingParams::greedy(), max_tokens);
+    let cancel = req.cancel.clone();
     h.submit(req).ok()?;
     Some(Pending { rx, cancel })
 }
@@ -279,15 +269,6 @@ fn random_submit_cancel_finish_frees_every_page() {
     for p in live {
         let _ = collect(p);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = h.inspect().unwrap();
-        r.integrity.clone().unwrap();
-        if r.running == 0 && r.waiting == 0 && r.available_pages == r.total_pages {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pages still held: {r:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::engine::wait_until_idle(&h);
     assert_eq!(h.in_flight(), 0);
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fixture::*;
 use kiln::engine::{self, CancelFlag, EngineConfig, EngineHandle, Event, GenerationRequest};
@@ -46,18 +46,8 @@ fn try_submit(
     n: usize,
     params: SamplingParams,
 ) -> Option<(mpsc::Receiver<Event>, CancelFlag)> {
-    let (tx, rx) = mpsc::channel();
-    let cancel = CancelFlag::default();
-    let req = GenerationRequest {
-        prompt: prompt.to_vec(),
-        params,
-        max_tokens: n,
-        stop_token_ids: Default::default(),
-        logprobs: None,
-        arrival: Instant::now(),
-        events: tx,
-        cancel: cancel.clone(),
-    };
+    let (req, rx) = GenerationRequest::new(prompt.to_vec(), params, n);
+    let cancel = req.cancel.clone();
     h.submit(req).ok()?;
     Some((rx, cancel))
 }
@@ -201,14 +191,5 @@ fn random_submit_cancel_with_speculation_frees_every_page() {
     for (rx, _) in live {
         let _ = collect(rx);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = h.inspect().unwrap();
-        r.integrity.clone().unwrap();
-        if r.running == 0 && r.waiting == 0 && r.available_pages == r.total_pages {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pages still held: {r:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::engine::wait_until_idle(&h);
 }

@@ -26,7 +26,7 @@ from transformers import GenerationConfig, GlmMoeDsaConfig, GlmMoeDsaForCausalLM
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mxfp4  # noqa: E402
 import glm_dsa_torch  # noqa: E402
-from train_demo import CONFIG, HOLDOUT_EVERY, hf_name, read, source_files  # noqa: E402
+from train_demo import CONFIG, HOLDOUT_EVERY, hf_name, load_hf_, read, source_files  # noqa: E402
 
 
 def main():
@@ -45,18 +45,7 @@ def main():
         else:
             dense[name] = t.float()
     model = GlmMoeDsaForCausalLM(cfg).eval()
-    e = cfg.n_routed_experts
-    sd = {}
-    for name in model.state_dict():
-        if name.endswith("mlp.experts.gate_up_proj"):
-            p = name[: -len("gate_up_proj")]
-            sd[name] = torch.stack([torch.cat([dense[f"{p}{i}.gate_proj.weight"], dense[f"{p}{i}.up_proj.weight"]]) for i in range(e)])
-        elif name.endswith("mlp.experts.down_proj"):
-            p = name[: -len("down_proj")]
-            sd[name] = torch.stack([dense[f"{p}{i}.down_proj.weight"] for i in range(e)])
-        else:
-            sd[name] = dense[name]
-    model.load_state_dict(sd, strict=True)
+    load_hf_(model, dense, cfg.n_routed_experts)
 
     tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
     held = source_files()[::HOLDOUT_EVERY]

@@ -261,22 +261,29 @@ def export(model, tok, out):
     return stored, cfg
 
 
-@torch.no_grad()
-def hf_check(stored, cfg, model, window):
-    """HF's forward with the stored weights vs this model's forward with the same values."""
-    hf = GlmMoeDsaForCausalLM(cfg).eval()
-    E = CONFIG["n_routed_experts"]
+def load_hf_(hf, tensors, n_experts):
+    """Loads checkpoint-named dense tensors (one entry per expert) into an HF model, whose
+    experts are fused: gate_up_proj [E, 2I, H] and down_proj [E, H, I]."""
     sd = {}
     for name in hf.state_dict():
         if name.endswith("mlp.experts.gate_up_proj"):
             p = name[: -len("gate_up_proj")]
-            sd[name] = torch.stack([torch.cat([stored[f"{p}{e}.gate_proj.weight"], stored[f"{p}{e}.up_proj.weight"]]) for e in range(E)])
+            sd[name] = torch.stack(
+                [torch.cat([tensors[f"{p}{e}.gate_proj.weight"], tensors[f"{p}{e}.up_proj.weight"]]) for e in range(n_experts)]
+            )
         elif name.endswith("mlp.experts.down_proj"):
             p = name[: -len("down_proj")]
-            sd[name] = torch.stack([stored[f"{p}{e}.down_proj.weight"] for e in range(E)])
+            sd[name] = torch.stack([tensors[f"{p}{e}.down_proj.weight"] for e in range(n_experts)])
         else:
-            sd[name] = stored[name]
+            sd[name] = tensors[name]
     hf.load_state_dict(sd, strict=True)
+
+
+@torch.no_grad()
+def hf_check(stored, cfg, model, window):
+    """HF's forward with the stored weights vs this model's forward with the same values."""
+    hf = GlmMoeDsaForCausalLM(cfg).eval()
+    load_hf_(hf, stored, CONFIG["n_routed_experts"])
     # This model now holds exactly the stored values (bf16-rounded, experts MXFP4).
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         t.data.copy_(stored[hf_name(name)])

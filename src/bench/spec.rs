@@ -2,10 +2,9 @@
 //! measured in one run on the same prompts (greedy, so every depth writes the same text).
 
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{self, CancelFlag, EngineConfig, Event, GenerationRequest};
+use crate::engine::{self, EngineConfig, Event, GenerationRequest};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::sample::SamplingParams;
@@ -39,17 +38,7 @@ pub fn spec_table(
             let (h, _join) = engine::spawn(model.clone(), cfg, metrics.clone());
             let (mut tokens, mut decode) = (0usize, Duration::ZERO);
             for p in prompts {
-                let (tx, rx) = mpsc::channel();
-                let req = GenerationRequest {
-                    prompt: p.clone(),
-                    params: SamplingParams::greedy(),
-                    max_tokens,
-                    stop_token_ids: Default::default(),
-                    logprobs: None,
-                    arrival: Instant::now(),
-                    events: tx,
-                    cancel: CancelFlag::default(),
-                };
+                let (req, rx) = GenerationRequest::new(p.clone(), SamplingParams::greedy(), max_tokens);
                 if h.submit(req).is_err() {
                     continue;
                 }

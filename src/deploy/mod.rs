@@ -1,8 +1,8 @@
 //! The commands an operator runs on a node: `kiln serve` (signals, drain, the weights pin),
 //! `kiln verify [--full]` and `kiln plan pin`.
 
+mod foreground;
 mod pin;
-mod progress;
 mod serve;
 mod verify;
 

@@ -3,12 +3,11 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::EXIT_WEIGHTS;
-use super::progress::bytes_bar;
+use super::foreground::{pin_now, tensors_mismatch};
 use crate::error::{Error, Result};
 use crate::plan;
-use crate::weights::pin::{make_pin, write_pin_into};
-use crate::weights::{WeightsSource, render_weight_problems, verify};
+use crate::weights::WeightsSource;
+use crate::weights::pin::write_pin_into;
 
 pub fn pin_plan(weights: &Path, file: &Path) -> Result<ExitCode> {
     let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
@@ -16,16 +15,10 @@ pub fn pin_plan(weights: &Path, file: &Path) -> Result<ExitCode> {
     let src = WeightsSource::Dir(weights.to_path_buf());
     let ckpt = src.checkpoint()?;
     // A pin vouches for the bytes; the bytes must first be what the plan describes.
-    let problems = verify(&plan, &ckpt);
-    if !problems.is_empty() {
-        eprint!("{}: {}", src.describe(), render_weight_problems(&problems));
-        return Ok(ExitCode::from(EXIT_WEIGHTS));
+    if let Some(code) = tensors_mismatch(&plan, &src, &ckpt) {
+        return Ok(code);
     }
-    let files = src.files_read(&ckpt);
-    let total: u64 = files.iter().filter_map(|f| src.file_size(f).ok().flatten()).sum();
-    let bar = bytes_bar(total, "hashing");
-    let pin = make_pin(&src, &ckpt, &mut |n| bar.inc(n))?;
-    bar.finish_and_clear();
+    let pin = pin_now(&src, &ckpt)?;
     let note = format!(
         "Written by `kiln plan pin --weights {}`: {} files, {}. A binary baked from this plan serves these bytes only.",
         weights.display(),

@@ -66,7 +66,7 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
         .emit();
     let drain = Duration::from_secs(plan.server.drain_timeout_s);
     Ok(match serve_until_stopped(running, &stop_rx, drain) {
-        Ended::Drained { .. } => ExitCode::SUCCESS,
+        Ended::Drained => ExitCode::SUCCESS,
         Ended::Forced => ExitCode::FAILURE,
         Ended::WeightsMismatch => ExitCode::from(EXIT_WEIGHTS),
     })

@@ -5,18 +5,16 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::EXIT_WEIGHTS;
-use super::progress::bytes_bar;
+use super::foreground::{bytes_bar, pin_now, tensors_mismatch};
 use crate::error::Result;
 use crate::plan::Plan;
-use crate::weights::pin::{check_contents, check_quick, make_pin, render_pin_problems};
-use crate::weights::{WeightsSource, render_weight_problems, verify as verify_shapes};
+use crate::weights::WeightsSource;
+use crate::weights::pin::{check_contents, check_quick, render_pin_problems};
 
 pub fn verify(plan: &Plan, src: &WeightsSource, full: bool) -> Result<ExitCode> {
     let ckpt = src.checkpoint()?;
-    let problems = verify_shapes(plan, &ckpt);
-    if !problems.is_empty() {
-        eprint!("{}: {}", src.describe(), render_weight_problems(&problems));
-        return Ok(ExitCode::from(EXIT_WEIGHTS));
+    if let Some(code) = tensors_mismatch(plan, src, &ckpt) {
+        return Ok(code);
     }
     println!("{}: {} tensors match plan {}", src.describe(), ckpt.len(), plan.appliance.name);
     if !full {
@@ -24,11 +22,7 @@ pub fn verify(plan: &Plan, src: &WeightsSource, full: bool) -> Result<ExitCode> 
     }
     let start = Instant::now();
     let Some(pin) = &plan.weights.pin else {
-        let files = src.files_read(&ckpt);
-        let total = files.iter().filter_map(|f| src.file_size(f).ok().flatten()).sum();
-        let bar = bytes_bar(total, "hashing");
-        let pin = make_pin(src, &ckpt, &mut |n| bar.inc(n))?;
-        bar.finish_and_clear();
+        let pin = pin_now(src, &ckpt)?;
         println!("the baked plan has no weights.pin; blake3 of every file serving reads:");
         for f in &pin.files {
             println!("  {}  {:>14}  {}", f.blake3, f.bytes, f.name);

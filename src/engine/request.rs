@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Instant;
 
 use crate::sample::{SamplingParams, TokenLogprob};
@@ -22,6 +22,25 @@ pub struct GenerationRequest {
     pub arrival: Instant,
     pub events: Sender<Event>,
     pub cancel: CancelFlag,
+}
+
+impl GenerationRequest {
+    /// A request with no stop tokens and no logprobs, arriving now, and the receiver of its
+    /// events.
+    pub fn new(prompt: Vec<u32>, params: SamplingParams, max_tokens: usize) -> (GenerationRequest, Receiver<Event>) {
+        let (events, rx) = mpsc::channel();
+        let req = GenerationRequest {
+            prompt,
+            params,
+            max_tokens,
+            stop_token_ids: BTreeSet::new(),
+            logprobs: None,
+            arrival: Instant::now(),
+            events,
+            cancel: CancelFlag::default(),
+        };
+        (req, rx)
+    }
 }
 
 /// Set by the server when the client is gone or a stop string matched; the engine drops the

@@ -3,7 +3,7 @@
 //! as server-sent events.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tiny_http::Request;
@@ -141,22 +141,13 @@ fn finish_reason(reason: FinishReason, stopped_by_string: bool) -> Result<&'stat
 }
 
 pub fn run(ctx: &ServerContext, req: Request, prep: Prepared) {
-    let (tx, rx) = mpsc::channel();
-    let cancel = CancelFlag::default();
-    let mut stop_ids = prep.stop_token_ids.clone();
+    let (mut request, rx) = GenerationRequest::new(prep.prompt.clone(), prep.params.clone(), prep.max_tokens);
+    request.stop_token_ids = prep.stop_token_ids.clone();
     if !prep.ignore_eos {
-        stop_ids.extend(ctx.tokenizer.eos_ids());
+        request.stop_token_ids.extend(ctx.tokenizer.eos_ids());
     }
-    let request = GenerationRequest {
-        prompt: prep.prompt.clone(),
-        params: prep.params.clone(),
-        max_tokens: prep.max_tokens,
-        stop_token_ids: stop_ids,
-        logprobs: prep.logprobs,
-        arrival: Instant::now(),
-        events: tx,
-        cancel: cancel.clone(),
-    };
+    request.logprobs = prep.logprobs;
+    let (cancel, arrival) = (request.cancel.clone(), request.arrival);
     match ctx.engine.submit(request) {
         Ok(()) => {}
         Err(Rejected::QueueFull) => {
@@ -186,7 +177,6 @@ pub fn run(ctx: &ServerContext, req: Request, prep: Prepared) {
         Err(RecvTimeoutError::Disconnected) => Event::Failed("the engine stopped".into()),
     };
     let head = Head { id, created: now_secs(), model: ctx.limits.model_name.clone(), endpoint: prep.endpoint };
-    let arrival = Instant::now();
     let outcome = if prep.stream {
         stream(ctx, req, &prep, &head, &rx, &cancel, recv)
     } else {

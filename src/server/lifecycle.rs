@@ -1,6 +1,5 @@
 //! How a serving process ends: a signal drains it, a weights mismatch stops it at once.
 
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -20,8 +19,9 @@ pub enum Stop {
 /// How serving ended, which decides the exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ended {
-    /// Every request in flight finished (or the drain timeout cut the rest).
-    Drained { cut: usize },
+    /// Every request in flight finished (or the drain timeout cut the rest; the log says
+    /// how many).
+    Drained,
     /// A second SIGTERM/SIGINT during the drain.
     Forced,
     /// The weights are not the pinned ones.
@@ -53,14 +53,14 @@ pub fn serve_until_stopped(running: Running, stops: &Receiver<Stop>, drain_timeo
             // Nobody can send a stop any more: serve until the accept loop ends.
             Err(_) => {
                 running.wait();
-                return Ended::Drained { cut: 0 };
+                return Ended::Drained;
             }
         }
     }
 }
 
 fn refuse(running: Running, problems: &[PinProblem]) -> Ended {
-    running.context.draining.store(true, Ordering::Release);
+    running.context.start_draining();
     let shard = problems.first().map(|p| p.file.clone()).unwrap_or_default();
     log::error("weights_mismatch", format!("stopped serving: {}", render_pin_problems(problems).trim_end()))
         .field("shard", shard)
@@ -72,7 +72,7 @@ fn refuse(running: Running, problems: &[PinProblem]) -> Ended {
 /// Requests in flight finish; new ones get 503 until none is left or the timeout passes.
 fn drain(running: Running, stops: &Receiver<Stop>, timeout: Duration) -> Ended {
     let ctx = running.context.clone();
-    ctx.draining.store(true, Ordering::Release);
+    ctx.start_draining();
     let start = Instant::now();
     loop {
         // Handlers cover requests from accept to the last byte written; the engine count
@@ -81,7 +81,7 @@ fn drain(running: Running, stops: &Receiver<Stop>, timeout: Duration) -> Ended {
         if busy == 0 {
             log::info("drained", format!("drained in {:.1} s; exiting", start.elapsed().as_secs_f64())).emit();
             running.stop();
-            return Ended::Drained { cut: 0 };
+            return Ended::Drained;
         }
         let left = timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
@@ -92,7 +92,7 @@ fn drain(running: Running, stops: &Receiver<Stop>, timeout: Duration) -> Ended {
             .field("cut", busy)
             .emit();
             running.stop();
-            return Ended::Drained { cut: busy };
+            return Ended::Drained;
         }
         match stops.recv_timeout(left.min(Duration::from_millis(20))) {
             Ok(Stop::Signal(Signal::Terminate(name))) => {

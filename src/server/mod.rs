@@ -51,7 +51,7 @@ pub struct ServerContext {
     /// /health answers 503 when the engine has not stepped for longer than this.
     pub health_stale_after: Duration,
     /// Set by SIGTERM (or a weights mismatch): new generation requests get 503.
-    pub draining: AtomicBool,
+    draining: AtomicBool,
     next_id: AtomicU64,
     handlers: AtomicUsize,
     max_handlers: usize,
@@ -65,6 +65,10 @@ impl ServerContext {
     /// Requests being handled right now, from accept to the last byte written.
     pub fn busy_handlers(&self) -> usize {
         self.handlers.load(Ordering::Acquire)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     pub fn is_draining(&self) -> bool {

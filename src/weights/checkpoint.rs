@@ -223,10 +223,6 @@ impl Checkpoint {
             .map(|s| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
             .collect()
     }
-
-    pub fn shard_path(&self, shard: usize) -> &Path {
-        &self.shards[shard].path
-    }
 }
 
 fn map_file(path: &Path) -> Result<Mmap> {

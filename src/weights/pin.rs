@@ -79,7 +79,7 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// blake3 of a shard's safetensors header: the 8-byte length and the JSON it counts.
-pub fn header_digest(src: &WeightsSource, name: &str) -> Result<String> {
+pub fn shard_header_digest(src: &WeightsSource, name: &str) -> Result<String> {
     let bad = |m: String| Error::Checkpoint { path: name.into(), message: m };
     let mut r = src.open(name)?;
     let mut len = [0u8; 8];
@@ -101,7 +101,7 @@ pub fn make_pin(src: &WeightsSource, ckpt: &Checkpoint, progress: &mut dyn FnMut
     let mut files = Vec::new();
     for name in src.files_read(ckpt) {
         let bytes = src.file_size(&name)?.ok_or_else(|| Error::Usage(format!("{name} disappeared")))?;
-        let headers = if name.ends_with(".safetensors") { Some(header_digest(src, &name)?) } else { None };
+        let headers = if name.ends_with(".safetensors") { Some(shard_header_digest(src, &name)?) } else { None };
         let blake3 = hash_file(src, &name, true, progress)?;
         files.push(PinnedFile { name, bytes, blake3, headers });
     }
@@ -122,7 +122,7 @@ pub fn check_quick(pin: &WeightsPin, src: &WeightsSource, ckpt: &Checkpoint) -> 
             }
             Ok(Some(_)) => {
                 if let Some(want) = &f.headers {
-                    match header_digest(src, &f.name) {
+                    match shard_header_digest(src, &f.name) {
                         Ok(got) if &got == want => {}
                         Ok(got) => problems.push(problem(
                             &f.name,
@@ -163,8 +163,8 @@ pub fn check_contents(
     }
 }
 
-/// The pin as a `[weights.pin]` TOML table (for `kiln plan pin` and for messages).
-pub fn pin_table(pin: &WeightsPin) -> toml_edit::Table {
+/// The pin as a `[weights.pin]` TOML table.
+fn pin_table(pin: &WeightsPin) -> toml_edit::Table {
     let mut t = toml_edit::Table::new();
     t["headers"] = toml_edit::value(pin.headers.as_str());
     let mut files = toml_edit::ArrayOfTables::new();

@@ -36,6 +36,8 @@ pub struct Serving {
     pub child: Child,
     pub base: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Reads stderr into `log` until the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Serving {
@@ -68,24 +70,26 @@ impl Serving {
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 sink.lock().unwrap().push(line);
             }
         });
-        Serving { child, base: format!("http://{addr}"), log }
+        Serving { child, base: format!("http://{addr}"), log, reader: Some(reader) }
     }
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Waits for the process to end (at most `limit`), then for its stderr to be read out.
+    /// Waits for the process to end (at most `limit`) and for its stderr to be read out.
     pub fn wait(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
         let start = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if start.elapsed() > limit {
