@@ -11,6 +11,9 @@ mod plan;
 #[path = "build_support/kernel_compile.rs"]
 mod kernel_compile;
 
+#[path = "build_support/emulated_kernels.rs"]
+mod emulated_kernels;
+
 use std::path::{Path, PathBuf};
 
 const DEFAULT_PLAN: &str = "plan/tiny.toml";
@@ -25,6 +28,8 @@ fn main() {
     build_helper::rerun_if_changed("kernels");
     println!("cargo:rerun-if-env-changed=HIPCC");
     println!("cargo:rerun-if-env-changed=KILN_HIP_CLANG");
+    println!("cargo:rerun-if-env-changed=KILN_HIP_CPU");
+    println!("cargo:rerun-if-env-changed=KILN_EMULATED_CXX");
 
     let requested = std::env::var("KILN_PLAN").unwrap_or_else(|_| DEFAULT_PLAN.to_string());
     let plan_path = resolve(&manifest_dir, &requested);
@@ -41,6 +46,10 @@ fn main() {
     write(&out.join("plan.toml"), text.as_bytes());
     write(&out.join("embedded.rs"), embedded_files(&manifest_dir, &plan).as_bytes());
     write(&out.join("code_objects.rs"), code_objects(&manifest_dir, &out, &plan).as_bytes());
+    if std::env::var_os("CARGO_FEATURE_EMULATED_HIP").is_some() {
+        let lib = emulated_library(&manifest_dir, &out);
+        println!("cargo:rustc-env=KILN_EMULATED_LIB={}", lib.display());
+    }
     let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
     println!("cargo:rustc-env=KILN_PLAN_HASH={hash}");
     println!("cargo:rustc-env=KILN_PLAN_SOURCE={}", plan_path.display());
@@ -158,6 +167,22 @@ fn code_objects(manifest_dir: &Path, out: &Path, plan: &plan::Plan) -> String {
         fail(&format!("appliance.target = {} for {arch}:\n  {}", plan.appliance.target.as_str(), errors.join("\n  ")));
     }
     format!("pub const CODE_OBJECTS: &[CodeObject] = &[\n{entries}];\n")
+}
+
+/// The `emulated-hip` feature: every kernel compiled against HIP-CPU into one library.
+fn emulated_library(manifest_dir: &Path, out: &Path) -> PathBuf {
+    let hip_cpu =
+        emulated_kernels::hip_cpu_dir(manifest_dir).unwrap_or_else(|e| fail(&format!("--features emulated-hip: {e}")));
+    build_helper::rerun_if_changed(&hip_cpu);
+    let sources = plan::all_sources();
+    emulated_kernels::build(
+        &hip_cpu,
+        &manifest_dir.join("kernels"),
+        &sources,
+        &plan::all_symbols(),
+        &out.join("emulated"),
+    )
+    .unwrap_or_else(|e| fail(&format!("--features emulated-hip: {e}")))
 }
 
 /// Relative plan paths are taken from the crate root, so `KILN_PLAN=plan/x.toml` works from

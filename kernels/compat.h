@@ -6,7 +6,36 @@
 // E2M1 + E8M0) on raw bytes, so no vendor-specific bf16/fp8 type appears in a kernel.
 #pragma once
 
-#if defined(__HIP_PLATFORM_AMD__) || defined(__HIP__)
+#include <stdint.h>
+
+#if defined(__HIP_CPU_RT__)
+// The emulated device: AMD's HIP-CPU runtime runs each GPU thread as a fiber on the CPU, so
+// kernels execute (slowly) on any machine; what they need beyond what it provides is here.
+// Its shuffles and barriers are block-wide, so every thread of a block must reach each one.
+#define KILN_HIP_CPU 1
+#include <hip/hip_runtime.h>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#define KILN_WAVE 64
+inline float __uint_as_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline uint32_t __float_as_uint(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// glibc declares an internal __expf that no library exports; the device intrinsic is expf.
+#define __expf(x) expf(x)
+using std::max;
+using std::min;
+inline float kiln_shfl_xor(float v, int lane_mask) { return __shfl_xor(v, lane_mask, KILN_WAVE); }
+inline int kiln_shfl_xor_int(int v, int lane_mask) { return __shfl_xor(v, lane_mask, KILN_WAVE); }
+#elif defined(__HIP_PLATFORM_AMD__) || defined(__HIP__)
 #define KILN_HIP 1
 #include <hip/hip_runtime.h>
 // CDNA (gfx90a, gfx940/942, gfx950) runs wave64.
@@ -22,8 +51,6 @@ __device__ inline int kiln_shfl_xor_int(int v, int lane_mask) { return __shfl_xo
 #else
 #error "kiln kernels build with hipcc/clang (HIP) or nvcc (CUDA)"
 #endif
-
-#include <stdint.h>
 
 // ---- host API (the harness; kernels built with --genco ignore these) ---------------------
 #if KILN_HIP
@@ -96,8 +123,10 @@ __device__ inline float kiln_block_reduce(float v, float* scratch, float identit
     __syncthreads();
     if (lane == 0) scratch[wave] = v;
     __syncthreads();
+    // Every wave reduces (only wave 0's result is used): shuffles stay block-uniform, which
+    // the emulated device needs and a GPU does not mind.
     float t = (threadIdx.x < waves) ? scratch[threadIdx.x] : identity;
-    if (wave == 0) t = kiln_wave_reduce(t, op);
+    t = kiln_wave_reduce(t, op);
     if (threadIdx.x == 0) scratch[0] = t;
     __syncthreads();
     return scratch[0];

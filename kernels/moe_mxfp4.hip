@@ -37,6 +37,38 @@ __device__ inline float kiln_mxfp4_group_dot(const uint8_t* __restrict__ codes, 
     return acc;
 }
 
+// E2M1 value of |x| by the grid's nearest point, ties to the even code, saturating at 6.
+__device__ inline float kiln_round_e2m1(float x) {
+    const float grid[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    const float a = fabsf(x);
+    int best = 0;
+    for (int i = 1; i < 8; ++i) {
+        const float d_best = fabsf(a - grid[best]), d = fabsf(a - grid[i]);
+        if (d < d_best || (d == d_best && i % 2 == 0)) best = i;
+    }
+    const float v = a >= 6.0f ? 6.0f : grid[best];
+    return x < 0.0f ? -v : v;
+}
+
+// W4A4: activations rounded to the MXFP4 grid before an MXFP4 GEMM, per row and group of 32:
+// scale 2^(floor(log2(amax rounded on its top two mantissa bits)) - 2), then each value to
+// the nearest E2M1 times the scale. CPU twin: backend::cpu::quantize_mxfp4_activations.
+// x [rows, k] f32 -> y [rows, k] f32 (may alias x). One thread per group; k % 32 == 0.
+KILN_EXPORT void kiln_mxfp4_quantize_act(const float* x, float* y, int rows, int k) {
+    const long long g = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const int groups = k / 32;
+    if (g >= (long long)rows * groups) return;
+    const float* xg = x + g * 32;
+    float* yg = y + g * 32;
+    float amax = 0.0f;
+    for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(xg[i]));
+    const uint32_t rounded = (__float_as_uint(amax) + 0x200000u) & 0x7F800000u;
+    int e = rounded == 0 ? -127 : (int)(rounded >> 23) - 127 - 2;
+    e = e < -127 ? -127 : (e > 127 ? 127 : e);
+    const float scale = e >= -126 ? __uint_as_float((uint32_t)(e + 127) << 23) : __uint_as_float(1u << 22);
+    for (int i = 0; i < 32; ++i) yg[i] = kiln_round_e2m1(xg[i] / scale) * scale;
+}
+
 // Decode buckets (a few tokens per expert): one wave per output row, lanes split K by groups;
 // the row is read from memory once and reused from cache for each token.
 // Grid: (ceil(N / rows_per_block), E); block: rows_per_block * KILN_WAVE threads.
@@ -47,16 +79,18 @@ KILN_EXPORT void kiln_moe_mxfp4_decode(const uint8_t* __restrict__ codes, const 
     const int rows_per_block = blockDim.x / KILN_WAVE;
     const int row = blockIdx.x * rows_per_block + threadIdx.x / KILN_WAVE;
     const int lane = threadIdx.x % KILN_WAVE;
-    if (row >= n) return;
-    const int groups = k / 32;
-    const uint8_t* wc = codes + ((size_t)e * n + row) * (k / 2);
-    const uint8_t* ws = scales + ((size_t)e * n + row) * groups;
+    // Waves past the last row still take part in the reductions (every thread of a block
+    // reaches each shuffle), they just add nothing and store nothing.
+    const bool live = row < n;
+    const int groups = live ? k / 32 : 0;
+    const uint8_t* wc = codes + ((size_t)e * n + (live ? row : 0)) * (k / 2);
+    const uint8_t* ws = scales + ((size_t)e * n + (live ? row : 0)) * (k / 32);
     for (int m = offsets[e]; m < offsets[e + 1]; ++m) {
         const float* xm = x + (size_t)m * k;
         float acc = 0.0f;
         for (int g = lane; g < groups; g += KILN_WAVE) acc += kiln_mxfp4_group_dot(wc + 16 * g, ws[g], xm + 32 * g);
         acc = kiln_wave_sum(acc);
-        if (lane == 0) y[(size_t)m * n + row] = acc;
+        if (live && lane == 0) y[(size_t)m * n + row] = acc;
     }
 }
 
@@ -65,7 +99,7 @@ KILN_EXPORT void kiln_moe_mxfp4_decode(const uint8_t* __restrict__ codes, const 
 #define KILN_TILE_K 64
 
 // Prefill buckets: a 64-row x 32-token output tile per block, K in steps of 64 through
-// shared memory (weights dequantized once per tile). Block: 256 threads, 4 rows x 2 tokens
+// shared memory (weights dequantized once per tile; a K tail of 32 is zero-padded). Block: 256 threads, 4 rows x 2 tokens
 // each. Grid: (ceil(N / 64), ceil(max tokens of an expert / 32), E).
 KILN_EXPORT void kiln_moe_mxfp4_prefill(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
                                         const float* __restrict__ x, const int* __restrict__ offsets,
@@ -85,7 +119,7 @@ KILN_EXPORT void kiln_moe_mxfp4_prefill(const uint8_t* __restrict__ codes, const
         for (int i = threadIdx.x; i < KILN_TILE_N * (KILN_TILE_K / 16); i += blockDim.x) {
             const int r = i / (KILN_TILE_K / 16), c16 = (i % (KILN_TILE_K / 16)) * 16;
             const int gr = n0 + r;
-            if (gr < n) {
+            if (gr < n && k0 + c16 < k) {
                 const uint8_t* wc = codes + ((size_t)e * n + gr) * row_bytes + (k0 + c16) / 2;
                 const float s = kiln_e8m0(scales[((size_t)e * n + gr) * row_groups + (k0 + c16) / 32]);
 #pragma unroll
@@ -99,7 +133,7 @@ KILN_EXPORT void kiln_moe_mxfp4_prefill(const uint8_t* __restrict__ codes, const
         }
         for (int i = threadIdx.x; i < KILN_TILE_M * KILN_TILE_K; i += blockDim.x) {
             const int r = i / KILN_TILE_K, c = i % KILN_TILE_K;
-            xt[r][c] = (m0 + r < m_end) ? x[(size_t)(m0 + r) * k + k0 + c] : 0.0f;
+            xt[r][c] = (m0 + r < m_end && k0 + c < k) ? x[(size_t)(m0 + r) * k + k0 + c] : 0.0f;
         }
         __syncthreads();
 #pragma unroll 8

@@ -25,6 +25,9 @@ pub enum Error {
     /// The weights are not the ones the plan's `[weights.pin]` names.
     #[error("{}", crate::weights::pin::render_pin_problems(.0).trim_end())]
     Pin(Vec<crate::weights::pin::PinProblem>),
+    /// A GPU (or the emulated device) refused a call: the device and what failed.
+    #[error("{device}: {message}")]
+    Device { device: String, message: String },
     /// A command line that cannot be carried out.
     #[error("{0}")]
     Usage(String),

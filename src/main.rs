@@ -47,10 +47,10 @@ enum Command {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
-    /// GPU kernel tooling.
-    Kernels {
+    /// The GPU ops on the device this binary drives (`--features hip` or `emulated-hip`).
+    Ops {
         #[command(subcommand)]
-        what: KernelsWhat,
+        what: OpsWhat,
     },
     /// Load generators.
     Bench {
@@ -126,9 +126,24 @@ enum PlanAction {
 }
 
 #[derive(Subcommand)]
-enum KernelsWhat {
-    /// Write test vectors (inputs and CPU-twin outputs) for kernels/harness/harness.cpp.
-    Cases { dir: PathBuf },
+enum OpsWhat {
+    /// Every declared op's kernels against the CPU backend at the declared check shapes; exit 1
+    /// if any case fails.
+    Check {
+        /// Only these op families (e.g. `mla.decode.fp8_e4m3`), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// The baked plan's kernel map timed at its shapes: GB/s, and that over the device's copy
+    /// bandwidth measured in the same run.
+    Bench {
+        /// Token buckets to time (default: each row's smallest and largest).
+        #[arg(long, value_delimiter = ',')]
+        buckets: Vec<u64>,
+        /// Timed launches per row.
+        #[arg(long, default_value_t = 20)]
+        reps: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,11 +239,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             deploy::pin_plan(&weights, &file)
         }
         Some(Command::Verify { weights, full }) => deploy::verify(baked::plan(), &source(weights), full),
-        Some(Command::Kernels { what: KernelsWhat::Cases { dir } }) => {
-            let names = kiln::kernel_cases::write_cases(&dir)?;
-            println!("{} kernel cases in {}: {}", names.len(), dir.display(), names.join(", "));
-            Ok(ExitCode::SUCCESS)
-        }
+        Some(Command::Ops { what: OpsWhat::Check { only } }) => ops_check(&only),
+        Some(Command::Ops { what: OpsWhat::Bench { buckets, reps } }) => ops_bench(&buckets, reps),
         Some(Command::Bench { what: BenchWhat::Spec { depths, tokens, weights } }) => {
             bench_spec(&depths, tokens, weights)
         }
@@ -262,6 +274,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The device this binary drives, with every registry kernel it carries resolved.
+fn ops_gpu() -> Result<kiln::device::Gpu> {
+    let device = kiln::device::built_in()?;
+    let symbols: Vec<&'static str> = plan::all_symbols().into_iter().filter(|s| device.kernel(s).is_ok()).collect();
+    kiln::device::Gpu::new(device, &symbols)
+}
+
+fn ops_check(only: &[String]) -> Result<ExitCode> {
+    let gpu = ops_gpu()?;
+    let decls: Vec<&'static kiln::ops::OpDecl> = match only {
+        [] => kiln::ops::all(),
+        names => names
+            .iter()
+            .map(|n| kiln::ops::decl(n).ok_or_else(|| Error::Usage(format!("--only: no op family {n:?}"))))
+            .collect::<Result<_>>()?,
+    };
+    eprintln!("kiln ops check on {}", gpu.describe());
+    let rows = kiln::ops::check::check(&gpu, Some(&decls));
+    print!("{}", kiln::ops::check::table(&rows));
+    Ok(if rows.iter().all(|r| r.passed()) && !rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn ops_bench(buckets: &[u64], reps: usize) -> Result<ExitCode> {
+    let gpu = ops_gpu()?;
+    let plan = baked::plan();
+    eprintln!("kiln ops bench: {} on {}", plan.appliance.name, gpu.describe());
+    let copy = kiln::ops::bench::copy_bandwidth(&gpu, 64 << 20)?;
+    let buckets = (!buckets.is_empty()).then_some(buckets);
+    let rows = kiln::ops::bench::bench(&gpu, plan, buckets, reps)?;
+    print!("{}", kiln::ops::bench::table(&rows, copy));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn source(weights: Option<PathBuf>) -> WeightsSource {

@@ -129,19 +129,8 @@ impl Sampler {
 
     /// A token drawn from `p` (a distribution over the vocabulary).
     fn draw(&mut self, p: &[f32]) -> u32 {
-        let mut u = self.rng.random::<f32>() * p.iter().sum::<f32>();
-        let mut last = 0;
-        for (i, &w) in p.iter().enumerate() {
-            if w <= 0.0 {
-                continue;
-            }
-            last = i;
-            if u < w {
-                return i as u32;
-            }
-            u -= w;
-        }
-        last as u32
+        let u = self.rng.random::<f32>();
+        draw_at(p, u)
     }
 
     /// Verifies a draft against the target model's `logits` (speculative decoding) and
@@ -190,6 +179,24 @@ impl Sampler {
         }
         l
     }
+}
+
+/// The token at `u` in [0, 1) of `p`'s mass, walking the vocabulary in index order (what
+/// drawing does with a uniform variate; the device's sampling kernel walks the same way).
+pub fn draw_at(p: &[f32], u: f32) -> u32 {
+    let mut u = u * p.iter().sum::<f32>();
+    let mut last = 0;
+    for (i, &w) in p.iter().enumerate() {
+        if w <= 0.0 {
+            continue;
+        }
+        last = i;
+        if u < w {
+            return i as u32;
+        }
+        u -= w;
+    }
+    last as u32
 }
 
 /// The rejection rule's acceptance: u < p(d) / q(d), with u uniform in [0, 1).

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::fixture::*;
 use kiln::engine::{self, CancelFlag, EngineConfig, EngineHandle, Event, GenerationRequest};
-use kiln::kv::{KvFormat, KvPool, SeqKv};
+use kiln::kv::KvFormat;
 use kiln::metrics::Metrics;
-use kiln::model::{Model, SeqInput};
+use kiln::model::Model;
 use kiln::sample::SamplingParams;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -158,13 +158,10 @@ fn preemption_recomputes_without_changing_outputs() {
 /// Teacher-forced logits [T, V] of `ids` with the KV cache in `format`, one token per
 /// forward so every attention reads entries back from the pool.
 fn logits_with(model: &Model, format: KvFormat, ids: &[u32]) -> Vec<f32> {
-    let mut pool = KvPool::new(format, model.kv_geometry(), 8, ids.len().div_ceil(8), false);
-    let mut kv = SeqKv::default();
-    pool.reserve(&mut kv, ids.len()).unwrap();
+    let mut cache = model.cache(format, model.kv_geometry());
     let mut out = Vec::new();
-    for (t, &id) in ids.iter().enumerate() {
-        let h = model.forward_batch(&[SeqInput { tokens: &[id], kv: &kv }], &mut pool, None).unwrap();
-        kv.len = t + 1;
+    for &id in ids {
+        let h = model.forward(&[id], &mut cache, None).unwrap();
         out.extend(model.logits(&h));
     }
     out

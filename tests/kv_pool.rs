@@ -1,8 +1,10 @@
-//! The page pool and prefix cache as pure data structures: encodings, prefix hits, copy on
-//! truncate, and a randomized run of submit / extend / cancel / finish that must end with
-//! every page free and every invariant holding after every step.
+//! The page table and prefix cache as pure data structures, and the CPU backend's KV store they
+//! address: encodings, prefix hits, copy on truncate, and a randomized run of submit / extend /
+//! cancel / finish that must end with every page free and every invariant holding after every
+//! step.
 
-use kiln::kv::{KvFormat, KvGeometry, KvPool, SeqKv};
+use kiln::backend::cpu::HostKvStore;
+use kiln::kv::{KvFormat, KvGeometry, PageTable, SeqKv};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -10,8 +12,8 @@ fn geometry() -> KvGeometry {
     KvGeometry { latent: 160, rope: 16, index: 32, indexed: vec![true, false, true] }
 }
 
-fn pool(pages: usize) -> KvPool {
-    KvPool::new(KvFormat::Bf16, geometry(), 4, pages, true)
+fn pool(pages: usize) -> PageTable {
+    PageTable::new(4, pages, true)
 }
 
 #[test]
@@ -21,14 +23,17 @@ fn entries_round_trip_in_every_format() {
     let rope: Vec<f32> = (0..g.rope).map(|i| i as f32 / 3.0 - 2.0).collect();
     let key: Vec<f32> = (0..g.index).map(|i| (i as f32 - 16.0) / 5.0).collect();
     for (format, tol) in [(KvFormat::F32, 0.0), (KvFormat::Bf16, 1.0 / 128.0), (KvFormat::Fp8E4m3, 1.0 / 8.0)] {
-        let mut p = KvPool::new(format, g.clone(), 4, 2, false);
+        let mut p = PageTable::new(4, 2, false);
+        let mut store = HostKvStore::new(format, g.clone(), p.total_slots());
         let mut s = SeqKv::default();
         p.reserve(&mut s, 5).unwrap();
-        p.write_mla(&s, 0, 4, &latent, &rope);
-        p.write_index(&s, 0, 4, &key);
+        store.write_mla(0, p.slot(&s, 4), &latent, &rope);
+        store.write_index(0, p.slot(&s, 4), &key);
         s.len = 5;
-        let (l, r) = p.gather_mla(&s, 0, 5);
-        let k = p.gather_index(&s, 0, 5);
+        let (mut l, mut r) = (vec![0.0; 5 * g.latent], vec![0.0; 5 * g.rope]);
+        store.read_mla(0, p.slot(&s, 4), &mut l[4 * g.latent..], &mut r[4 * g.rope..]);
+        let mut k = vec![0.0; 5 * g.index];
+        store.read_index(0, p.slot(&s, 4), &mut k[4 * g.index..]);
         let close = |a: &[f32], b: &[f32], amax: f32| {
             a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * x.abs().max(amax / 16.0))
         };
@@ -99,20 +104,24 @@ fn prefix_pages_are_found_and_shared() {
 #[test]
 fn truncating_into_a_cached_page_copies_it() {
     let mut p = pool(8);
+    let g = geometry();
+    let mut store = HostKvStore::new(KvFormat::Bf16, g.clone(), p.total_slots());
     let prompt: Vec<u32> = (0..8).collect();
     let mut a = SeqKv::default();
     p.reserve(&mut a, 8).unwrap();
-    let g = geometry();
     for t in 0..8 {
-        p.write_mla(&a, 0, t, &vec![t as f32; g.latent], &vec![0.0; g.rope]);
+        store.write_mla(0, p.slot(&a, t), &vec![t as f32; g.latent], &vec![0.0; g.rope]);
     }
     a.len = 8;
     p.commit(&mut a, &prompt);
     let cached = a.pages[1];
-    p.truncate(&mut a, 6).unwrap();
+    if let Some(copy) = p.truncate(&mut a, 6).unwrap() {
+        store.copy_page(copy, p.page_size);
+    }
     assert_ne!(a.pages[1], cached, "the cached page was written through");
-    let (l, _) = p.gather_mla(&a, 0, 6);
-    assert_eq!(l[5 * g.latent], 5.0);
+    let (mut l, mut r) = (vec![0.0; g.latent], vec![0.0; g.rope]);
+    store.read_mla(0, p.slot(&a, 5), &mut l, &mut r);
+    assert_eq!(l[0], 5.0);
     p.check(&[&a]).unwrap();
     // The cached copy is still whole for the next request.
     let mut b = SeqKv::default();

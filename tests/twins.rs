@@ -5,6 +5,7 @@
 mod common;
 
 use common::fixture::*;
+use kiln::backend::Backend;
 use kiln::model::weights::Ffn;
 use kiln::model::{AttentionForm, moe};
 
@@ -58,20 +59,24 @@ fn grouped_moe_equals_dense_loop_over_experts() {
         let x: Vec<f32> = (0..n * d).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0) * 0.7).collect();
         for layer in &model.weights.layers {
             let Ffn::Moe(block) = &layer.ffn else { continue };
-            let (grouped, routes) = moe::moe(block, m, &x, n, false);
+            let cpu = &model.backend;
+            let xs = cpu.upload(x.clone(), d).unwrap();
+            let (grouped, routes) = moe::moe(cpu, block, m, &xs, false).unwrap();
+            let grouped = grouped.data;
             let mut dense = vec![0.0f32; n * d];
             for t in 0..n {
                 let xt = &x[t * d..(t + 1) * d];
                 for (e, expert) in block.experts.iter().enumerate() {
                     let wt =
                         routes[t].experts.iter().position(|&j| j as usize == e).map_or(0.0, |k| routes[t].weights[k]);
-                    let y = moe::mlp(expert, xt, 1, false);
+                    let y = kiln::backend::cpu::moe::mlp(expert, xt, 1, false);
                     for (a, b) in dense[t * d..(t + 1) * d].iter_mut().zip(&y) {
                         *a += wt * b;
                     }
                 }
                 if let Some(shared) = &block.shared {
-                    for (a, b) in dense[t * d..(t + 1) * d].iter_mut().zip(moe::mlp(shared, xt, 1, false)) {
+                    let y = moe::mlp(cpu, shared, &cpu.upload(xt.to_vec(), d).unwrap(), false).unwrap();
+                    for (a, b) in dense[t * d..(t + 1) * d].iter_mut().zip(&y.data) {
                         *a += b;
                     }
                 }

@@ -38,14 +38,17 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
     match plan.appliance.target {
         Target::Cpu => {}
         Target::Hip => {
-            let loaded = crate::backend::hip::load(baked::CODE_OBJECTS)?;
+            let device = crate::device::built_in()?;
+            let symbols: Vec<&'static str> =
+                baked::CODE_OBJECTS.iter().flat_map(|c| c.symbols.iter().copied()).collect();
+            let gpu = crate::device::Gpu::new(device, &symbols)?;
             log::info(
                 "kernels",
                 format!(
-                    "loaded {} kernels from {} code objects on {}; the forward runs on the CPU backend until the HIP forward lands",
-                    loaded.functions.len(),
+                    "resolved {} kernels from {} code objects on {}; the forward runs on the CPU backend until the GPU forward lands",
+                    symbols.len(),
                     baked::CODE_OBJECTS.len(),
-                    loaded.device
+                    gpu.describe()
                 ),
             )
             .emit();

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 pub use request::{CancelFlag, Event, FinishReason, GenerationRequest, Usage};
 
-use crate::kv::{KvFormat, KvPool};
+use crate::backend::Backend;
+use crate::kv::{KvFormat, PageTable};
 use crate::metrics::Metrics;
 use crate::model::Model;
 
@@ -148,8 +149,13 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine thread with a KV pool sized by `config`.
-pub fn spawn(model: Arc<Model>, config: EngineConfig, metrics: Arc<Metrics>) -> (EngineHandle, JoinHandle<()>) {
+/// Starts the engine thread with a KV cache sized by `config`: its page table, and its store on
+/// the model's backend.
+pub fn spawn<B: Backend>(
+    model: Arc<Model<B>>,
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+) -> (EngineHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
     let shared = Arc::new(Shared {
         started: Instant::now(),
@@ -167,8 +173,15 @@ pub fn spawn(model: Arc<Model>, config: EngineConfig, metrics: Arc<Metrics>) -> 
             // layers': one page table, one prefix cache, one rollback.
             let speculate = config.spec_depth > 0 && !model.weights.mtp.is_empty();
             let geometry = if speculate { model.kv_geometry_with_mtp() } else { model.kv_geometry() };
-            let pool = KvPool::new(config.kv_format, geometry, config.page_size, config.kv_pages, config.prefix_cache);
-            step::Engine::new(model, config, metrics, shared, rx, pool, speculate).run();
+            let table = PageTable::new(config.page_size, config.kv_pages, config.prefix_cache);
+            let store = match model.backend.kv_store(config.kv_format, geometry, table.total_slots()) {
+                Ok(s) => s,
+                Err(e) => {
+                    crate::log::error("kv_store", format!("cannot allocate the KV cache: {e}")).emit();
+                    return;
+                }
+            };
+            step::Engine::new(model, config, metrics, shared, rx, table, store, speculate).run();
         })
         .expect("spawn the engine thread");
     (handle, join)

@@ -13,8 +13,9 @@
 //! exact, and they depend only on the request, so seeded requests repeat.
 
 use super::step::Engine;
+use crate::backend::Backend;
 use crate::kv::SeqKv;
-use crate::model::SeqInput;
+use crate::model::StepBatch;
 
 /// `kv` as seen from position `len` (same pages).
 fn at(kv: &SeqKv, len: usize) -> SeqKv {
@@ -23,7 +24,12 @@ fn at(kv: &SeqKv, len: usize) -> SeqKv {
     v
 }
 
-pub(super) fn draft(e: &mut Engine) {
+/// Draft logits [n, V] for MTP outputs [n, D]; None (no drafts) if the backend fails.
+fn draft_logits<B: Backend>(e: &Engine<B>, rows: &[f32]) -> Option<Vec<f32>> {
+    if rows.is_empty() { Some(Vec::new()) } else { e.model.lm_head(rows).ok() }
+}
+
+pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
     let depth = e.spec_depth();
     let d = e.model.shape.hidden_size as usize;
     let context = e.model.shape.max_position_embeddings as usize;
@@ -49,35 +55,44 @@ pub(super) fn draft(e: &mut Engine) {
     if catch.is_empty() {
         return;
     }
-    let inputs: Vec<SeqInput> = catch.iter().map(|(_, t, kv)| SeqInput { tokens: t, kv }).collect();
-    let Ok(out) = e.model.mtp_forward_batch(0, &inputs, &hidden, &mut e.pool, layer) else { return };
-    drop(inputs);
+    let mut batch = StepBatch::new(e.table.page_size);
+    for (_, t, kv) in &catch {
+        batch.push(kv, t);
+    }
+    let Ok(out) = e.model.mtp_step(0, &batch, &hidden, &mut e.store, layer) else { return };
 
     // 2. Pages whose main and MTP entries are both written join the prefix cache; the first
     //    draft of every decoding request comes from its last catch-up row.
-    let mut chain: Vec<(usize, Vec<f32>, crate::sample::Sampler)> = Vec::new(); // (index, last output, drafter)
+    let mut first: Vec<(usize, Vec<f32>, usize)> = Vec::new(); // (running index, last output, drafts wanted)
     let mut row = 0;
     for (i, t, _) in &catch {
         let s = &mut e.running[*i];
         s.mtp_len += t.len();
         row += t.len();
         let upto = s.mtp_len.min(s.kv.len);
-        e.pool.commit(&mut s.kv, &s.tokens[..upto]);
+        e.table.commit(&mut s.kv, &s.tokens[..upto]);
         let remaining = s.req.max_tokens.saturating_sub(s.generated);
         let room = context.saturating_sub(s.tokens.len() + 1);
         let want = depth.min(remaining.saturating_sub(1)).min(room);
         let end = s.kv.len + want;
-        if s.finish.is_some() || s.pending() != 1 || want == 0 || e.pool.reserve(&mut s.kv, end).is_err() {
+        if s.finish.is_some() || s.pending() != 1 || want == 0 || e.table.reserve(&mut s.kv, end).is_err() {
             continue;
         }
-        let o = out[(row - 1) * d..row * d].to_vec();
+        first.push((*i, out[(row - 1) * d..row * d].to_vec(), want));
+    }
+    let rows: Vec<f32> = first.iter().flat_map(|(_, o, _)| o.iter().copied()).collect();
+    let Some(logits) = draft_logits(e, &rows) else { return };
+    let v = e.model.vocab_size();
+    let mut chain: Vec<(usize, Vec<f32>, crate::sample::Sampler)> = Vec::new(); // (index, last output, drafter)
+    for (n, (i, o, want)) in first.into_iter().enumerate() {
+        let s = &mut e.running[i];
         let mut drafter = s.sampler.drafter();
-        let (tok, q) = drafter.pick(&e.model.logits(&o));
+        let (tok, q) = drafter.pick(&logits[n * v..(n + 1) * v]);
         drafter.record(tok);
         s.drafts = vec![tok];
         s.draft_probs = vec![q];
         if want > 1 {
-            chain.push((*i, o, drafter));
+            chain.push((i, o, drafter));
         }
     }
 
@@ -94,24 +109,19 @@ pub(super) fn draft(e: &mut Engine) {
         if active.is_empty() {
             break;
         }
-        let tokens: Vec<[u32; 1]> =
-            active.iter().map(|&c| [*e.running[chain[c].0].drafts.last().expect("one draft")]).collect();
-        let views: Vec<SeqKv> = active
-            .iter()
-            .map(|&c| {
-                let s = &e.running[chain[c].0];
-                at(&s.kv, s.kv.len + k - 1)
-            })
-            .collect();
+        let mut batch = StepBatch::new(e.table.page_size);
+        for &c in &active {
+            let s = &e.running[chain[c].0];
+            batch.push(&at(&s.kv, s.kv.len + k - 1), &[*s.drafts.last().expect("one draft")]);
+        }
         let hidden: Vec<f32> = active.iter().flat_map(|&c| chain[c].1.iter().copied()).collect();
-        let inputs: Vec<SeqInput> = tokens.iter().zip(&views).map(|(t, kv)| SeqInput { tokens: t, kv }).collect();
-        let Ok(out) = e.model.mtp_forward_batch(0, &inputs, &hidden, &mut e.pool, layer) else { break };
-        drop(inputs);
+        let Ok(out) = e.model.mtp_step(0, &batch, &hidden, &mut e.store, layer) else { break };
+        let Some(logits) = draft_logits(e, &out) else { break };
         for (n, &c) in active.iter().enumerate() {
             let o = out[n * d..(n + 1) * d].to_vec();
             let (i, _, drafter) = &mut chain[c];
             let s = &mut e.running[*i];
-            let (tok, q) = drafter.pick(&e.model.logits(&o));
+            let (tok, q) = drafter.pick(&logits[n * v..(n + 1) * v]);
             drafter.record(tok);
             s.drafts.push(tok);
             s.draft_probs.push(q);

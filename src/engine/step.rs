@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::speculate;
 use super::{EngineConfig, Event, FinishReason, GenerationRequest, Msg, PoolReport, Shared, Usage};
-use crate::kv::{KvPool, SeqKv};
+use crate::backend::Backend;
+use crate::kv::{PageTable, SeqKv};
 use crate::metrics::Metrics;
-use crate::model::{Model, SeqInput};
+use crate::model::{Model, StepBatch};
 use crate::sample::{Sampler, logprobs};
 
 /// How long the idle engine waits for work before it beats again.
@@ -68,14 +69,17 @@ impl Seq {
     }
 }
 
-pub struct Engine {
-    pub(super) model: Arc<Model>,
+pub struct Engine<B: Backend> {
+    pub(super) model: Arc<Model<B>>,
     config: EngineConfig,
     pub(super) metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     rx: Receiver<Msg>,
-    pub(super) pool: KvPool,
-    /// Whether MTP speculation is on (the pool then has the MTP layer too).
+    /// Which pages each sequence holds (host data).
+    pub(super) table: PageTable,
+    /// The KV bytes, on the model's backend.
+    pub(super) store: B::KvStore,
+    /// Whether MTP speculation is on (the store then has the MTP layer too).
     speculate: bool,
     waiting: VecDeque<Seq>,
     /// In admission order (preemption takes from the back).
@@ -83,23 +87,26 @@ pub struct Engine {
     throttle: Duration,
 }
 
-impl Engine {
+impl<B: Backend> Engine<B> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        model: Arc<Model>,
+        model: Arc<Model<B>>,
         config: EngineConfig,
         metrics: Arc<Metrics>,
         shared: Arc<Shared>,
         rx: Receiver<Msg>,
-        pool: KvPool,
+        table: PageTable,
+        store: B::KvStore,
         speculate: bool,
-    ) -> Engine {
+    ) -> Engine<B> {
         Engine {
             model,
             config,
             metrics,
             shared,
             rx,
-            pool,
+            table,
+            store,
             speculate,
             waiting: VecDeque::new(),
             running: Vec::new(),
@@ -148,10 +155,10 @@ impl Engine {
             Msg::Submit(r) => self.waiting.push_back(Seq::new(*r)),
             Msg::Inspect(tx) => {
                 let live: Vec<&SeqKv> = self.running.iter().map(|s| &s.kv).collect();
-                let integrity = self.pool.check(&live);
+                let integrity = self.table.check(&live);
                 let _ = tx.send(PoolReport {
-                    total_pages: self.pool.total_pages(),
-                    available_pages: self.pool.available_pages(),
+                    total_pages: self.table.total_pages(),
+                    available_pages: self.table.available_pages(),
                     running: self.running.len(),
                     waiting: self.waiting.len(),
                     integrity,
@@ -182,12 +189,12 @@ impl Engine {
     fn admit(&mut self) {
         while self.running.len() < self.config.max_running {
             let Some(mut seq) = self.waiting.pop_front() else { break };
-            let cached = self.pool.attach_prefix(&mut seq.kv, &seq.tokens);
-            let need = self.pool.pages_needed(&seq.kv, seq.tokens.len() + 1 + self.spec_depth());
-            if need > self.pool.available_pages() {
-                self.pool.release(&mut seq.kv);
-                if self.running.is_empty() && need > self.pool.total_pages() {
-                    let msg = format!("the prompt needs {need} KV pages; the pool has {}", self.pool.total_pages());
+            let cached = self.table.attach_prefix(&mut seq.kv, &seq.tokens);
+            let need = self.table.pages_needed(&seq.kv, seq.tokens.len() + 1 + self.spec_depth());
+            if need > self.table.available_pages() {
+                self.table.release(&mut seq.kv);
+                if self.running.is_empty() && need > self.table.total_pages() {
+                    let msg = format!("the prompt needs {need} KV pages; the pool has {}", self.table.total_pages());
                     let _ = seq.req.events.send(Event::Failed(msg));
                     self.end(seq, FinishReason::Abort);
                     continue;
@@ -226,7 +233,7 @@ impl Engine {
             }
             let end = seq.kv.len + n;
             let seq = &mut self.running[i];
-            if self.pool.reserve(&mut seq.kv, end).is_err() {
+            if self.table.reserve(&mut seq.kv, end).is_err() {
                 // Free pages by preempting the newest request; if this is the newest, it waits.
                 // Entries before i keep their places, so `plan` stays valid; look at i again.
                 if !self.preempt_newest(i) {
@@ -244,24 +251,27 @@ impl Engine {
             return;
         }
 
-        // A decoding request's drafts ride after its pending token.
-        let step_tokens: Vec<Vec<u32>> = plan
-            .iter()
-            .map(|&(i, n)| {
-                let s = &self.running[i];
-                let own = &s.tokens[s.kv.len..s.kv.len + n - s.drafts.len()];
-                own.iter().chain(&s.drafts).copied().collect()
-            })
-            .collect();
-        let inputs: Vec<SeqInput> = plan
-            .iter()
-            .zip(&step_tokens)
-            .map(|(&(i, _), tokens)| SeqInput { tokens, kv: &self.running[i].kv })
-            .collect();
-        let hidden = self.model.forward_batch(&inputs, &mut self.pool, None);
-        drop(inputs);
-        let hidden = match hidden {
-            Ok(h) => h,
+        // A decoding request's drafts ride after its pending token. Logits are computed for
+        // the rows that sample: a verified request's every row, a request whose pending
+        // tokens all run this step its last row.
+        let mut batch = StepBatch::new(self.table.page_size);
+        batch.want_hidden = self.spec_depth() > 0;
+        let mut logit_rows: Vec<std::ops::Range<usize>> = Vec::new(); // per plan entry, into the logits
+        for &(i, n) in &plan {
+            let s = &self.running[i];
+            let own = &s.tokens[s.kv.len..s.kv.len + n - s.drafts.len()];
+            let tokens: Vec<u32> = own.iter().chain(&s.drafts).copied().collect();
+            let rows = batch.push(&s.kv, &tokens);
+            let first = batch.logits_rows.len();
+            if !s.drafts.is_empty() {
+                batch.logits_rows.extend(rows);
+            } else if s.pending() == n {
+                batch.logits_rows.push(rows.end - 1);
+            }
+            logit_rows.push(first..batch.logits_rows.len());
+        }
+        let out = match self.model.step(&batch, &mut self.store, None) {
+            Ok(out) => out,
             Err(e) => {
                 for (i, _) in plan.iter().rev() {
                     let s = self.running.remove(*i);
@@ -274,15 +284,16 @@ impl Engine {
         self.metrics.step();
         self.shared.beat();
 
-        let d = self.model.shape.hidden_size as usize;
+        let (d, v) = (self.model.shape.hidden_size as usize, self.model.vocab_size());
         let mut row = 0;
-        for &(i, n) in &plan {
-            let rows = &hidden[row * d..(row + n) * d];
+        for (&(i, n), lr) in plan.iter().zip(&logit_rows) {
+            let hidden = if out.hidden.is_empty() { &[][..] } else { &out.hidden[row * d..(row + n) * d] };
             row += n;
+            let logits = &out.logits[lr.start * v..lr.end * v];
             if self.running[i].drafts.is_empty() {
-                self.advance_plain(i, n, rows);
+                self.advance_plain(i, n, hidden, logits);
             } else {
-                self.advance_speculative(i, rows);
+                self.advance_speculative(i, hidden, logits);
             }
         }
         if self.spec_depth() > 0 {
@@ -299,40 +310,39 @@ impl Engine {
         }
     }
 
-    /// A prompt chunk or a single decode token of running request `i`, `rows` its hidden
-    /// states [n, D].
-    fn advance_plain(&mut self, i: usize, n: usize, rows: &[f32]) {
-        let d = self.model.shape.hidden_size as usize;
+    /// A prompt chunk or a single decode token of running request `i`: `hidden` its hidden
+    /// states [n, D] (empty without speculation), `logits` [V] when its pending tokens are
+    /// all computed.
+    fn advance_plain(&mut self, i: usize, n: usize, hidden: &[f32], logits: &[f32]) {
         let spec = self.spec_depth() > 0;
         let seq = &mut self.running[i];
         seq.kv.len += n;
         if spec {
             // Pages join the prefix cache once their MTP entries are written too (speculate.rs).
-            seq.mtp_hidden.extend_from_slice(rows);
+            seq.mtp_hidden.extend_from_slice(hidden);
         } else {
-            self.pool.commit(&mut seq.kv, &seq.tokens);
+            self.table.commit(&mut seq.kv, &seq.tokens);
         }
         if seq.pending() == 0 {
-            let logits = self.model.logits(&rows[rows.len() - d..]);
-            let token = self.running[i].sampler.sample(&logits);
-            self.emit(i, token, &logits);
+            let token = self.running[i].sampler.sample(logits);
+            self.emit(i, token, logits);
         }
     }
 
-    /// Verification of running request `i`'s drafts: `rows` [1 + drafts, D] are the hidden
-    /// states of its pending token and each draft. Accepts the longest agreeing prefix plus
-    /// one token from the model, and rolls the rejected drafts' KV back.
-    fn advance_speculative(&mut self, i: usize, rows: &[f32]) {
-        let d = self.model.shape.hidden_size as usize;
+    /// Verification of running request `i`'s drafts: `hidden` [1 + drafts, D] and `logits`
+    /// [1 + drafts, V] are those of its pending token and each draft. Accepts the longest
+    /// agreeing prefix plus one token from the model, and rolls the rejected drafts' KV back.
+    fn advance_speculative(&mut self, i: usize, hidden: &[f32], logits: &[f32]) {
+        let (d, v) = (self.model.shape.hidden_size as usize, self.model.vocab_size());
         let seq = &mut self.running[i];
         let start = seq.kv.len;
         let drafts = std::mem::take(&mut seq.drafts);
         let probs = std::mem::take(&mut seq.draft_probs);
-        let logits: Vec<Vec<f32>> = rows.chunks(d).map(|r| self.model.logits(r)).collect();
+        let logits: Vec<&[f32]> = logits.chunks(v).collect();
         let mut out = Vec::with_capacity(drafts.len() + 1);
         let mut accepted = 0;
         for (k, &draft) in drafts.iter().enumerate() {
-            match seq.sampler.verify(&logits[k], draft, probs[k].as_deref()) {
+            match seq.sampler.verify(logits[k], draft, probs[k].as_deref()) {
                 crate::sample::Verdict::Accept => {
                     out.push((draft, k));
                     accepted += 1;
@@ -345,23 +355,32 @@ impl Engine {
         }
         if accepted == drafts.len() {
             // Every draft stood: the model's own next token comes free.
-            let t = seq.sampler.sample(&logits[drafts.len()]);
+            let t = seq.sampler.sample(logits[drafts.len()]);
             out.push((t, drafts.len()));
         }
         self.metrics.speculated(drafts.len(), accepted);
         // Valid KV: the pending token and the accepted drafts.
         let keep = start + 1 + accepted;
         seq.kv.len = start + 1 + drafts.len();
-        if self.pool.truncate(&mut seq.kv, keep).is_err() {
-            seq.finish = Some(FinishReason::Abort);
-            return;
+        match self.table.truncate(&mut seq.kv, keep) {
+            Err(_) => {
+                seq.finish = Some(FinishReason::Abort);
+                return;
+            }
+            Ok(Some(copy)) => {
+                if self.model.backend.kv_copy_page(&mut self.store, copy, self.table.page_size).is_err() {
+                    seq.finish = Some(FinishReason::Abort);
+                    return;
+                }
+            }
+            Ok(None) => {}
         }
-        seq.mtp_hidden.extend_from_slice(&rows[..(1 + accepted) * d]);
+        seq.mtp_hidden.extend_from_slice(&hidden[..(1 + accepted) * d]);
         for (t, k) in out {
             if self.running[i].finish.is_some() {
                 break;
             }
-            self.emit(i, t, &logits[k]);
+            self.emit(i, t, logits[k]);
         }
     }
 
@@ -416,7 +435,7 @@ impl Engine {
     }
 
     fn release(&mut self, s: &mut Seq) {
-        self.pool.release(&mut s.kv);
+        self.table.release(&mut s.kv);
         s.mtp_len = 0;
         s.mtp_hidden.clear();
         s.drafts.clear();
@@ -433,6 +452,6 @@ impl Engine {
     }
 
     fn report(&self) {
-        self.metrics.set_queue(self.running.len(), self.waiting.len(), self.pool.usage());
+        self.metrics.set_queue(self.running.len(), self.waiting.len(), self.table.usage());
     }
 }

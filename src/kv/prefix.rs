@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use super::pool::PageId;
+use super::page_table::PageId;
 
 /// The hash of a full page given the hash of the page before it (0 for the first page).
 pub fn chain_hash(previous: u64, tokens: &[u32]) -> u64 {

@@ -73,7 +73,7 @@ pub const REGISTRY: &[KernelVariant] = &[
         name: "moe.mxfp4.wave_per_row",
         op: "moe.mxfp4",
         source: "moe_mxfp4.hip",
-        symbols: &["kiln_moe_mxfp4_decode"],
+        symbols: &["kiln_moe_mxfp4_decode", "kiln_mxfp4_quantize_act"],
         archs: ALL_ARCHES,
         max_bucket: 64,
     },
@@ -81,7 +81,7 @@ pub const REGISTRY: &[KernelVariant] = &[
         name: "moe.mxfp4.tile64x32",
         op: "moe.mxfp4",
         source: "moe_mxfp4.hip",
-        symbols: &["kiln_moe_mxfp4_prefill"],
+        symbols: &["kiln_moe_mxfp4_prefill", "kiln_mxfp4_quantize_act"],
         archs: ALL_ARCHES,
         max_bucket: u64::MAX,
     },
@@ -139,6 +139,84 @@ pub fn all_sources() -> Vec<&'static str> {
     s
 }
 
+/// Every kernel symbol the registry names, once.
+pub fn all_symbols() -> Vec<&'static str> {
+    let mut s: Vec<&'static str> = REGISTRY.iter().flat_map(|v| v.symbols.iter().copied()).collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// The shape an op runs at in one plan: what a kernel map row was tuned for. Its text form is
+/// what plan files write in `kernels.entries[].shape`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpShape {
+    /// RMSNorm over rows of each of these widths.
+    Norm {
+        widths: Vec<u64>,
+    },
+    /// Interleaved RoPE on `rot` dims of `heads` attention heads and `index_heads` indexer heads.
+    Rope {
+        rot: u64,
+        heads: u64,
+        index_heads: u64,
+    },
+    /// Sigmoid router: `experts` scores over `d` inputs, `top_k` kept from the best
+    /// `keep_groups` of `groups` groups.
+    Router {
+        experts: u64,
+        top_k: u64,
+        keep_groups: u64,
+        groups: u64,
+        d: u64,
+    },
+    /// Grouped expert GEMM: `experts` matrices of [n, k] on this device.
+    Experts {
+        experts: u64,
+        n: u64,
+        k: u64,
+    },
+    /// Absorbed MLA attention over a paged latent cache.
+    MlaDecode {
+        heads: u64,
+        r: u64,
+        dr: u64,
+        page: u64,
+        topk: u64,
+    },
+    /// Indexer scores over paged keys and their top-k.
+    Indexer {
+        heads: u64,
+        dim: u64,
+        topk: u64,
+        page: u64,
+    },
+    Sample {
+        vocab: u64,
+    },
+}
+
+impl std::fmt::Display for OpShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpShape::Norm { widths } => {
+                let w: Vec<String> = widths.iter().map(u64::to_string).collect();
+                write!(f, "d={}", w.join("|"))
+            }
+            OpShape::Rope { rot, heads, index_heads } => write!(f, "rot={rot} heads={heads} index_heads={index_heads}"),
+            OpShape::Router { experts, top_k, keep_groups, groups, d } => {
+                write!(f, "experts={experts} top_k={top_k} groups={keep_groups}/{groups} d={d}")
+            }
+            OpShape::Experts { experts, n, k } => write!(f, "experts={experts} n={n} k={k}"),
+            OpShape::MlaDecode { heads, r, dr, page, topk } => {
+                write!(f, "heads={heads} r={r} dr={dr} page={page} topk={topk}")
+            }
+            OpShape::Indexer { heads, dim, topk, page } => write!(f, "heads={heads} dim={dim} topk={topk} page={page}"),
+            OpShape::Sample { vocab } => write!(f, "vocab={vocab}"),
+        }
+    }
+}
+
 /// An op instance the plan's model runs, with its shape and the token buckets it sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequiredOp {
@@ -147,7 +225,7 @@ pub struct RequiredOp {
     pub op: String,
     /// Which registry op family can serve it.
     pub family: String,
-    pub shape: String,
+    pub shape: OpShape,
     pub buckets: Vec<u64>,
 }
 
@@ -182,56 +260,55 @@ pub fn required_ops(plan: &Plan) -> Vec<RequiredOp> {
         WeightFormat::Bf16 => "moe.bf16",
         WeightFormat::F32 => "moe.f32",
     };
-    let op = |op: &str, family: &str, shape: String, buckets: &[u64]| RequiredOp {
+    let op = |op: &str, family: &str, shape: OpShape, buckets: &[u64]| RequiredOp {
         op: op.to_string(),
         family: family.to_string(),
         shape,
         buckets: buckets.to_vec(),
     };
+    let experts = m.n_routed_experts / ep;
     let expert_width = m.moe_intermediate_size / (tp / ep).max(1);
     vec![
-        op("rmsnorm", "rmsnorm", format!("d={}|{}|{}", m.hidden_size, m.q_lora_rank, m.kv_lora_rank), &all),
-        op("rope", "rope", format!("rot={} heads={} index_heads={}", m.qk_rope_head_dim, heads, m.index_n_heads), &all),
+        op("rmsnorm", "rmsnorm", OpShape::Norm { widths: vec![m.hidden_size, m.q_lora_rank, m.kv_lora_rank] }, &all),
+        op("rope", "rope", OpShape::Rope { rot: m.qk_rope_head_dim, heads, index_heads: m.index_n_heads }, &all),
         op(
             "router",
             "router",
-            format!(
-                "experts={} top_k={} groups={}/{} d={}",
-                m.n_routed_experts, m.num_experts_per_tok, m.topk_group, m.n_group, m.hidden_size
-            ),
+            OpShape::Router {
+                experts: m.n_routed_experts,
+                top_k: m.num_experts_per_tok,
+                keep_groups: m.topk_group,
+                groups: m.n_group,
+                d: m.hidden_size,
+            },
             &all,
         ),
-        op(
-            "moe.gate_up",
-            moe_family,
-            format!("experts={} n={} k={}", m.n_routed_experts / ep, expert_width, m.hidden_size),
-            &all,
-        ),
-        op(
-            "moe.down",
-            moe_family,
-            format!("experts={} n={} k={}", m.n_routed_experts / ep, m.hidden_size, expert_width),
-            &all,
-        ),
+        op("moe.gate_up", moe_family, OpShape::Experts { experts, n: expert_width, k: m.hidden_size }, &all),
+        op("moe.down", moe_family, OpShape::Experts { experts, n: m.hidden_size, k: expert_width }, &all),
         op(
             "mla.decode",
             &format!("mla.decode.{kv}"),
-            format!(
-                "heads={heads} r={} dr={} page={} topk={}",
-                m.kv_lora_rank, m.qk_rope_head_dim, plan.kv_cache.page_size, m.index_topk
-            ),
+            OpShape::MlaDecode {
+                heads,
+                r: m.kv_lora_rank,
+                dr: m.qk_rope_head_dim,
+                page: u64::from(plan.kv_cache.page_size),
+                topk: m.index_topk,
+            },
             &all,
         ),
         op(
             "indexer",
             &format!("indexer.{kv}"),
-            format!(
-                "heads={} dim={} topk={} page={}",
-                m.index_n_heads, m.index_head_dim, m.index_topk, plan.kv_cache.page_size
-            ),
+            OpShape::Indexer {
+                heads: m.index_n_heads,
+                dim: m.index_head_dim,
+                topk: m.index_topk,
+                page: u64::from(plan.kv_cache.page_size),
+            },
             &all,
         ),
-        op("sample", "sample", format!("vocab={}", m.vocab_size), &decode),
+        op("sample", "sample", OpShape::Sample { vocab: m.vocab_size }, &decode),
     ]
 }
 
@@ -264,10 +341,11 @@ pub fn check(plan: &Plan) -> Vec<Problem> {
             ));
             continue;
         };
-        if e.shape != req.shape {
+        let runs = req.shape.to_string();
+        if e.shape != runs {
             out.push(Problem::new(
                 &key,
-                format!("{key}: op {:?} was tuned for shape {:?} but this plan runs {:?}", e.op, e.shape, req.shape),
+                format!("{key}: op {:?} was tuned for shape {:?} but this plan runs {runs:?}", e.op, e.shape),
             ));
         }
         match variant(&e.kernel) {
@@ -333,7 +411,11 @@ pub fn check(plan: &Plan) -> Vec<Problem> {
             if !served.contains_key(&(r.op.as_str(), b)) {
                 out.push(Problem::new(
                     "kernels.entries",
-                    format!("kernels.entries: no kernel serves (op = {:?}, shape = {:?}, bucket = {b})", r.op, r.shape),
+                    format!(
+                        "kernels.entries: no kernel serves (op = {:?}, shape = {:?}, bucket = {b})",
+                        r.op,
+                        r.shape.to_string()
+                    ),
                 ));
             }
         }
@@ -356,7 +438,7 @@ pub fn default_entries(plan: &Plan) -> Vec<KernelEntry> {
                 Some(e) if e.kernel == v.name => e.buckets.push(b),
                 _ => rows.push(KernelEntry {
                     op: r.op.clone(),
-                    shape: r.shape.clone(),
+                    shape: r.shape.to_string(),
                     buckets: vec![b],
                     kernel: v.name.into(),
                 }),

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 pub use appliance::{Appliance, Device, Target};
 pub use inventory::{StoredFormat, WeightGroup, weight_inventory};
 pub use kernels::{
-    KernelEntry, KernelMap, KernelVariant, REGISTRY, RequiredOp, all_sources, buckets_up_to, default_entries,
-    required_ops, variant,
+    KernelEntry, KernelMap, KernelVariant, OpShape, REGISTRY, RequiredOp, all_sources, all_symbols, buckets_up_to,
+    default_entries, required_ops, variant,
 };
 pub use memory::{ClassBytes, FP8_SCALE_GROUP, KvLayout, MemoryReport, kv_layout, memory_report};
 pub use model::{IndexerType, LayerKind, MlpKind, ModelShape};

@@ -15,6 +15,9 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32> {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(x.len(), n * cols, "matmul: x is not [{n}, {cols}]");
+    if n == 0 {
+        return Vec::new();
+    }
     let quantized;
     let x = if quantize_input && w.is_mxfp4() {
         quantized = quantize_mxfp4_activations(x, cols);

@@ -1,15 +1,27 @@
-//! CPU ops in f32. Each op documents its buffer shapes; buffers are row-major.
+//! The CPU backend: ops in f32, each documenting its buffer shapes (row-major), and their
+//! `Backend` implementation (`backend.rs`).
 
 mod act_quant;
+mod attention;
+mod backend;
+mod indexer;
+mod kv_store;
 mod matmul;
+pub mod moe;
 mod norm;
 mod rope;
+mod router;
 mod topk;
 
 pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_group};
+pub use attention::{KeySet, latent_attention};
+pub use backend::{Cpu, CpuBatch, Rows};
+pub use indexer::{score_row, score_slots};
+pub use kv_store::HostKvStore;
 pub use matmul::{dot, matmul};
 pub use norm::{layer_norm_rows, rms_norm_rows};
 pub use rope::Rope;
+pub use router::{Route, RouterConfig, route};
 pub use topk::top_k;
 
 /// silu(g) * u, elementwise; g and u are [n, w], the result replaces g.

@@ -14,18 +14,28 @@ impl Rope {
         Rope { inv_freq }
     }
 
+    /// [d/2] the frequencies, as a kernel takes them.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     pub fn dim(&self) -> usize {
         2 * self.inv_freq.len()
     }
 
     /// Rotates the first `dim()` values of `x` for position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let p = pos as f32;
-        for (i, f) in self.inv_freq.iter().enumerate() {
-            let (s, c) = (p * f).sin_cos();
-            let (a, b) = (x[2 * i], x[2 * i + 1]);
-            x[2 * i] = a * c - b * s;
-            x[2 * i + 1] = b * c + a * s;
-        }
+        rotate(&self.inv_freq, x, pos);
+    }
+}
+
+/// Rotates the first 2 x inv_freq.len() values of `x` for position `pos`.
+pub fn rotate(inv_freq: &[f32], x: &mut [f32], pos: usize) {
+    let p = pos as f32;
+    for (i, f) in inv_freq.iter().enumerate() {
+        let (s, c) = (p * f).sin_cos();
+        let (a, b) = (x[2 * i], x[2 * i + 1]);
+        x[2 * i] = a * c - b * s;
+        x[2 * i + 1] = b * c + a * s;
     }
 }

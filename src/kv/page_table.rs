@@ -1,8 +1,9 @@
-//! The page pool: fixed-size pages of KV entries for every layer, page tables per sequence,
-//! reference counts, and the prefix cache over full pages. Pure data structures: the bytes
-//! live here, no device is touched, and `check` verifies every invariant.
+//! The host page table: fixed-size pages of token slots, page tables per sequence,
+//! reference counts, a free list and the prefix cache over full pages. Pure data: the KV bytes
+//! live in the backend's KV store, addressed by the slots this hands out (token t of a
+//! sequence lives in slot pages[t / page_size] * page_size + t % page_size), and `check`
+//! verifies every invariant.
 
-use super::layout::{KvFormat, KvGeometry};
 use super::prefix::{PrefixCache, chain_hash};
 
 pub type PageId = u32;
@@ -24,15 +25,17 @@ pub struct OutOfPages {
     pub free: usize,
 }
 
-pub struct KvPool {
-    pub format: KvFormat,
-    pub geometry: KvGeometry,
+/// A page whose contents must be copied before a sequence writes into it (copy on write
+/// for a partly kept page that others share or the prefix cache holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCopy {
+    pub from: PageId,
+    pub to: PageId,
+}
+
+pub struct PageTable {
     pub page_size: usize,
     pages: usize,
-    /// Per layer: [pages, page_size, mla_bytes].
-    mla: Vec<Vec<u8>>,
-    /// Per layer: [pages, page_size, index_bytes]; empty on layers without indexer keys.
-    index: Vec<Vec<u8>>,
     /// Per page: sequences referencing it.
     refs: Vec<u32>,
     free: Vec<PageId>,
@@ -42,49 +45,30 @@ pub struct KvPool {
     growable: bool,
 }
 
-impl KvPool {
-    pub fn new(format: KvFormat, geometry: KvGeometry, page_size: usize, pages: usize, prefix_cache: bool) -> KvPool {
-        let mut pool = KvPool {
-            format,
+impl PageTable {
+    pub fn new(page_size: usize, pages: usize, prefix_cache: bool) -> PageTable {
+        let mut t = PageTable {
             page_size,
             pages: 0,
-            mla: vec![Vec::new(); geometry.indexed.len()],
-            index: vec![Vec::new(); geometry.indexed.len()],
             refs: Vec::new(),
             free: Vec::new(),
             prefix: PrefixCache::new(0),
             prefix_enabled: prefix_cache,
             growable: false,
-            geometry,
         };
-        pool.grow_to(pages);
-        pool
+        t.grow_to(pages);
+        t
     }
 
-    /// A pool for one sequence that grows as it needs (no prefix cache).
-    pub fn growable(format: KvFormat, geometry: KvGeometry, page_size: usize) -> KvPool {
-        let mut p = KvPool::new(format, geometry, page_size, 0, false);
-        p.growable = true;
-        p
+    /// A table for one sequence that grows as it needs (no prefix cache). Its store must
+    /// grow along: `total_pages` says to what.
+    pub fn growable(page_size: usize) -> PageTable {
+        let mut t = PageTable::new(page_size, 0, false);
+        t.growable = true;
+        t
     }
 
     fn grow_to(&mut self, pages: usize) {
-        let (mla, idx) = (self.format.mla_bytes(&self.geometry), self.format.index_bytes(&self.geometry));
-        // A fresh buffer comes from the allocator already zeroed (pages are mapped when first
-        // written), so a large pool costs nothing until it fills.
-        let grow = |buf: &mut Vec<u8>, n: usize| {
-            if buf.is_empty() {
-                *buf = vec![0u8; n];
-            } else {
-                buf.resize(n, 0);
-            }
-        };
-        for (l, &indexed) in self.geometry.indexed.iter().enumerate() {
-            grow(&mut self.mla[l], pages * self.page_size * mla);
-            if indexed {
-                grow(&mut self.index[l], pages * self.page_size * idx);
-            }
-        }
         self.refs.resize(pages, 0);
         self.free.extend((self.pages as PageId..pages as PageId).rev());
         self.prefix.grow(pages);
@@ -180,19 +164,21 @@ impl KvPool {
     }
 
     /// Drops tokens from `len` on (speculative rollback): pages past it are released. A
-    /// partly kept page that is cached or shared is copied first, so what others see of it
-    /// never changes.
-    pub fn truncate(&mut self, seq: &mut SeqKv, len: usize) -> Result<(), OutOfPages> {
+    /// partly kept page that is cached or shared is replaced by a fresh one, and the caller
+    /// copies its contents in the KV store (the returned `PageCopy`) before anything writes
+    /// there, so what others see of the old page never changes.
+    pub fn truncate(&mut self, seq: &mut SeqKv, len: usize) -> Result<Option<PageCopy>, OutOfPages> {
         if len >= seq.len {
-            return Ok(());
+            return Ok(None);
         }
         let keep = len.div_ceil(self.page_size);
         let partial = len % self.page_size != 0;
+        let mut copy = None;
         if partial {
             let p = seq.pages[keep - 1];
             if self.prefix.is_cached(p) || self.refs[p as usize] > 1 {
                 let q = self.take_page().ok_or(OutOfPages { needed: 1, free: 0 })?;
-                self.copy_page(p, q);
+                copy = Some(PageCopy { from: p, to: q });
                 self.refs[q as usize] = 1;
                 seq.pages[keep - 1] = q;
                 self.unref(p);
@@ -203,20 +189,7 @@ impl KvPool {
         }
         seq.len = len;
         seq.hashes.truncate(len / self.page_size);
-        Ok(())
-    }
-
-    fn copy_page(&mut self, from: PageId, to: PageId) {
-        let (mla, idx) = (self.format.mla_bytes(&self.geometry), self.format.index_bytes(&self.geometry));
-        let n = self.page_size;
-        for l in 0..self.mla.len() {
-            let (f, t) = (from as usize * n * mla, to as usize * n * mla);
-            self.mla[l].copy_within(f..f + n * mla, t);
-            if !self.index[l].is_empty() {
-                let (f, t) = (from as usize * n * idx, to as usize * n * idx);
-                self.index[l].copy_within(f..f + n * idx, t);
-            }
-        }
+        Ok(copy)
     }
 
     /// Returns every page of `seq` to the pool (cached ones stay findable until evicted).
@@ -239,56 +212,14 @@ impl KvPool {
         }
     }
 
-    /// A layer's raw MLA entries and indexer keys [pages * page_size, bytes per entry], as a
-    /// device copy of the pool holds them.
-    pub fn layer_bytes(&self, layer: usize) -> (&[u8], &[u8]) {
-        (&self.mla[layer], &self.index[layer])
-    }
-
-    fn slot(&self, seq: &SeqKv, pos: usize) -> usize {
+    /// Where token `pos` of `seq` lives in the KV store.
+    pub fn slot(&self, seq: &SeqKv, pos: usize) -> usize {
         seq.pages[pos / self.page_size] as usize * self.page_size + pos % self.page_size
     }
 
-    /// Writes token `pos`'s MLA entry of `layer`.
-    pub fn write_mla(&mut self, seq: &SeqKv, layer: usize, pos: usize, latent: &[f32], rope: &[f32]) {
-        let b = self.format.mla_bytes(&self.geometry);
-        let s = self.slot(seq, pos);
-        self.format.encode_mla(latent, rope, &mut self.mla[layer][s * b..(s + 1) * b]);
-    }
-
-    pub fn write_index(&mut self, seq: &SeqKv, layer: usize, pos: usize, key: &[f32]) {
-        let b = self.format.index_bytes(&self.geometry);
-        let s = self.slot(seq, pos);
-        self.format.encode_index(key, &mut self.index[layer][s * b..(s + 1) * b]);
-    }
-
-    /// Tokens 0..len of `layer` as f32: (latent [len, r], rope [len, dr]).
-    pub fn gather_mla(&self, seq: &SeqKv, layer: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
-        let (r, dr) = (self.geometry.latent, self.geometry.rope);
-        let b = self.format.mla_bytes(&self.geometry);
-        let mut latent = vec![0.0; len * r];
-        let mut rope = vec![0.0; len * dr];
-        for t in 0..len {
-            let s = self.slot(seq, t);
-            self.format.decode_mla(
-                &self.mla[layer][s * b..(s + 1) * b],
-                &mut latent[t * r..(t + 1) * r],
-                &mut rope[t * dr..(t + 1) * dr],
-            );
-        }
-        (latent, rope)
-    }
-
-    /// Indexer keys of tokens 0..len of `layer` [len, Di].
-    pub fn gather_index(&self, seq: &SeqKv, layer: usize, len: usize) -> Vec<f32> {
-        let di = self.geometry.index;
-        let b = self.format.index_bytes(&self.geometry);
-        let mut keys = vec![0.0; len * di];
-        for t in 0..len {
-            let s = self.slot(seq, t);
-            self.format.decode_index(&self.index[layer][s * b..(s + 1) * b], &mut keys[t * di..(t + 1) * di]);
-        }
-        keys
+    /// Token slots the table covers (its store's size).
+    pub fn total_slots(&self) -> usize {
+        self.pages * self.page_size
     }
 
     /// Every invariant, given every live sequence: each page is free, parked, or referenced

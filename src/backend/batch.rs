@@ -1,0 +1,77 @@
+//! One step's tokens as the engine hands them to the model: each token's sequence and
+//! position, the sequences' page tables (where KV entries are written and read), and which
+//! rows need logits.
+
+use crate::kv::{PageId, SeqKv};
+
+#[derive(Debug, Clone, Default)]
+pub struct StepBatch {
+    pub tokens: Vec<u32>,      // [N]
+    pub positions: Vec<usize>, // [N] each token's position in its sequence
+    pub seq: Vec<usize>,       // [N] each token's sequence (index into page_tables)
+    /// Per sequence: token t lives in slot page_tables[s][t / page_size] * page_size + t % page_size.
+    pub page_tables: Vec<Vec<PageId>>,
+    pub page_size: usize,
+    /// Rows whose logits the step returns, in this order.
+    pub logits_rows: Vec<usize>,
+    /// Whether the step returns every row's final-normed hidden state (MTP, tests).
+    pub want_hidden: bool,
+}
+
+impl StepBatch {
+    pub fn new(page_size: usize) -> StepBatch {
+        StepBatch { page_size, ..Default::default() }
+    }
+
+    /// Appends a sequence's new tokens at positions kv.len.. (its pages already reserved).
+    /// Returns the rows they took.
+    pub fn push(&mut self, kv: &SeqKv, tokens: &[u32]) -> std::ops::Range<usize> {
+        let s = self.page_tables.len();
+        let start = self.tokens.len();
+        self.tokens.extend_from_slice(tokens);
+        self.positions.extend(kv.len..kv.len + tokens.len());
+        self.seq.extend(std::iter::repeat_n(s, tokens.len()));
+        self.page_tables.push(kv.pages.clone());
+        start..self.tokens.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The slot of position `pos` in the sequence of token `i`.
+    pub fn slot(&self, i: usize, pos: usize) -> usize {
+        self.page_tables[self.seq[i]][pos / self.page_size] as usize * self.page_size + pos % self.page_size
+    }
+
+    /// [N] where each token's own entry goes.
+    pub fn slots(&self) -> Vec<usize> {
+        (0..self.len()).map(|i| self.slot(i, self.positions[i])).collect()
+    }
+}
+
+/// What each query of a step attends to, as read back for traces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Per query: `None` = every causal key (the query has at most index_topk of them, so
+    /// top-k keeps all, as in HF); `Some` = the chosen key positions, ascending.
+    pub rows: Vec<Option<Vec<u32>>>,
+}
+
+impl Selection {
+    pub fn row(&self, i: usize) -> Option<&[u32]> {
+        self.rows.get(i).and_then(|r| r.as_deref())
+    }
+
+    /// Keys query `i` at `pos` may see: causal, and within its selection.
+    pub fn keys(&self, i: usize, pos: usize) -> Vec<usize> {
+        match self.row(i) {
+            None => (0..=pos).collect(),
+            Some(set) => set.iter().map(|&t| t as usize).filter(|&t| t <= pos).collect(),
+        }
+    }
+}

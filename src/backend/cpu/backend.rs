@@ -1,0 +1,382 @@
+//! The CPU backend: the ops of the forward in f32 over weights kept in their checkpoint
+//! format (decoded a row at a time, never whole), with the KV store in host memory. Every
+//! token is computed on its own (no reduction spans tokens), so a request's numbers do not
+//! depend on what else is in its batch.
+
+use rayon::prelude::*;
+
+use super::{
+    HostKvStore, KeySet, Route, RouterConfig, dot, latent_attention, layer_norm_rows, matmul, rms_norm_rows,
+    rope::rotate, route, score_slots, silu_mul, softmax, top_k,
+};
+use crate::backend::{Backend, MlaDims, MlpLinears, Selection, StepBatch};
+use crate::error::{Error, Result};
+use crate::kv::{KvFormat, KvGeometry, PageCopy};
+use crate::weights::Linear;
+
+/// The CPU backend (rayon's global pool does the threading).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu;
+
+/// Rows of f32: [n, width], row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+impl Rows {
+    pub fn new(data: Vec<f32>, width: usize) -> Rows {
+        debug_assert!(width == 0 || data.len() % width == 0);
+        Rows { width, data }
+    }
+
+    pub fn n(&self) -> usize {
+        self.data.len().checked_div(self.width).unwrap_or(0)
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.width..(i + 1) * self.width]
+    }
+}
+
+/// A step as the CPU ops read it: the host batch and each token's own slot.
+pub struct CpuBatch {
+    pub step: StepBatch,
+    pub slots: Vec<usize>, // [N]
+}
+
+impl CpuBatch {
+    /// Slots of positions `positions` in the sequence of token `i`.
+    fn slots_of(&self, i: usize, positions: &[usize]) -> Vec<usize> {
+        positions.iter().map(|&p| self.step.slot(i, p)).collect()
+    }
+}
+
+/// Work below which splitting over threads costs more than it saves.
+const PARALLEL_MIN_TOKENS: usize = 2;
+
+/// Maps `f` over 0..n, in parallel when there is more than one item.
+fn per_token<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if n >= PARALLEL_MIN_TOKENS { (0..n).into_par_iter().map(f).collect() } else { (0..n).map(f).collect() }
+}
+
+/// Per-head results [H][n, w] as rows [n, H * w].
+fn interleave_heads(per_head: &[Vec<f32>], n: usize, w: usize) -> Rows {
+    let h = per_head.len();
+    let mut out = vec![0.0f32; n * h * w]; // [n, H, w]
+    for (head, part) in per_head.iter().enumerate() {
+        for t in 0..n {
+            out[(t * h + head) * w..(t * h + head + 1) * w].copy_from_slice(&part[t * w..(t + 1) * w]);
+        }
+    }
+    Rows::new(out, h * w)
+}
+
+fn shape_error(what: String) -> Error {
+    Error::Usage(format!("CPU backend: {what}"))
+}
+
+impl Backend for Cpu {
+    type Tensor = Rows;
+    type Weight = Linear;
+    type Vector = Vec<f32>;
+    type Experts = Vec<MlpLinears>;
+    type KvStore = HostKvStore;
+    type Batch = CpuBatch;
+    type Selection = Selection;
+    type Routing = Vec<Route>;
+
+    fn describe(&self) -> String {
+        format!("CPU ({} threads)", rayon::current_num_threads())
+    }
+
+    fn weight(&self, w: Linear) -> Result<Linear> {
+        Ok(w)
+    }
+
+    fn vector(&self, v: Vec<f32>) -> Result<Vec<f32>> {
+        Ok(v)
+    }
+
+    fn experts(&self, experts: Vec<MlpLinears>) -> Result<Vec<MlpLinears>> {
+        Ok(experts)
+    }
+
+    fn kv_store(&self, format: KvFormat, geometry: KvGeometry, slots: usize) -> Result<HostKvStore> {
+        Ok(HostKvStore::new(format, geometry, slots))
+    }
+
+    fn kv_grow(&self, kv: &mut HostKvStore, slots: usize) -> Result<()> {
+        kv.grow(slots);
+        Ok(())
+    }
+
+    fn kv_copy_page(&self, kv: &mut HostKvStore, copy: PageCopy, page_size: usize) -> Result<()> {
+        kv.copy_page(copy, page_size);
+        Ok(())
+    }
+
+    fn batch(&self, b: &StepBatch) -> Result<CpuBatch> {
+        Ok(CpuBatch { slots: b.slots(), step: b.clone() })
+    }
+
+    fn upload(&self, rows: Vec<f32>, width: usize) -> Result<Rows> {
+        if width == 0 || rows.len() % width != 0 {
+            return Err(shape_error(format!("{} values are not rows of {width}", rows.len())));
+        }
+        Ok(Rows::new(rows, width))
+    }
+
+    fn download(&self, t: &Rows) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn gather(&self, t: &Rows, rows: &[usize]) -> Result<Rows> {
+        let mut data = Vec::with_capacity(rows.len() * t.width);
+        for &r in rows {
+            data.extend_from_slice(t.row(r));
+        }
+        Ok(Rows::new(data, t.width))
+    }
+
+    fn read_selection(&self, s: &Selection) -> Result<Selection> {
+        Ok(s.clone())
+    }
+
+    fn read_routing(&self, r: &Vec<Route>) -> Result<Vec<Route>> {
+        Ok(r.clone())
+    }
+
+    fn embed(&self, table: &Linear, b: &StepBatch) -> Result<Rows> {
+        let d = table.cols;
+        let mut h = vec![0.0f32; b.len() * d]; // [N, D]
+        for (row, &t) in h.chunks_mut(d).zip(&b.tokens) {
+            table.row_into(t as usize, row);
+        }
+        Ok(Rows::new(h, d))
+    }
+
+    fn rms_norm(&self, x: &Rows, w: &Vec<f32>, eps: f32) -> Result<Rows> {
+        let mut y = x.clone();
+        rms_norm_rows(&mut y.data, w, eps);
+        Ok(y)
+    }
+
+    fn layer_norm(&self, x: &Rows, w: &Vec<f32>, bias: &Vec<f32>, eps: f32) -> Result<Rows> {
+        let mut y = x.clone();
+        layer_norm_rows(&mut y.data, w, bias, eps);
+        Ok(y)
+    }
+
+    fn linear(&self, x: &Rows, w: &Linear, act_quant: bool) -> Result<Rows> {
+        if x.width != w.cols {
+            return Err(shape_error(format!("linear of [{}, {}] over rows of {}", w.rows, w.cols, x.width)));
+        }
+        Ok(Rows::new(matmul(&x.data, x.n(), w, act_quant), w.rows))
+    }
+
+    fn add(&self, acc: &mut Rows, x: &Rows) -> Result<()> {
+        acc.data.iter_mut().zip(&x.data).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut Rows, s: f32) -> Result<()> {
+        x.data.iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &Rows, up: &Rows) -> Result<Rows> {
+        let mut g = gate.clone();
+        silu_mul(&mut g.data, &up.data);
+        Ok(g)
+    }
+
+    fn split(&self, x: &Rows, at: usize) -> Result<(Rows, Rows)> {
+        let (mut a, mut b) = (Vec::with_capacity(x.n() * at), Vec::with_capacity(x.n() * (x.width - at)));
+        for row in x.data.chunks(x.width) {
+            a.extend_from_slice(&row[..at]);
+            b.extend_from_slice(&row[at..]);
+        }
+        Ok((Rows::new(a, at), Rows::new(b, x.width - at)))
+    }
+
+    fn concat(&self, a: &Rows, b: &Rows) -> Result<Rows> {
+        let mut out = Vec::with_capacity(a.data.len() + b.data.len());
+        for (x, y) in a.data.chunks(a.width).zip(b.data.chunks(b.width)) {
+            out.extend_from_slice(x);
+            out.extend_from_slice(y);
+        }
+        Ok(Rows::new(out, a.width + b.width))
+    }
+
+    fn rope(&self, x: &mut Rows, b: &CpuBatch, inv_freq: &Vec<f32>, heads: usize, offset: usize) -> Result<()> {
+        let stride = x.width / heads;
+        let rot = 2 * inv_freq.len();
+        for (t, &pos) in b.step.positions.iter().enumerate() {
+            for h in 0..heads {
+                let base = (t * heads + h) * stride + offset;
+                rotate(inv_freq, &mut x.data[base..base + rot], pos);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_kv(&self, kv: &mut HostKvStore, layer: usize, b: &CpuBatch, latent: &Rows, k_rope: &Rows) -> Result<()> {
+        for (t, &slot) in b.slots.iter().enumerate() {
+            kv.write_mla(layer, slot, latent.row(t), k_rope.row(t));
+        }
+        Ok(())
+    }
+
+    fn write_index(&self, kv: &mut HostKvStore, layer: usize, b: &CpuBatch, keys: &Rows) -> Result<()> {
+        for (t, &slot) in b.slots.iter().enumerate() {
+            kv.write_index(layer, slot, keys.row(t));
+        }
+        Ok(())
+    }
+
+    fn select_all(&self, b: &CpuBatch) -> Result<Selection> {
+        Ok(Selection { rows: vec![None; b.step.len()] })
+    }
+
+    fn indexer_select(
+        &self,
+        kv: &HostKvStore,
+        layer: usize,
+        b: &CpuBatch,
+        q: &Rows,
+        w: &Rows,
+        topk: usize,
+        dot_scale: f32,
+    ) -> Result<Selection> {
+        let rows = per_token(b.step.len(), |i| {
+            let pos = b.step.positions[i];
+            if pos < topk {
+                // The causal window fits in top-k: every key stays, nothing to score.
+                return None;
+            }
+            let positions: Vec<usize> = (0..=pos).collect();
+            let scores = score_slots(q.row(i), w.row(i), kv, layer, &b.slots_of(i, &positions), dot_scale);
+            Some(top_k(&scores, topk))
+        });
+        Ok(Selection { rows })
+    }
+
+    fn absorb_query(&self, q: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {
+        let (n, h, r) = (q.n(), d.heads, d.latent);
+        let stride = d.nope + d.rope;
+        // Per head [n, r]: each row of the key half decoded once and applied to every token.
+        let per_head: Vec<Vec<f32>> = per_token(h, |head| {
+            let mut out = vec![0.0f32; n * r];
+            let mut wk = vec![0.0f32; r];
+            for dn in 0..d.nope {
+                kv_b.row_into(head * (d.nope + d.v) + dn, &mut wk);
+                for t in 0..n {
+                    let qv = q.data[(t * h + head) * stride + dn];
+                    for (a, b) in out[t * r..(t + 1) * r].iter_mut().zip(&wk) {
+                        *a += qv * b;
+                    }
+                }
+            }
+            out
+        });
+        Ok(interleave_heads(&per_head, n, r))
+    }
+
+    fn mla_attention(
+        &self,
+        kv: &HostKvStore,
+        layer: usize,
+        b: &CpuBatch,
+        q_abs: &Rows,
+        q: &Rows,
+        sel: &Selection,
+        d: &MlaDims,
+    ) -> Result<Rows> {
+        let (h, r) = (d.heads, d.latent);
+        let stride = d.nope + d.rope;
+        let rows = per_token(b.step.len(), |i| {
+            let keys = sel.keys(i, b.step.positions[i]);
+            let set = KeySet::read(kv, layer, &b.slots_of(i, &keys));
+            let mut out = vec![0.0f32; h * r];
+            let mut scores = vec![0.0f32; keys.len()];
+            for head in 0..h {
+                let qa = &q_abs.row(i)[head * r..(head + 1) * r];
+                let qr = &q.row(i)[head * stride + d.nope..(head + 1) * stride];
+                latent_attention(qa, qr, &set, d.scale, &mut scores, &mut out[head * r..(head + 1) * r]);
+            }
+            out
+        });
+        Ok(Rows::new(rows.concat(), h * r))
+    }
+
+    fn expand_values(&self, o_lat: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {
+        let (n, h, r, dv) = (o_lat.n(), d.heads, d.latent, d.v);
+        // Per head [n, v]: each row of the value half decoded once.
+        let per_head: Vec<Vec<f32>> = per_token(h, |head| {
+            let mut out = vec![0.0f32; n * dv];
+            let mut wv = vec![0.0f32; r];
+            for j in 0..dv {
+                kv_b.row_into(head * (d.nope + dv) + d.nope + j, &mut wv);
+                for t in 0..n {
+                    out[t * dv + j] = dot(&wv, &o_lat.data[(t * h + head) * r..(t * h + head + 1) * r]);
+                }
+            }
+            out
+        });
+        Ok(interleave_heads(&per_head, n, dv))
+    }
+
+    fn mla_attention_naive(
+        &self,
+        kv: &HostKvStore,
+        layer: usize,
+        b: &CpuBatch,
+        q: &Rows,
+        kv_b: &Linear,
+        sel: &Selection,
+        d: &MlaDims,
+    ) -> Result<Rows> {
+        let (h, dn, dr, dv) = (d.heads, d.nope, d.rope, d.v);
+        let mut out = vec![0.0f32; b.step.len() * h * dv]; // [n, H, v]
+        for s in 0..b.step.page_tables.len() {
+            let mine: Vec<usize> = (0..b.step.len()).filter(|&i| b.step.seq[i] == s).collect();
+            let Some(len) = mine.iter().map(|&i| b.step.positions[i] + 1).max() else { continue };
+            // Every key of the sequence expanded through kv_b: [T, H, nope + v].
+            let all: Vec<usize> = (0..len).collect();
+            let set = KeySet::read(kv, layer, &b.slots_of(mine[0], &all));
+            let expanded = matmul(&set.latent, len, kv_b, false);
+            for &i in &mine {
+                let keys = sel.keys(i, b.step.positions[i]);
+                for head in 0..h {
+                    let qh = &q.row(i)[head * (dn + dr)..(head + 1) * (dn + dr)];
+                    let mut scores: Vec<f32> = keys
+                        .iter()
+                        .map(|&t| {
+                            let kn = &expanded[(t * h + head) * (dn + dv)..(t * h + head) * (dn + dv) + dn];
+                            (dot(&qh[..dn], kn) + dot(&qh[dn..], &set.rope[t * dr..(t + 1) * dr])) * d.scale
+                        })
+                        .collect();
+                    softmax(&mut scores);
+                    let o = &mut out[(i * h + head) * dv..(i * h + head + 1) * dv];
+                    for (p, &t) in scores.iter().zip(&keys) {
+                        let v = &expanded[(t * h + head) * (dn + dv) + dn..(t * h + head + 1) * (dn + dv)];
+                        for (a, x) in o.iter_mut().zip(v) {
+                            *a += p * x;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Rows::new(out, h * dv))
+    }
+
+    fn route(&self, x: &Rows, router: &Vec<f32>, bias: &Vec<f32>, c: &RouterConfig) -> Result<Vec<Route>> {
+        Ok(route(&x.data, x.n(), router, bias, c))
+    }
+
+    fn moe(&self, x: &Rows, routes: &Vec<Route>, experts: &Vec<MlpLinears>, act_quant: bool) -> Result<Rows> {
+        Ok(Rows::new(super::moe::grouped_experts(&x.data, x.width, routes, experts, act_quant), x.width))
+    }
+}

@@ -1,0 +1,38 @@
+//! Routed experts on the CPU: tokens grouped by expert so each expert's weights are read once
+//! per call; experts applied in ascending order, as HF accumulates.
+
+use super::{Route, matmul, silu_mul};
+use crate::backend::MlpLinears;
+
+/// down(silu(gate x) * up x) for x [n, D] -> [n, D].
+pub fn mlp(w: &MlpLinears, x: &[f32], n: usize, act_quant: bool) -> Vec<f32> {
+    let mut g = matmul(x, n, &w.gate, act_quant);
+    let u = matmul(x, n, &w.up, act_quant);
+    silu_mul(&mut g, &u);
+    matmul(&g, n, &w.down, act_quant)
+}
+
+/// x [n, d] through each token's routed experts, weighted -> [n, d].
+pub fn grouped_experts(x: &[f32], d: usize, routes: &[Route], experts: &[MlpLinears], act_quant: bool) -> Vec<f32> {
+    let n = routes.len();
+    let mut by_expert: Vec<Vec<(usize, f32)>> = vec![Vec::new(); experts.len()];
+    for (t, r) in routes.iter().enumerate() {
+        for (&e, &wt) in r.experts.iter().zip(&r.weights) {
+            by_expert[e as usize].push((t, wt));
+        }
+    }
+    let mut y = vec![0.0f32; n * d];
+    for (e, tokens) in by_expert.iter().enumerate() {
+        if tokens.is_empty() {
+            continue;
+        }
+        let xe: Vec<f32> = tokens.iter().flat_map(|&(t, _)| x[t * d..(t + 1) * d].iter().copied()).collect();
+        let ye = mlp(&experts[e], &xe, tokens.len(), act_quant);
+        for (j, &(t, wt)) in tokens.iter().enumerate() {
+            for (a, b) in y[t * d..(t + 1) * d].iter_mut().zip(&ye[j * d..(j + 1) * d]) {
+                *a += wt * b;
+            }
+        }
+    }
+    y
+}

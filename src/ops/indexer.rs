@@ -1,0 +1,163 @@
+//! The DSA indexer: scores of each query against every visible cached key, then the top-k
+//! keys (kernels/indexer.hip), over bf16 and fp8_e4m3 caches. CPU reference:
+//! backend::cpu::score_slots over backend::cpu::HostKvStore, then backend::cpu::top_k.
+
+use super::paged::PagedCache;
+use super::{Case, OpDecl, Output, Prepared, blocks, counts, dim, rng_for, uniform};
+use crate::backend::cpu::{score_slots, top_k};
+use crate::device::{Buffer, Dim3, Gpu, KernelArgs, Launch};
+use crate::error::Result;
+use crate::kv::{KvFormat, KvGeometry};
+use crate::plan::{KernelVariant, OpShape};
+
+pub static DECL_BF16: OpDecl = OpDecl { family: "indexer.bf16", tolerance: 2e-4, checks, at };
+pub static DECL_FP8: OpDecl = OpDecl { family: "indexer.fp8_e4m3", tolerance: 2e-4, checks, at };
+
+const BLOCK: usize = 256;
+
+struct Geometry {
+    heads: usize,
+    dim: usize,
+    page: usize,
+    topk: usize,
+    lens: Vec<usize>,
+}
+
+fn format_of(v: &KernelVariant) -> KvFormat {
+    if v.op.ends_with("fp8_e4m3") { KvFormat::Fp8E4m3 } else { KvFormat::Bf16 }
+}
+
+fn checks(v: &'static KernelVariant) -> Vec<Case> {
+    vec![
+        case(v, Geometry { heads: 3, dim: 32, page: 16, topk: 10, lens: vec![40, 7] }),
+        case(v, Geometry { heads: 5, dim: 20, page: 8, topk: 16, lens: vec![300, 16, 17] }),
+    ]
+}
+
+fn at(v: &'static KernelVariant, shape: &OpShape, tokens: usize) -> Case {
+    let OpShape::Indexer { heads, dim, topk, page } = *shape else { panic!("indexer at {shape}") };
+    let topk = topk as usize;
+    case(
+        v,
+        Geometry { heads: heads as usize, dim: dim as usize, page: page as usize, topk, lens: vec![4 * topk; tokens] },
+    )
+}
+
+fn case(v: &'static KernelVariant, g: Geometry) -> Case {
+    let format = format_of(v);
+    let Geometry { heads: hi, dim: di, page, topk, ref lens } = g;
+    let t = lens.len();
+    let shape = format!("heads={hi} dim={di} topk={topk} page={page} lens={}", counts(lens));
+    let mut rng = rng_for(v.op, &shape);
+    let geometry = KvGeometry { latent: 4, rope: 2, index: di, indexed: vec![true] };
+    let cache = PagedCache::random(format, geometry, page, lens, &mut rng);
+    let q = uniform(&mut rng, t * hi * di, 1.0); // [T, Hi, Di]
+    let w = uniform(&mut rng, t * hi, 0.2); // [T, Hi]
+    let dot_scale = 1.0 / (di as f32).sqrt();
+    let stride = lens.iter().copied().max().unwrap_or(0);
+    let mut scores = vec![f32::NEG_INFINITY; t * stride]; // [T, stride]
+    let mut chosen = Vec::new();
+    for (i, &len) in lens.iter().enumerate() {
+        let positions: Vec<usize> = (0..len).collect();
+        let row = score_slots(
+            &q[i * hi * di..(i + 1) * hi * di],
+            &w[i * hi..(i + 1) * hi],
+            &cache.store,
+            0,
+            &cache.slots(i, &positions),
+            dot_scale,
+        );
+        chosen.push(top_k(&row, topk).into_iter().map(|x| x as i32).collect::<Vec<_>>());
+        scores[i * stride..i * stride + len].copy_from_slice(&row);
+    }
+    let entry = cache.store.index_bytes();
+    let keys = cache.store.layer_bytes(0).1.to_vec();
+    let pages = cache.page_rows();
+    let lens_i: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
+    let max_pages = cache.max_pages;
+    let total: usize = lens.iter().sum();
+    Case {
+        variant: v,
+        shape,
+        bytes: total * entry + 4 * (q.len() + w.len() + 2 * scores.len() + t * topk),
+        expected: Output::Many(vec![Output::Floats(scores), Output::IndexSets(chosen)]),
+        setup: Box::new(move |gpu| {
+            Ok(Box::new(Bufs {
+                q: gpu.upload(&q)?,
+                w: gpu.upload(&w)?,
+                keys: gpu.upload(&keys)?,
+                pages: gpu.upload(&pages)?,
+                lens: gpu.upload(&lens_i)?,
+                scores: gpu.zeros::<f32>(t * stride)?,
+                idx: gpu.zeros::<i32>(t * topk)?,
+                symbols: (v.symbols[0], v.symbols[1]),
+                t,
+                hi,
+                di,
+                entry,
+                page,
+                max_pages,
+                stride,
+                topk,
+                dot_scale,
+            }))
+        }),
+    }
+}
+
+struct Bufs {
+    q: Buffer,      // [T, Hi, Di] f32, roped
+    w: Buffer,      // [T, Hi] f32, head weights (scaled)
+    keys: Buffer,   // [slots, entry] u8: the layer's indexer keys
+    pages: Buffer,  // [T, max_pages] i32
+    lens: Buffer,   // [T] i32
+    scores: Buffer, // [T, stride] f32, -inf past each length
+    idx: Buffer,    // [T, topk] i32, unordered, -1 unused
+    /// (scores kernel, top-k kernel)
+    symbols: (&'static str, &'static str),
+    t: usize,
+    hi: usize,
+    di: usize,
+    entry: usize,
+    page: usize,
+    max_pages: usize,
+    stride: usize,
+    topk: usize,
+    dot_scale: f32,
+}
+
+impl Prepared for Bufs {
+    fn launch(&self, gpu: &Gpu) -> Result<()> {
+        let args = KernelArgs::new()
+            .buf(&self.q)
+            .buf(&self.w)
+            .buf(&self.keys)
+            .buf(&self.pages)
+            .buf(&self.lens)
+            .buf(&self.scores)
+            .int(self.hi)
+            .int(self.di)
+            .int(self.entry)
+            .int(self.page)
+            .int(self.max_pages)
+            .int(self.stride)
+            .f32(self.dot_scale);
+        let l = Launch::new(Dim3::xy(dim(self.t), blocks(self.stride, BLOCK)), Dim3::x(BLOCK as u32));
+        // SAFETY: kiln_indexer_scores_{bf16,fp8}(q, w, const uint8_t* keys, const int* pages,
+        // const int* lens, float* scores, int hi, int di, int entry, int page, int max_pages, int
+        // stride, float dot_scale); grid (T, keys / 256), one key per thread; hi * di <= 8192.
+        unsafe { gpu.launch(self.symbols.0, l, args)? };
+        let args = KernelArgs::new().buf(&self.scores).buf(&self.lens).buf(&self.idx).int(self.stride).int(self.topk);
+        // SAFETY: kiln_topk_f32(const float* scores, const int* lens, int* idx, int stride, int
+        // k); one block per row.
+        unsafe { gpu.launch(self.symbols.1, Launch::new(Dim3::x(dim(self.t)), Dim3::x(BLOCK as u32)), args) }
+    }
+
+    fn output(&self) -> Result<Output> {
+        let idx: Vec<i32> = self.idx.read()?;
+        Ok(Output::Many(vec![
+            Output::Floats(self.scores.read()?),
+            Output::IndexSets(idx.chunks(self.topk.max(1)).map(<[i32]>::to_vec).collect()),
+        ]))
+    }
+}

@@ -1,0 +1,95 @@
+//! Choosing next tokens on the device: greedy, and temperature + top-p at a given uniform
+//! draw (kernels/sample.hip). CPU reference: sample::argmax, and sample::Sampler's
+//! distribution walked by sample::draw_at.
+
+use rand::Rng;
+
+use super::{Case, OpDecl, Output, Prepared, dim, rng_for, uniform};
+use crate::device::{Buffer, Dim3, Gpu, KernelArgs, Launch};
+use crate::error::Result;
+use crate::plan::{KernelVariant, OpShape};
+use crate::sample::{Sampler, SamplingParams, argmax, draw_at};
+
+pub static DECL: OpDecl = OpDecl { family: "sample", tolerance: 0.0, checks, at };
+
+const BLOCK: u32 = 256;
+
+fn checks(v: &'static KernelVariant) -> Vec<Case> {
+    vec![case(v, 3, 1000, 0.8, 0.9), case(v, 2, 333, 1.3, 0.5), case(v, 1, 4097, 0.6, 0.95)]
+}
+
+fn at(v: &'static KernelVariant, shape: &OpShape, tokens: usize) -> Case {
+    let OpShape::Sample { vocab } = *shape else { panic!("sample at {shape}") };
+    case(v, tokens, vocab as usize, 0.8, 0.9)
+}
+
+fn case(v: &'static KernelVariant, t: usize, vocab: usize, temperature: f32, top_p: f32) -> Case {
+    let shape = format!("vocab={vocab} rows={t} temperature={temperature} top_p={top_p}");
+    let mut rng = rng_for(v.op, &shape);
+    let logits = uniform(&mut rng, t * vocab, 6.0); // [T, V]
+    let u: Vec<f32> = (0..t).map(|_| rng.random::<f32>()).collect(); // [T]
+    let params = SamplingParams { temperature, top_p, seed: Some(0), ..SamplingParams::default() };
+    let sampler = Sampler::new(params, &[]);
+    let greedy: Vec<Vec<i32>> = logits.chunks(vocab).map(|row| vec![argmax(row) as i32]).collect();
+    let drawn: Vec<Vec<i32>> = logits
+        .chunks(vocab)
+        .zip(&u)
+        .map(|(row, &u)| {
+            let p = sampler.distribution(row).expect("temperature > 0 samples");
+            vec![draw_at(&p, u) as i32]
+        })
+        .collect();
+    Case {
+        variant: v,
+        shape,
+        bytes: 4 * logits.len(),
+        expected: Output::Many(vec![Output::Indices(greedy), Output::Indices(drawn)]),
+        setup: Box::new(move |gpu| {
+            Ok(Box::new(Bufs {
+                logits: gpu.upload(&logits)?,
+                u: gpu.upload(&u)?,
+                greedy: gpu.zeros::<i32>(t)?,
+                drawn: gpu.zeros::<i32>(t)?,
+                t,
+                vocab,
+                temperature,
+                top_p,
+            }))
+        }),
+    }
+}
+
+struct Bufs {
+    logits: Buffer, // [T, V] f32
+    u: Buffer,      // [T] f32 uniform draws
+    greedy: Buffer, // [T] i32
+    drawn: Buffer,  // [T] i32
+    t: usize,
+    vocab: usize,
+    temperature: f32,
+    top_p: f32,
+}
+
+impl Prepared for Bufs {
+    fn launch(&self, gpu: &Gpu) -> Result<()> {
+        let l = Launch::new(Dim3::x(dim(self.t)), Dim3::x(BLOCK));
+        let args = KernelArgs::new().buf(&self.logits).buf(&self.greedy).int(self.vocab);
+        // SAFETY: kiln_sample_greedy(const float* logits, int* out, int v); one block per row.
+        unsafe { gpu.launch("kiln_sample_greedy", l, args)? };
+        let args = KernelArgs::new()
+            .buf(&self.logits)
+            .buf(&self.u)
+            .buf(&self.drawn)
+            .int(self.vocab)
+            .f32(self.temperature)
+            .f32(self.top_p);
+        // SAFETY: kiln_sample_top_p(const float* logits, const float* u, int* out, int v, float
+        // temperature, float top_p); one block per row.
+        unsafe { gpu.launch("kiln_sample_top_p", l, args) }
+    }
+
+    fn output(&self) -> Result<Output> {
+        let one = |v: Vec<i32>| v.into_iter().map(|x| vec![x]).collect();
+        Ok(Output::Many(vec![Output::Indices(one(self.greedy.read()?)), Output::Indices(one(self.drawn.read()?))]))
+    }
+}

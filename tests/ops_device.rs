@@ -1,0 +1,100 @@
+//! Every declared GPU op on a device against the CPU backend (src/ops): on the emulated HIP
+//! device on every machine (HIP-CPU: the same kernel sources, compiled by g++, executed by
+//! fibers on the CPU), and on an AMD GPU where one is present. A kernel with a planted
+//! off-by-one must fail the same check.
+//!
+//! Without g++, TBB or HIP-CPU the emulated tests say SKIPPED and what to install, unless
+//! KILN_REQUIRE_EMULATED=1 (as .ci/run sets), which makes them fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln::device::Gpu;
+use kiln::device::emulated::EmulatedDevice;
+use kiln::ops::check::{CheckRow, check, table};
+
+#[allow(dead_code)]
+#[path = "../build_support/emulated_kernels.rs"]
+mod emulated_kernels;
+
+/// The emulated kernel library built from `kernels_dir`, or None (and a note) when this
+/// machine cannot build it and is not required to.
+fn emulated_library(kernels_dir: &Path, name: &str) -> Option<PathBuf> {
+    let required = std::env::var_os("KILN_REQUIRE_EMULATED").is_some();
+    let built = emulated_kernels::hip_cpu_dir(&common::repo_path("")).and_then(|hip_cpu| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated").join(name);
+        emulated_kernels::build(&hip_cpu, kernels_dir, &kiln::plan::all_sources(), &kiln::plan::all_symbols(), &out)
+    });
+    match built {
+        Ok(lib) => Some(lib),
+        Err(e) => {
+            assert!(!required, "KILN_REQUIRE_EMULATED is set but the emulated device cannot be built: {e}");
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
+fn emulated_gpu(lib: &Path) -> Gpu {
+    let device = Arc::new(EmulatedDevice::open(lib).unwrap_or_else(|e| panic!("{e}")));
+    Gpu::new(device, &kiln::plan::all_symbols()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn failures(rows: &[CheckRow]) -> Vec<&CheckRow> {
+    rows.iter().filter(|r| !r.passed()).collect()
+}
+
+#[test]
+fn every_op_matches_the_cpu_on_the_emulated_device() {
+    let Some(lib) = emulated_library(&common::repo_path("kernels"), "kernels") else { return };
+    let gpu = emulated_gpu(&lib);
+    let rows = check(&gpu, None);
+    eprintln!("{}", table(&rows));
+    assert!(failures(&rows).is_empty(), "{}", table(&rows));
+}
+
+#[test]
+fn every_kernel_variant_is_declared_and_checked_at_two_shapes() {
+    for v in kiln::plan::REGISTRY {
+        let d =
+            kiln::ops::decl(v.op).unwrap_or_else(|| panic!("kernel {} (op {}) has no op declaration", v.name, v.op));
+        let cases = (d.checks)(v);
+        assert!(cases.len() >= 2, "{}: {} check shapes", v.name, cases.len());
+    }
+    for d in kiln::ops::all() {
+        assert!(kiln::ops::variants(d.family).next().is_some(), "declaration {} has no kernel", d.family);
+    }
+}
+
+/// A copy of kernels/ with one edit applied.
+fn planted(dir: &Path, file: &str, from: &str, to: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    for e in std::fs::read_dir(common::repo_path("kernels")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{file} no longer contains {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn a_planted_off_by_one_fails_the_check() {
+    // The attention kernel's score skips the last latent dimension.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("planted-kernels");
+    planted(&dir, "mla_decode.hip", "for (int i = 0; i < r; ++i) dot +=", "for (int i = 0; i < r - 1; ++i) dot +=");
+    let Some(lib) = emulated_library(&dir, "planted") else { return };
+    let gpu = emulated_gpu(&lib);
+    let decls = [kiln::ops::decl("mla.decode.bf16").unwrap(), kiln::ops::decl("rmsnorm").unwrap()];
+    let rows = check(&gpu, Some(&decls));
+    eprintln!("{}", table(&rows));
+    let failed = failures(&rows);
+    assert!(!failed.is_empty(), "the planted bug went unnoticed:\n{}", table(&rows));
+    assert!(failed.iter().all(|r| r.family == "mla.decode.bf16"), "{}", table(&rows));
+    assert!(rows.iter().any(|r| r.family == "rmsnorm" && r.passed()));
+}
