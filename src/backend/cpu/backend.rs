@@ -53,12 +53,17 @@ impl CpuBatch {
     }
 }
 
-/// Work below which splitting over threads costs more than it saves.
-const PARALLEL_MIN_TOKENS: usize = 2;
+/// Multiply-adds below which splitting over threads costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
 
-/// Maps `f` over 0..n, in parallel when there is more than one item.
-fn per_token<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    if n >= PARALLEL_MIN_TOKENS { (0..n).into_par_iter().map(f).collect() } else { (0..n).map(f).collect() }
+/// Maps `f` over 0..n items of `work_each` multiply-adds each, in parallel when there is more
+/// than one item and enough work to share.
+fn par_map<T: Send>(n: usize, work_each: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if n >= 2 && n * work_each >= PARALLEL_MIN_WORK {
+        (0..n).into_par_iter().map(f).collect()
+    } else {
+        (0..n).map(f).collect()
+    }
 }
 
 /// Per-head results [H][n, w] as rows [n, H * w].
@@ -250,7 +255,8 @@ impl Backend for Cpu {
         topk: usize,
         dot_scale: f32,
     ) -> Result<Selection> {
-        let rows = per_token(b.step.len(), |i| {
+        let work = b.step.positions.iter().max().map_or(0, |p| (p + 1) * q.width);
+        let rows = par_map(b.step.len(), work, |i| {
             let pos = b.step.positions[i];
             if pos < topk {
                 // The causal window fits in top-k: every key stays, nothing to score.
@@ -267,7 +273,7 @@ impl Backend for Cpu {
         let (n, h, r) = (q.n(), d.heads, d.latent);
         let stride = d.nope + d.rope;
         // Per head [n, r]: each row of the key half decoded once and applied to every token.
-        let per_head: Vec<Vec<f32>> = per_token(h, |head| {
+        let per_head: Vec<Vec<f32>> = par_map(h, n * d.nope * r, |head| {
             let mut out = vec![0.0f32; n * r];
             let mut wk = vec![0.0f32; r];
             for dn in 0..d.nope {
@@ -296,7 +302,8 @@ impl Backend for Cpu {
     ) -> Result<Rows> {
         let (h, r) = (d.heads, d.latent);
         let stride = d.nope + d.rope;
-        let rows = per_token(b.step.len(), |i| {
+        let keys_each = b.step.positions.iter().max().map_or(0, |p| p + 1);
+        let rows = par_map(b.step.len(), keys_each * h * (r + d.rope), |i| {
             let keys = sel.keys(i, b.step.positions[i]);
             let set = KeySet::read(kv, layer, &b.slots_of(i, &keys));
             let mut out = vec![0.0f32; h * r];
@@ -314,7 +321,7 @@ impl Backend for Cpu {
     fn expand_values(&self, o_lat: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {
         let (n, h, r, dv) = (o_lat.n(), d.heads, d.latent, d.v);
         // Per head [n, v]: each row of the value half decoded once.
-        let per_head: Vec<Vec<f32>> = per_token(h, |head| {
+        let per_head: Vec<Vec<f32>> = par_map(h, n * dv * r, |head| {
             let mut out = vec![0.0f32; n * dv];
             let mut wv = vec![0.0f32; r];
             for j in 0..dv {
