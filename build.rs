@@ -8,6 +8,14 @@
 #[path = "src/plan/mod.rs"]
 mod plan;
 
+/// The tensor table the plan's memory inventory sums, at the library's path for it.
+#[allow(dead_code)]
+#[path = "src/weights/glm.rs"]
+mod glm;
+mod weights {
+    pub(crate) use super::glm;
+}
+
 #[path = "build_support/kernel_compile.rs"]
 mod kernel_compile;
 
@@ -39,7 +47,7 @@ fn main() {
 
     let plan = match plan::check(&text) {
         Ok(plan) => plan,
-        Err(problems) => fail(&format!("{}: {}", plan_path.display(), plan::render_problems(&problems))),
+        Err(problems) => fail(&format!("{}: {}", plan_path.display(), plan::render_problems(plan::IN_PLAN, &problems))),
     };
 
     let out = build_helper::out_dir();

@@ -17,7 +17,7 @@ pub fn plan() -> &'static Plan {
     PLAN.get_or_init(|| match plan::check(PLAN_TEXT) {
         Ok(p) => p,
         // build.rs ran this same check on this same text; failing here is a kiln bug.
-        Err(problems) => panic!("baked plan no longer validates:\n{}", plan::render_problems(&problems)),
+        Err(problems) => panic!("baked plan no longer validates:\n{}", plan::render_problems(plan::IN_PLAN, &problems)),
     })
 }
 

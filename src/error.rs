@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::plan::{Problem, render_problems};
+use crate::plan::{IN_PIN, IN_PLAN, Problem, render_problems};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,7 +14,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A plan broke rules; every problem names its key.
-    #[error("{}", render_problems(.0))]
+    #[error("{}", render_problems(IN_PLAN, .0))]
     Plan(Vec<Problem>),
     /// A model directory's config.json is missing keys or describes something kiln cannot serve.
     #[error("{}: {message}", path.display())]
@@ -23,8 +23,8 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Checkpoint { path: PathBuf, message: String },
     /// The weights are not the ones the plan's `[weights.pin]` names.
-    #[error("{}", crate::weights::pin::render_pin_problems(.0).trim_end())]
-    Pin(Vec<crate::weights::pin::PinProblem>),
+    #[error("{}", render_problems(IN_PIN, .0).trim_end())]
+    Pin(Vec<Problem>),
     /// A GPU (or the emulated device) refused a call: the device and what failed.
     #[error("{device}: {message}")]
     Device { device: String, message: String },

@@ -369,7 +369,8 @@ fn served_vocab(addr: &str) -> Result<u32> {
     conn.read_to_string(&mut text).map_err(|e| err(e.to_string()))?;
     let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     let v: serde_json::Value = serde_json::from_str(body).map_err(|e| err(e.to_string()))?;
-    let plan = plan::parse(v["plan"].as_str().unwrap_or("")).map_err(|p| err(plan::render_problems(&p)))?;
+    let plan =
+        plan::parse(v["plan"].as_str().unwrap_or("")).map_err(|p| err(plan::render_problems(plan::IN_PLAN, &p)))?;
     Ok(plan.model.vocab_size as u32)
 }
 
@@ -434,7 +435,7 @@ fn check_file(file: &std::path::Path, json: bool) -> Result<ExitCode> {
                     problems.iter().map(|p| serde_json::json!({"key": p.key, "message": p.message})).collect();
                 println!("{}", serde_json::json!({ "valid": false, "problems": list }));
             }
-            eprint!("{}: {}", file.display(), plan::render_problems(&problems));
+            eprint!("{}: {}", file.display(), plan::render_problems(plan::IN_PLAN, &problems));
             Ok(ExitCode::FAILURE)
         }
     }
@@ -458,7 +459,7 @@ fn init(dir: &std::path::Path, opts: &InitOptions, out: Option<&std::path::Path>
     match plan::check(&text) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(problems) => {
-            eprint!("the written plan does not validate yet: {}", plan::render_problems(&problems));
+            eprint!("the written plan does not validate yet: {}", plan::render_problems(plan::IN_PLAN, &problems));
             Ok(ExitCode::FAILURE)
         }
     }

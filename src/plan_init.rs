@@ -9,7 +9,7 @@ use crate::plan::{
     ActivationQuant, Appliance, Device, KernelMap, KvCache, KvDtype, ModuleClass, MtpQuantRules, Parallel, Plan,
     QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights, default_entries,
 };
-use crate::weights::glm::tensor_names;
+use crate::weights::glm::TensorTable;
 use crate::weights::{Checkpoint, StoredAs, read_hf_config};
 
 /// What the operator chose on the command line.
@@ -145,7 +145,7 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
 fn observed_formats(model: &crate::plan::ModelShape, ckpt: &Checkpoint) -> Result<FormatsByClass> {
     let mut out = FormatsByClass::new();
     let mut unsupported = Vec::new();
-    for l in tensor_names(model).linears {
+    for l in TensorTable::new(model).linears() {
         let f = match ckpt.linear_format(&l.module) {
             None => continue,
             Some(StoredAs::Format(f)) => f,

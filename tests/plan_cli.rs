@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use common::*;
 use kiln::plan::{self, ModelShape, WeightFormat};
 use kiln::weights::Dtype;
-use kiln::weights::glm::{scale_name, tensor_names, weight_name};
+use kiln::weights::glm::{TensorTable, scale_name, weight_name};
 use safetensors::tensor::TensorView;
 
 fn kiln(args: &[&str]) -> Output {
@@ -107,10 +107,10 @@ fn write_config(dir: &Path, m: &ModelShape, quark: bool) {
 /// Zero-filled tensors with the names and shapes of `m`; linears for which `mxfp4` says so
 /// are stored as Quark MXFP4. Tensors are split over `shards` files with an index when > 1.
 fn write_checkpoint(dir: &Path, m: &ModelShape, mxfp4: impl Fn(&str) -> bool, skip_mtp: bool, shards: usize) {
-    let names = tensor_names(m);
+    let table = TensorTable::new(m);
     let mtp_prefix = format!("model.layers.{}.", m.num_hidden_layers);
     let mut tensors: Vec<(String, Dtype, Vec<usize>)> = Vec::new();
-    for l in &names.linears {
+    for l in &table.linears() {
         let (r, c) = (l.rows as usize, l.cols as usize);
         if mxfp4(&l.module) {
             tensors.push((weight_name(&l.module), Dtype::U8, vec![r, c / 2]));
@@ -119,7 +119,7 @@ fn write_checkpoint(dir: &Path, m: &ModelShape, mxfp4: impl Fn(&str) -> bool, sk
             tensors.push((weight_name(&l.module), Dtype::BF16, vec![r, c]));
         }
     }
-    for v in &names.vectors {
+    for v in &table.vectors() {
         tensors.push((v.name.clone(), if v.f32_only { Dtype::F32 } else { Dtype::BF16 }, vec![v.len as usize]));
     }
     tensors.retain(|(n, _, _)| !(skip_mtp && n.starts_with(&mtp_prefix)));
@@ -157,7 +157,7 @@ fn init(dir: &Path, extra: &[&str]) -> (plan::Plan, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
     let text = String::from_utf8(out.stdout).unwrap();
-    (plan::check(&text).unwrap_or_else(|p| panic!("{}", plan::render_problems(&p))), stderr)
+    (plan::check(&text).unwrap_or_else(|p| panic!("{}", plan::render_problems(plan::IN_PLAN, &p))), stderr)
 }
 
 /// Experts MXFP4 except the MTP layer's shared expert, as in amd/GLM-5.2-MXFP4.

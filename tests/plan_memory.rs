@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use kiln::plan::{self, ModuleClass, StoredFormat, memory_report, weight_inventory};
-use kiln::weights::glm::tensor_names;
+use kiln::weights::glm::TensorTable;
 
 /// Bytes per device of GLM-5.2 with experts MXFP4 (4.25 bits per weight), everything else
 /// bf16, the MTP layer's shared expert bf16, split over `tp` ranks (ep = 1): the main model
@@ -124,9 +124,9 @@ fn inventory_matches_tensor_names() {
     // The planner's grouped inventory and the name list must describe the same bytes.
     for rel in [TINY, GLM_TP4DP2] {
         let plan = plan::check(&read_plan_text(rel)).unwrap();
-        let names = tensor_names(&plan.model);
-        let mut from_names: u64 = names.vectors.iter().map(|v| v.len * if v.f32_only { 4 } else { 2 }).sum();
-        for l in &names.linears {
+        let table = TensorTable::new(&plan.model);
+        let mut from_names: u64 = table.vectors().iter().map(|v| v.len * if v.f32_only { 4 } else { 2 }).sum();
+        for l in &table.linears() {
             let f = plan.weights.quant.format(l.class, l.mtp).map(StoredFormat::from).unwrap_or(StoredFormat::Bf16);
             from_names += f.bytes(l.rows, l.cols);
         }
@@ -139,8 +139,8 @@ fn inventory_matches_tensor_names() {
 fn glm52_tensor_count() {
     // 791 tensors in layer 78 of the bf16 release (spec section 2.3).
     let plan = plan::check(&read_plan_text(GLM_TP4DP2)).unwrap();
-    let names = tensor_names(&plan.model);
-    let in_78 = names.linears.iter().filter(|l| l.module.starts_with("model.layers.78.")).count()
-        + names.vectors.iter().filter(|v| v.name.starts_with("model.layers.78.")).count();
+    let table = TensorTable::new(&plan.model);
+    let in_78 = table.linears().iter().filter(|l| l.module.starts_with("model.layers.78.")).count()
+        + table.vectors().iter().filter(|v| v.name.starts_with("model.layers.78.")).count();
     assert_eq!(in_78, 791);
 }

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use common::fixture::*;
 use kiln::model::Model;
+use kiln::plan::Problem;
 use kiln::plan::WeightFormat;
-use kiln::weights::{Checkpoint, WeightProblem, verify};
+use kiln::weights::{Checkpoint, verify};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -30,14 +31,14 @@ fn write_dir(tensors: &Tensors, from: &str) -> tempfile::TempDir {
     dir
 }
 
-fn problems_in(plan: &kiln::plan::Plan, dir: &Path) -> Vec<WeightProblem> {
+fn problems_in(plan: &kiln::plan::Plan, dir: &Path) -> Vec<Problem> {
     verify(plan, &Checkpoint::open(dir).unwrap())
 }
 
 #[track_caller]
-fn assert_named(problems: &[WeightProblem], tensor: &str, needle: &str) {
+fn assert_named(problems: &[Problem], tensor: &str, needle: &str) {
     assert!(
-        problems.iter().any(|p| p.tensor == tensor && p.message.contains(needle)),
+        problems.iter().any(|p| p.key == tensor && p.message.contains(needle)),
         "no problem for {tensor} containing {needle:?} in:\n{}",
         problems.iter().map(|p| format!("  {}\n", p.message)).collect::<String>()
     );

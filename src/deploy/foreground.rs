@@ -7,9 +7,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::EXIT_WEIGHTS;
 use crate::error::Result;
+use crate::plan::{IN_WEIGHTS, render_problems};
 use crate::plan::{Plan, WeightsPin};
 use crate::weights::pin::make_pin;
-use crate::weights::{Checkpoint, WeightsSource, render_weight_problems, verify};
+use crate::weights::{Checkpoint, WeightsSource, verify};
 
 /// Every tensor against the plan; on a mismatch, the problems on stderr and the exit status.
 pub fn tensors_mismatch(plan: &Plan, src: &WeightsSource, ckpt: &Checkpoint) -> Option<ExitCode> {
@@ -17,7 +18,7 @@ pub fn tensors_mismatch(plan: &Plan, src: &WeightsSource, ckpt: &Checkpoint) -> 
     if problems.is_empty() {
         return None;
     }
-    eprint!("{}: {}", src.describe(), render_weight_problems(&problems));
+    eprint!("{}: {}", src.describe(), render_problems(IN_WEIGHTS, &problems));
     Some(ExitCode::from(EXIT_WEIGHTS))
 }
 

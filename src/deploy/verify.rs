@@ -8,8 +8,9 @@ use super::EXIT_WEIGHTS;
 use super::foreground::{bytes_bar, pin_now, tensors_mismatch};
 use crate::error::Result;
 use crate::plan::Plan;
+use crate::plan::{IN_PIN, render_problems};
 use crate::weights::WeightsSource;
-use crate::weights::pin::{check_contents, check_quick, render_pin_problems};
+use crate::weights::pin::{check_contents, check_quick};
 
 pub fn verify(plan: &Plan, src: &WeightsSource, full: bool) -> Result<ExitCode> {
     let ckpt = src.checkpoint()?;
@@ -33,7 +34,7 @@ pub fn verify(plan: &Plan, src: &WeightsSource, full: bool) -> Result<ExitCode> 
     let mut problems = check_quick(pin, src, &ckpt);
     let bar = bytes_bar(pin.total_bytes(), "verifying");
     for f in &pin.files {
-        if problems.iter().any(|p| p.file == f.name) {
+        if problems.iter().any(|p| p.key == f.name) {
             bar.inc(f.bytes);
             continue;
         }
@@ -41,7 +42,7 @@ pub fn verify(plan: &Plan, src: &WeightsSource, full: bool) -> Result<ExitCode> 
     }
     bar.finish_and_clear();
     if !problems.is_empty() {
-        eprint!("{}: {}", src.describe(), render_pin_problems(&problems));
+        eprint!("{}: {}", src.describe(), render_problems(IN_PIN, &problems));
         return Ok(ExitCode::from(EXIT_WEIGHTS));
     }
     let secs = start.elapsed().as_secs_f64();

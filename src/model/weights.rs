@@ -3,9 +3,9 @@
 
 use crate::backend::{Backend, MlpLinears};
 use crate::error::{Error, Result};
-use crate::plan::{IndexerType, LayerKind, MlpKind, Plan};
-use crate::weights::glm::{EMBED_TOKENS, FINAL_NORM, LM_HEAD, LayerNames, Proj};
-use crate::weights::{Checkpoint, Linear, load_vector, render_weight_problems, verify};
+use crate::plan::{IN_WEIGHTS, IndexerType, LayerKind, MlpKind, Plan, render_problems};
+use crate::weights::glm::{Proj, Role, TensorTable};
+use crate::weights::{Checkpoint, Linear, load_vector, verify};
 
 pub struct AttnWeights<B: Backend> {
     pub q_a: B::Weight,       // [q_lora, D]
@@ -73,33 +73,36 @@ pub struct GlmWeights<B: Backend> {
 
 impl<B: Backend> GlmWeights<B> {
     /// Verifies the checkpoint against the plan (every problem at once), then binds the
-    /// tensors and uploads them. Nothing is computed before the check passes.
+    /// tensors the table names and uploads them. Nothing is computed before the check passes.
     pub fn load(backend: &B, plan: &Plan, ckpt: &Checkpoint) -> Result<GlmWeights<B>> {
         let problems = verify(plan, ckpt);
         if !problems.is_empty() {
-            return Err(Error::Checkpoint { path: ckpt.dir.clone(), message: render_weight_problems(&problems) });
+            return Err(Error::Checkpoint { path: ckpt.dir.clone(), message: render_problems(IN_WEIGHTS, &problems) });
         }
         let m = &plan.model;
-        let b = Binder { ckpt, plan, backend };
+        let b = Binder { ckpt, table: TensorTable::new(m), backend };
         let layers =
             m.layers().into_iter().enumerate().map(|(i, kind)| b.layer(i as u64, kind)).collect::<Result<_>>()?;
-        let embed = b.weight(EMBED_TOKENS, m.vocab_size, m.hidden_size)?;
-        let lm_head =
-            if m.tie_word_embeddings { None } else { Some(b.weight(LM_HEAD, m.vocab_size, m.hidden_size)?) };
+        let lm_head = if m.tie_word_embeddings { None } else { Some(b.weight(Role::LmHead, 0)?) };
         let mtp = (0..m.num_nextn_predict_layers)
             .map(|j| {
                 let i = m.num_hidden_layers + j;
-                let n = LayerNames::new(i);
                 Ok(MtpWeights {
-                    enorm: b.vector(&n.mtp_enorm())?,
-                    hnorm: b.vector(&n.mtp_hnorm())?,
-                    eh_proj: b.weight(&n.mtp_eh_proj(), m.hidden_size, 2 * m.hidden_size)?,
-                    head_norm: b.vector(&n.mtp_shared_head_norm())?,
+                    enorm: b.vector(Role::MtpEnorm, i)?,
+                    hnorm: b.vector(Role::MtpHnorm, i)?,
+                    eh_proj: b.weight(Role::MtpEhProj, i)?,
+                    head_norm: b.vector(Role::MtpHeadNorm, i)?,
                     layer: b.layer(i, m.mtp_layer())?,
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(GlmWeights { embed, layers, norm: b.vector(FINAL_NORM)?, lm_head, mtp })
+        Ok(GlmWeights {
+            embed: b.weight(Role::EmbedTokens, 0)?,
+            layers,
+            norm: b.vector(Role::FinalNorm, 0)?,
+            lm_head,
+            mtp,
+        })
     }
 
     pub fn lm_head(&self) -> &B::Weight {
@@ -107,91 +110,87 @@ impl<B: Backend> GlmWeights<B> {
     }
 }
 
-/// Looks tensors up after verification, which guarantees each exists with its shape.
+/// Binds the tensors the table names; verification guarantees each exists with its shape.
 struct Binder<'a, B: Backend> {
     ckpt: &'a Checkpoint,
-    plan: &'a Plan,
+    table: TensorTable,
     backend: &'a B,
 }
 
 impl<B: Backend> Binder<'_, B> {
-    fn linear(&self, module: &str, rows: u64, cols: u64) -> Linear {
-        Linear::load(self.ckpt, module, rows, cols).unwrap_or_else(|| panic!("verified tensor {module} vanished"))
+    fn linear(&self, role: Role, layer: u64, expert: u64) -> Linear {
+        let (module, rows, cols) =
+            self.table.tensor(role, layer, expert).unwrap_or_else(|| panic!("{role:?} is not in layer {layer}"));
+        Linear::load(self.ckpt, &module, rows, cols).unwrap_or_else(|| panic!("verified tensor {module} vanished"))
     }
 
-    fn weight(&self, module: &str, rows: u64, cols: u64) -> Result<B::Weight> {
-        self.backend.weight(self.linear(module, rows, cols))
+    fn weight(&self, role: Role, layer: u64) -> Result<B::Weight> {
+        self.backend.weight(self.linear(role, layer, 0))
     }
 
-    fn host_vector(&self, name: &str) -> Vec<f32> {
-        load_vector(self.ckpt, name).unwrap_or_else(|| panic!("verified tensor {name} vanished"))
+    fn host_vector(&self, role: Role, layer: u64) -> Vec<f32> {
+        let name = role.name(layer, 0);
+        load_vector(self.ckpt, &name).unwrap_or_else(|| panic!("verified tensor {name} vanished"))
     }
 
-    fn vector(&self, name: &str) -> Result<B::Vector> {
-        self.backend.vector(self.host_vector(name))
+    fn vector(&self, role: Role, layer: u64) -> Result<B::Vector> {
+        self.backend.vector(self.host_vector(role, layer))
     }
 
-    fn mlp_linears(&self, name: impl Fn(Proj) -> String, width: u64) -> MlpLinears {
-        let d = self.plan.model.hidden_size;
-        MlpLinears {
-            gate: self.linear(&name(Proj::Gate), width, d),
-            up: self.linear(&name(Proj::Up), width, d),
-            down: self.linear(&name(Proj::Down), d, width),
-        }
-    }
-
-    fn mlp(&self, name: impl Fn(Proj) -> String, width: u64) -> Result<Mlp<B>> {
-        let l = self.mlp_linears(name, width);
+    fn mlp(&self, role: fn(Proj) -> Role, layer: u64) -> Result<Mlp<B>> {
         Ok(Mlp {
-            gate: self.backend.weight(l.gate)?,
-            up: self.backend.weight(l.up)?,
-            down: self.backend.weight(l.down)?,
+            gate: self.weight(role(Proj::Gate), layer)?,
+            up: self.weight(role(Proj::Up), layer)?,
+            down: self.weight(role(Proj::Down), layer)?,
         })
     }
 
     fn layer(&self, i: u64, kind: LayerKind) -> Result<LayerWeights<B>> {
-        let m = &self.plan.model;
-        let n = LayerNames::new(i);
-        let (d, h) = (m.hidden_size, m.num_attention_heads);
         let attn = AttnWeights {
-            q_a: self.weight(&n.q_a_proj(), m.q_lora_rank, d)?,
-            q_a_norm: self.vector(&n.q_a_layernorm())?,
-            q_b: self.weight(&n.q_b_proj(), h * m.qk_head_dim(), m.q_lora_rank)?,
-            kv_a: self.weight(&n.kv_a_proj_with_mqa(), m.kv_lora_rank + m.qk_rope_head_dim, d)?,
-            kv_a_norm: self.vector(&n.kv_a_layernorm())?,
-            kv_b: self.weight(&n.kv_b_proj(), h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank)?,
-            o: self.weight(&n.o_proj(), d, h * m.v_head_dim)?,
+            q_a: self.weight(Role::QaProj, i)?,
+            q_a_norm: self.vector(Role::QaNorm, i)?,
+            q_b: self.weight(Role::QbProj, i)?,
+            kv_a: self.weight(Role::KvaProj, i)?,
+            kv_a_norm: self.vector(Role::KvaNorm, i)?,
+            kv_b: self.weight(Role::KvbProj, i)?,
+            o: self.weight(Role::OProj, i)?,
         };
         let indexer = match kind.indexer {
             IndexerType::Full => Some(IndexerWeights {
-                wq_b: self.weight(&n.indexer_wq_b(), m.index_n_heads * m.index_head_dim, m.q_lora_rank)?,
-                wk: self.weight(&n.indexer_wk(), m.index_head_dim, d)?,
-                k_norm_w: self.vector(&n.indexer_k_norm_weight())?,
-                k_norm_b: self.vector(&n.indexer_k_norm_bias())?,
-                weights_proj: self.weight(&n.indexer_weights_proj(), m.index_n_heads, d)?,
+                wq_b: self.weight(Role::IndexerWqB, i)?,
+                wk: self.weight(Role::IndexerWk, i)?,
+                k_norm_w: self.vector(Role::IndexerKNormWeight, i)?,
+                k_norm_b: self.vector(Role::IndexerKNormBias, i)?,
+                weights_proj: self.weight(Role::IndexerWeightsProj, i)?,
             }),
             IndexerType::Shared => None,
         };
         let ffn = match kind.mlp {
-            MlpKind::Dense => Ffn::Dense(self.mlp(|p| n.dense(p), m.intermediate_size)?),
-            MlpKind::Moe => Ffn::Moe(MoeWeights {
-                router: self.backend.vector(self.linear(&n.router(), m.n_routed_experts, d).to_f32())?,
-                bias: self.vector(&n.router_bias())?,
-                experts: self.backend.experts(
-                    (0..m.n_routed_experts)
-                        .map(|e| self.mlp_linears(|p| n.expert(e, p), m.moe_intermediate_size))
-                        .collect(),
-                )?,
-                shared: match m.n_shared_experts {
-                    0 => None,
-                    s => Some(self.mlp(|p| n.shared_expert(p), m.moe_intermediate_size * s)?),
-                },
-            }),
+            MlpKind::Dense => Ffn::Dense(self.mlp(Role::Dense, i)?),
+            MlpKind::Moe => {
+                let experts = self.table.family(Role::Expert(Proj::Gate), i).map_or(0, |f| f.experts);
+                let linears = (0..experts)
+                    .map(|e| MlpLinears {
+                        gate: self.linear(Role::Expert(Proj::Gate), i, e),
+                        up: self.linear(Role::Expert(Proj::Up), i, e),
+                        down: self.linear(Role::Expert(Proj::Down), i, e),
+                    })
+                    .collect();
+                Ffn::Moe(MoeWeights {
+                    router: self.backend.vector(self.linear(Role::Router, i, 0).to_f32())?,
+                    bias: self.vector(Role::RouterBias, i)?,
+                    experts: self.backend.experts(linears)?,
+                    shared: match self.table.family(Role::SharedExpert(Proj::Gate), i) {
+                        Some(_) => Some(self.mlp(Role::SharedExpert, i)?),
+                        None => None,
+                    },
+                })
+            }
         };
         Ok(LayerWeights {
             kind,
-            input_norm: self.vector(&n.input_layernorm())?,
-            post_norm: self.vector(&n.post_attention_layernorm())?,
+            input_norm: self.vector(Role::InputNorm, i)?,
+            post_norm: self.vector(Role::PostNorm, i)?,
             attn,
             indexer,
             ffn,

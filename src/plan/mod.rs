@@ -2,7 +2,8 @@
 //!
 //! build.rs includes this module through `#[path]` and runs the very same parsing and
 //! validation the binary runs, so a plan that builds is a plan that serves. It therefore
-//! stays pure: serde, toml and serde_path_to_error only, no I/O, no `crate::` paths.
+//! stays pure: serde, toml and serde_path_to_error only, no I/O, and no `crate::` paths but
+//! `crate::weights::glm`, the tensor table, which build.rs includes the same way.
 
 mod appliance;
 mod inventory;
@@ -44,10 +45,12 @@ pub struct Plan {
     pub kernels: KernelMap,
 }
 
-/// One thing wrong with a plan: the key path at fault and a sentence naming the rule.
+/// One thing wrong: what is at fault and a sentence naming the rule. Plans, checkpoints and
+/// weight pins all report these, and `render_problems` writes every list the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// Dotted key path, e.g. `parallel.tp`.
+    /// What is at fault: a dotted plan key path (`parallel.tp`), a tensor
+    /// (`model.layers.3.mlp.gate.weight`), or a file of the model directory.
     pub key: String,
     /// Full sentence, e.g. `parallel.tp = 3 does not divide model.num_attention_heads = 64`.
     pub message: String,
@@ -100,8 +103,14 @@ pub fn check(text: &str) -> Result<Plan, Vec<Problem>> {
 }
 
 /// All problems as one block of text, one per line, for build errors and the CLI.
-pub fn render_problems(problems: &[Problem]) -> String {
-    let mut out = format!("{} problem(s) in the plan:\n", problems.len());
+/// Where problems were found, for the first line of their list.
+pub const IN_PLAN: &str = "the plan";
+pub const IN_WEIGHTS: &str = "the weights";
+pub const IN_PIN: &str = "the weights (against the plan's weights.pin)";
+
+/// `N problem(s) in PLACE:` and one line per problem.
+pub fn render_problems(place: &str, problems: &[Problem]) -> String {
+    let mut out = format!("{} problem(s) in {place}:\n", problems.len());
     for p in problems {
         out.push_str("  - ");
         out.push_str(&p.message);

@@ -5,15 +5,15 @@ use std::time::{Duration, Instant};
 
 use super::Running;
 use crate::log;
+use crate::plan::{IN_PIN, Problem, render_problems};
 use crate::signals::Signal;
-use crate::weights::pin::{PinProblem, render_pin_problems};
 
 /// Why serving should end.
 #[derive(Debug, Clone)]
 pub enum Stop {
     Signal(Signal),
     /// The background content check found the weights differ from the plan's pin.
-    WeightsMismatch(Vec<PinProblem>),
+    WeightsMismatch(Vec<Problem>),
 }
 
 /// How serving ended, which decides the exit status.
@@ -59,10 +59,10 @@ pub fn serve_until_stopped(running: Running, stops: &Receiver<Stop>, drain_timeo
     }
 }
 
-fn refuse(running: Running, problems: &[PinProblem]) -> Ended {
+fn refuse(running: Running, problems: &[Problem]) -> Ended {
     running.context.start_draining();
-    let shard = problems.first().map(|p| p.file.clone()).unwrap_or_default();
-    log::error("weights_mismatch", format!("stopped serving: {}", render_pin_problems(problems).trim_end()))
+    let shard = problems.first().map(|p| p.key.clone()).unwrap_or_default();
+    log::error("weights_mismatch", format!("stopped serving: {}", render_problems(IN_PIN, problems).trim_end()))
         .field("shard", shard)
         .emit();
     running.stop();

@@ -1,15 +1,17 @@
-//! The only file that knows GLM-DSA checkpoint tensor names (reference/glm-dsa-spec.md
-//! section 2). Linears are named by module (`{module}.weight`, plus `{module}.weight_scale`
-//! when MXFP4); vectors by their full tensor name.
+//! The one table of every tensor a GLM-DSA checkpoint holds, and the only place that knows
+//! their names (the GLM-DSA spec's section 2, summarized in the README): each family of
+//! identical tensors with its checkpoint name, shape, module class, how a parallel layout
+//! splits it and how much of it one decode token reads. `verify` checks a checkpoint against
+//! it, the model binds its weights through it, and the plan's memory inventory sums it.
+//!
+//! Linears are named by module (`{module}.weight`, plus `{module}.weight_scale` when MXFP4);
+//! vectors by their full tensor name. build.rs includes this file beside src/plan (as
+//! `crate::weights::glm`), so it stays pure: plan types only, no I/O.
 
 use crate::plan::{IndexerType, LayerKind, MlpKind, ModelShape, ModuleClass};
 
-pub const EMBED_TOKENS: &str = "model.embed_tokens";
-pub const FINAL_NORM: &str = "model.norm.weight";
-pub const LM_HEAD: &str = "lm_head";
-
 /// The three projections of a SwiGLU MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proj {
     Gate,
     Up,
@@ -28,94 +30,346 @@ impl Proj {
     }
 }
 
-/// Names inside decoder layer `i` (`model.layers.{i}.`); MTP layers continue the numbering.
-#[derive(Debug, Clone)]
-pub struct LayerNames {
-    prefix: String,
+/// What a tensor is, wherever it sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    EmbedTokens,
+    FinalNorm,
+    LmHead,
+    InputNorm,
+    PostNorm,
+    QaProj,
+    QaNorm,
+    QbProj,
+    KvaProj,
+    KvaNorm,
+    KvbProj,
+    OProj,
+    IndexerWqB,
+    IndexerWk,
+    IndexerKNormWeight,
+    IndexerKNormBias,
+    IndexerWeightsProj,
+    /// The dense MLP of the first layers.
+    Dense(Proj),
+    Router,
+    RouterBias,
+    /// One routed expert's projection (one tensor per expert).
+    Expert(Proj),
+    SharedExpert(Proj),
+    MtpEnorm,
+    MtpHnorm,
+    MtpEhProj,
+    MtpHeadNorm,
 }
 
-impl LayerNames {
-    pub fn new(i: u64) -> LayerNames {
-        LayerNames { prefix: format!("model.layers.{i}.") }
-    }
-
-    fn n(&self, rest: &str) -> String {
-        format!("{}{rest}", self.prefix)
-    }
-
-    pub fn input_layernorm(&self) -> String {
-        self.n("input_layernorm.weight")
-    }
-    pub fn post_attention_layernorm(&self) -> String {
-        self.n("post_attention_layernorm.weight")
-    }
-    pub fn q_a_proj(&self) -> String {
-        self.n("self_attn.q_a_proj")
-    }
-    pub fn q_a_layernorm(&self) -> String {
-        self.n("self_attn.q_a_layernorm.weight")
-    }
-    pub fn q_b_proj(&self) -> String {
-        self.n("self_attn.q_b_proj")
-    }
-    pub fn kv_a_proj_with_mqa(&self) -> String {
-        self.n("self_attn.kv_a_proj_with_mqa")
-    }
-    pub fn kv_a_layernorm(&self) -> String {
-        self.n("self_attn.kv_a_layernorm.weight")
-    }
-    pub fn kv_b_proj(&self) -> String {
-        self.n("self_attn.kv_b_proj")
-    }
-    pub fn o_proj(&self) -> String {
-        self.n("self_attn.o_proj")
-    }
-    pub fn indexer_wq_b(&self) -> String {
-        self.n("self_attn.indexer.wq_b")
-    }
-    pub fn indexer_wk(&self) -> String {
-        self.n("self_attn.indexer.wk")
-    }
-    pub fn indexer_k_norm_weight(&self) -> String {
-        self.n("self_attn.indexer.k_norm.weight")
-    }
-    pub fn indexer_k_norm_bias(&self) -> String {
-        self.n("self_attn.indexer.k_norm.bias")
-    }
-    pub fn indexer_weights_proj(&self) -> String {
-        self.n("self_attn.indexer.weights_proj")
-    }
-    /// Dense MLP of the first layers.
-    pub fn dense(&self, p: Proj) -> String {
-        self.n(&format!("mlp.{}", p.name()))
-    }
-    pub fn router(&self) -> String {
-        self.n("mlp.gate")
-    }
-    pub fn router_bias(&self) -> String {
-        self.n("mlp.gate.e_score_correction_bias")
-    }
-    pub fn expert(&self, e: u64, p: Proj) -> String {
-        self.n(&format!("mlp.experts.{e}.{}", p.name()))
-    }
-    pub fn shared_expert(&self, p: Proj) -> String {
-        self.n(&format!("mlp.shared_experts.{}", p.name()))
-    }
-    pub fn mtp_enorm(&self) -> String {
-        self.n("enorm.weight")
-    }
-    pub fn mtp_hnorm(&self) -> String {
-        self.n("hnorm.weight")
-    }
-    pub fn mtp_eh_proj(&self) -> String {
-        self.n("eh_proj")
-    }
-    pub fn mtp_shared_head_norm(&self) -> String {
-        self.n("shared_head.norm.weight")
+impl Role {
+    /// The checkpoint name in decoder layer `layer` (MTP layers continue the numbering),
+    /// for routed expert `expert`.
+    pub fn name(self, layer: u64, expert: u64) -> String {
+        let top = match self {
+            Role::EmbedTokens => return "model.embed_tokens".into(),
+            Role::FinalNorm => return "model.norm.weight".into(),
+            Role::LmHead => return "lm_head".into(),
+            _ => format!("model.layers.{layer}."),
+        };
+        let rest: String = match self {
+            Role::InputNorm => "input_layernorm.weight".into(),
+            Role::PostNorm => "post_attention_layernorm.weight".into(),
+            Role::QaProj => "self_attn.q_a_proj".into(),
+            Role::QaNorm => "self_attn.q_a_layernorm.weight".into(),
+            Role::QbProj => "self_attn.q_b_proj".into(),
+            Role::KvaProj => "self_attn.kv_a_proj_with_mqa".into(),
+            Role::KvaNorm => "self_attn.kv_a_layernorm.weight".into(),
+            Role::KvbProj => "self_attn.kv_b_proj".into(),
+            Role::OProj => "self_attn.o_proj".into(),
+            Role::IndexerWqB => "self_attn.indexer.wq_b".into(),
+            Role::IndexerWk => "self_attn.indexer.wk".into(),
+            Role::IndexerKNormWeight => "self_attn.indexer.k_norm.weight".into(),
+            Role::IndexerKNormBias => "self_attn.indexer.k_norm.bias".into(),
+            Role::IndexerWeightsProj => "self_attn.indexer.weights_proj".into(),
+            Role::Dense(p) => format!("mlp.{}", p.name()),
+            Role::Router => "mlp.gate".into(),
+            Role::RouterBias => "mlp.gate.e_score_correction_bias".into(),
+            Role::Expert(p) => format!("mlp.experts.{expert}.{}", p.name()),
+            Role::SharedExpert(p) => format!("mlp.shared_experts.{}", p.name()),
+            Role::MtpEnorm => "enorm.weight".into(),
+            Role::MtpHnorm => "hnorm.weight".into(),
+            Role::MtpEhProj => "eh_proj".into(),
+            Role::MtpHeadNorm => "shared_head.norm.weight".into(),
+            Role::EmbedTokens | Role::FinalNorm | Role::LmHead => unreachable!("named above"),
+        };
+        top + &rest
     }
 }
 
-/// A linear (or the embedding table) of shape [rows, cols].
+/// How a tensor is laid out over the tp devices of a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Every device holds the whole tensor.
+    Replicated,
+    /// Column-parallel: output rows over tp.
+    Rows,
+    /// Row-parallel: input columns over tp.
+    Cols,
+    /// Routed experts: instances over ep, the intermediate dim (rows) over tp / ep.
+    ExpertRows,
+    /// Routed experts' down projection: instances over ep, inputs over tp / ep.
+    ExpertCols,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// A weight matrix [rows, cols] stored as its class's quant rule says.
+    Matrix {
+        class: ModuleClass,
+        split: Split,
+        /// Fraction of the family one decode token reads (routed experts: top-k / experts).
+        active: f64,
+    },
+    /// A norm weight or bias (bf16, f16 or f32 as stored) of `rows` values; the router's
+    /// correction bias is f32 in every release.
+    Vector { f32_only: bool },
+}
+
+/// Identical tensors: the same role in each of `layers` (once each, or once per routed
+/// expert when `experts` > 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub role: Role,
+    /// The planner's label, e.g. `attention.q_b_proj`.
+    pub label: &'static str,
+    /// Decoder layers holding it (empty for model-level tensors).
+    pub layers: Vec<u64>,
+    /// Tensors per layer (routed experts: one per expert).
+    pub experts: u64,
+    pub rows: u64,
+    pub cols: u64,
+    pub kind: Kind,
+    /// Part of the MTP layer.
+    pub mtp: bool,
+}
+
+impl Family {
+    /// How many tensors the family holds.
+    pub fn count(&self) -> u64 {
+        self.layers.len().max(1) as u64 * self.experts
+    }
+
+    /// Every tensor's checkpoint name (a module for matrices).
+    pub fn names(&self) -> Vec<String> {
+        let layers = if self.layers.is_empty() { vec![0] } else { self.layers.clone() };
+        layers.iter().flat_map(|&l| (0..self.experts).map(move |e| self.role.name(l, e))).collect()
+    }
+
+    pub fn class(&self) -> ModuleClass {
+        match self.kind {
+            Kind::Matrix { class, .. } => class,
+            Kind::Vector { .. } => ModuleClass::Norms,
+        }
+    }
+}
+
+/// Every tensor family of a model: main layers, then the MTP layers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorTable {
+    pub families: Vec<Family>,
+}
+
+impl TensorTable {
+    pub fn new(m: &ModelShape) -> TensorTable {
+        let mut t = Builder { m, families: Vec::new(), mtp: false };
+        let (d, v) = (m.hidden_size, m.vocab_size);
+        // A token reads one row of the embedding.
+        t.matrix(
+            Role::EmbedTokens,
+            "embed_tokens",
+            &[],
+            v,
+            d,
+            ModuleClass::EmbedTokens,
+            Split::Rows,
+            1.0 / v.max(1) as f64,
+        );
+        let layers = m.layers();
+        t.layers(&layers.iter().enumerate().map(|(i, k)| (i as u64, *k)).collect::<Vec<_>>());
+        t.vector(Role::FinalNorm, "norm", &[], d, false);
+        if !m.tie_word_embeddings {
+            t.matrix(Role::LmHead, "lm_head", &[], v, d, ModuleClass::LmHead, Split::Rows, 1.0);
+        }
+        if m.num_nextn_predict_layers > 0 {
+            t.mtp = true;
+            let mtp: Vec<u64> = (0..m.num_nextn_predict_layers).map(|j| m.num_hidden_layers + j).collect();
+            for role in [Role::MtpEnorm, Role::MtpHnorm, Role::MtpHeadNorm] {
+                t.vector(role, "mtp.norms", &mtp, d, false);
+            }
+            t.matrix(Role::MtpEhProj, "mtp.eh_proj", &mtp, d, 2 * d, ModuleClass::EhProj, Split::Replicated, 1.0);
+            t.layers(&mtp.iter().map(|&i| (i, m.mtp_layer())).collect::<Vec<_>>());
+        }
+        TensorTable { families: t.families }
+    }
+
+    /// Every matrix, one per tensor, with its module name.
+    pub fn linears(&self) -> Vec<Linear> {
+        let mut out = Vec::new();
+        for f in &self.families {
+            if let Kind::Matrix { class, .. } = f.kind {
+                out.extend(f.names().into_iter().map(|module| Linear {
+                    module,
+                    rows: f.rows,
+                    cols: f.cols,
+                    class,
+                    mtp: f.mtp,
+                }));
+            }
+        }
+        out
+    }
+
+    /// Every vector, one per tensor.
+    pub fn vectors(&self) -> Vec<Vector> {
+        let mut out = Vec::new();
+        for f in &self.families {
+            if let Kind::Vector { f32_only } = f.kind {
+                out.extend(f.names().into_iter().map(|name| Vector { name, len: f.rows, f32_only }));
+            }
+        }
+        out
+    }
+
+    /// The family of `role` that holds `layer` (ignored for model-level roles).
+    pub fn family(&self, role: Role, layer: u64) -> Option<&Family> {
+        self.families.iter().find(|f| f.role == role && (f.layers.is_empty() || f.layers.contains(&layer)))
+    }
+
+    /// (name, rows, cols) of `role` in `layer` for routed expert `expert` (0 otherwise).
+    pub fn tensor(&self, role: Role, layer: u64, expert: u64) -> Option<(String, u64, u64)> {
+        self.family(role, layer).map(|f| (role.name(layer, expert), f.rows, f.cols))
+    }
+}
+
+struct Builder<'a> {
+    m: &'a ModelShape,
+    families: Vec<Family>,
+    mtp: bool,
+}
+
+impl Builder<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        role: Role,
+        label: &'static str,
+        layers: &[u64],
+        experts: u64,
+        rows: u64,
+        cols: u64,
+        kind: Kind,
+    ) {
+        if experts == 0 || (layers.is_empty() && role_in_layer(role)) {
+            return;
+        }
+        let mtp = self.mtp;
+        self.families.push(Family { role, label, layers: layers.to_vec(), experts, rows, cols, kind, mtp });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn matrix(
+        &mut self,
+        role: Role,
+        label: &'static str,
+        layers: &[u64],
+        rows: u64,
+        cols: u64,
+        class: ModuleClass,
+        split: Split,
+        active: f64,
+    ) {
+        self.push(role, label, layers, 1, rows, cols, Kind::Matrix { class, split, active });
+    }
+
+    fn vector(&mut self, role: Role, label: &'static str, layers: &[u64], len: u64, f32_only: bool) {
+        self.push(role, label, layers, 1, len, 1, Kind::Vector { f32_only });
+    }
+
+    /// The tensors of decoder layers (index, kind).
+    fn layers(&mut self, layers: &[(u64, LayerKind)]) {
+        use ModuleClass as C;
+        use Split::*;
+        let m = self.m;
+        let (d, h) = (m.hidden_size, m.num_attention_heads);
+        let all: Vec<u64> = layers.iter().map(|l| l.0).collect();
+        let which = |f: &dyn Fn(&LayerKind) -> bool| -> Vec<u64> {
+            layers.iter().filter(|(_, k)| f(k)).map(|(i, _)| *i).collect()
+        };
+        let indexed = which(&|k| k.indexer == IndexerType::Full);
+        let dense = which(&|k| k.mlp == MlpKind::Dense);
+        let moe = which(&|k| k.mlp == MlpKind::Moe);
+
+        self.vector(Role::InputNorm, "input_layernorm", &all, d, false);
+        self.vector(Role::PostNorm, "post_attention_layernorm", &all, d, false);
+        self.matrix(Role::QaProj, "attention.q_a_proj", &all, m.q_lora_rank, d, C::Attention, Replicated, 1.0);
+        self.vector(Role::QaNorm, "attention.q_a_layernorm", &all, m.q_lora_rank, false);
+        let q_rows = h * m.qk_head_dim();
+        self.matrix(Role::QbProj, "attention.q_b_proj", &all, q_rows, m.q_lora_rank, C::Attention, Rows, 1.0);
+        let kv_a = m.kv_lora_rank + m.qk_rope_head_dim;
+        self.matrix(Role::KvaProj, "attention.kv_a_proj_with_mqa", &all, kv_a, d, C::Attention, Replicated, 1.0);
+        self.vector(Role::KvaNorm, "attention.kv_a_layernorm", &all, m.kv_lora_rank, false);
+        let kv_b = h * (m.qk_nope_head_dim + m.v_head_dim);
+        self.matrix(Role::KvbProj, "attention.kv_b_proj", &all, kv_b, m.kv_lora_rank, C::Attention, Rows, 1.0);
+        self.matrix(Role::OProj, "attention.o_proj", &all, d, h * m.v_head_dim, C::Attention, Cols, 1.0);
+
+        let (hi, di) = (m.index_n_heads, m.index_head_dim);
+        self.matrix(Role::IndexerWqB, "indexer.wq_b", &indexed, hi * di, m.q_lora_rank, C::Indexer, Replicated, 1.0);
+        self.matrix(Role::IndexerWk, "indexer.wk", &indexed, di, d, C::Indexer, Replicated, 1.0);
+        self.vector(Role::IndexerKNormWeight, "indexer.k_norm", &indexed, di, false);
+        self.vector(Role::IndexerKNormBias, "indexer.k_norm", &indexed, di, false);
+        self.matrix(Role::IndexerWeightsProj, "indexer.weights_proj", &indexed, hi, d, C::Indexer, Replicated, 1.0);
+
+        let w = m.intermediate_size;
+        for p in Proj::ALL {
+            let (label, rows, cols, split) = if p == Proj::Down {
+                ("dense_mlp.down_proj", d, w, Cols)
+            } else {
+                ("dense_mlp.gate_up_proj", w, d, Rows)
+            };
+            self.matrix(Role::Dense(p), label, &dense, rows, cols, C::DenseMlp, split, 1.0);
+        }
+
+        let e = m.n_routed_experts;
+        self.matrix(Role::Router, "router.gate", &moe, e, d, C::Router, Replicated, 1.0);
+        self.vector(Role::RouterBias, "router.e_score_correction_bias", &moe, e, true);
+        let mi = m.moe_intermediate_size;
+        let active = m.num_experts_per_tok as f64 / e.max(1) as f64;
+        for p in Proj::ALL {
+            let (label, rows, cols, split) = if p == Proj::Down {
+                ("routed_experts.down_proj", d, mi, ExpertCols)
+            } else {
+                ("routed_experts.gate_up_proj", mi, d, ExpertRows)
+            };
+            let kind = Kind::Matrix { class: C::RoutedExperts, split, active };
+            self.push(Role::Expert(p), label, &moe, e, rows, cols, kind);
+        }
+        let si = mi * m.n_shared_experts;
+        if si > 0 {
+            for p in Proj::ALL {
+                let (label, rows, cols, split) = if p == Proj::Down {
+                    ("shared_experts.down_proj", d, si, Cols)
+                } else {
+                    ("shared_experts.gate_up_proj", si, d, Rows)
+                };
+                self.matrix(Role::SharedExpert(p), label, &moe, rows, cols, C::SharedExperts, split, 1.0);
+            }
+        }
+    }
+}
+
+/// Roles that live inside a decoder layer (a family of them with no layers is empty).
+fn role_in_layer(role: Role) -> bool {
+    !matches!(role, Role::EmbedTokens | Role::FinalNorm | Role::LmHead)
+}
+
+/// One matrix of the checkpoint: `{module}.weight` of [rows, cols].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Linear {
     pub module: String,
@@ -125,107 +379,12 @@ pub struct Linear {
     pub mtp: bool,
 }
 
-/// A norm weight, norm bias or router correction bias: one vector.
+/// A norm weight, norm bias or router correction bias.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vector {
     pub name: String,
     pub len: u64,
-    /// The router's correction bias is f32 in every release; the rest follow the checkpoint.
     pub f32_only: bool,
-}
-
-/// Every tensor the model needs, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TensorNames {
-    pub linears: Vec<Linear>,
-    pub vectors: Vec<Vector>,
-}
-
-impl TensorNames {
-    fn linear(&mut self, module: String, rows: u64, cols: u64, class: ModuleClass, mtp: bool) {
-        self.linears.push(Linear { module, rows, cols, class, mtp });
-    }
-
-    fn vector(&mut self, name: String, len: u64) {
-        self.vectors.push(Vector { name, len, f32_only: false });
-    }
-
-    fn layer(&mut self, m: &ModelShape, i: u64, kind: LayerKind, mtp: bool) {
-        use ModuleClass as C;
-        let n = LayerNames::new(i);
-        let (d, h) = (m.hidden_size, m.num_attention_heads);
-        self.vector(n.input_layernorm(), d);
-        self.vector(n.post_attention_layernorm(), d);
-        self.linear(n.q_a_proj(), m.q_lora_rank, d, C::Attention, mtp);
-        self.vector(n.q_a_layernorm(), m.q_lora_rank);
-        self.linear(n.q_b_proj(), h * m.qk_head_dim(), m.q_lora_rank, C::Attention, mtp);
-        self.linear(n.kv_a_proj_with_mqa(), m.kv_lora_rank + m.qk_rope_head_dim, d, C::Attention, mtp);
-        self.vector(n.kv_a_layernorm(), m.kv_lora_rank);
-        self.linear(n.kv_b_proj(), h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank, C::Attention, mtp);
-        self.linear(n.o_proj(), d, h * m.v_head_dim, C::Attention, mtp);
-
-        if kind.indexer == IndexerType::Full {
-            self.linear(n.indexer_wq_b(), m.index_n_heads * m.index_head_dim, m.q_lora_rank, C::Indexer, mtp);
-            self.linear(n.indexer_wk(), m.index_head_dim, d, C::Indexer, mtp);
-            self.vector(n.indexer_k_norm_weight(), m.index_head_dim);
-            self.vector(n.indexer_k_norm_bias(), m.index_head_dim);
-            self.linear(n.indexer_weights_proj(), m.index_n_heads, d, C::Indexer, mtp);
-        }
-
-        match kind.mlp {
-            MlpKind::Dense => {
-                let w = m.intermediate_size;
-                for p in Proj::ALL {
-                    let (r, c) = if p == Proj::Down { (d, w) } else { (w, d) };
-                    self.linear(n.dense(p), r, c, C::DenseMlp, mtp);
-                }
-            }
-            MlpKind::Moe => {
-                let e = m.n_routed_experts;
-                self.linear(n.router(), e, d, C::Router, mtp);
-                self.vectors.push(Vector { name: n.router_bias(), len: e, f32_only: true });
-                let w = m.moe_intermediate_size;
-                for x in 0..e {
-                    for p in Proj::ALL {
-                        let (r, c) = if p == Proj::Down { (d, w) } else { (w, d) };
-                        self.linear(n.expert(x, p), r, c, C::RoutedExperts, mtp);
-                    }
-                }
-                let s = w * m.n_shared_experts;
-                if s > 0 {
-                    for p in Proj::ALL {
-                        let (r, c) = if p == Proj::Down { (d, s) } else { (s, d) };
-                        self.linear(n.shared_expert(p), r, c, C::SharedExperts, mtp);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The checkpoint tensors of a GLM-DSA model: the main stack, then the MTP layers, which
-/// follow it as `model.layers.{num_hidden_layers + j}`.
-pub fn tensor_names(m: &ModelShape) -> TensorNames {
-    let mut t = TensorNames::default();
-    let d = m.hidden_size;
-    t.linear(EMBED_TOKENS.into(), m.vocab_size, d, ModuleClass::EmbedTokens, false);
-    for (i, kind) in m.layers().into_iter().enumerate() {
-        t.layer(m, i as u64, kind, false);
-    }
-    t.vector(FINAL_NORM.into(), d);
-    if !m.tie_word_embeddings {
-        t.linear(LM_HEAD.into(), m.vocab_size, d, ModuleClass::LmHead, false);
-    }
-    for j in 0..m.num_nextn_predict_layers {
-        let i = m.num_hidden_layers + j;
-        let n = LayerNames::new(i);
-        t.vector(n.mtp_enorm(), d);
-        t.vector(n.mtp_hnorm(), d);
-        t.linear(n.mtp_eh_proj(), d, 2 * d, ModuleClass::EhProj, true);
-        t.vector(n.mtp_shared_head_norm(), d);
-        t.layer(m, i, m.mtp_layer(), true);
-    }
-    t
 }
 
 /// `{module}.weight` / `{module}.weight_scale`.

@@ -15,4 +15,4 @@ pub use config::{HfConfig, parse_hf_config, read_hf_config};
 pub use linear::{Linear, load_vector};
 pub use safetensors::Dtype;
 pub use source::WeightsSource;
-pub use verify::{WeightProblem, render_weight_problems, verify};
+pub use verify::verify;

@@ -7,7 +7,7 @@ use std::io::Read;
 
 use super::{Checkpoint, WeightsSource};
 use crate::error::{Error, Result};
-use crate::plan::{PinnedFile, WeightsPin};
+use crate::plan::{PinnedFile, Problem, WeightsPin};
 
 /// Bytes hashed per read; progress is reported after each.
 const CHUNK: usize = 16 << 20;
@@ -17,30 +17,8 @@ const SMALL_FILE: u64 = 64 << 20;
 const MAX_HEADER: u64 = 100_000_000;
 
 /// One way a model differs from its pin, naming the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PinProblem {
-    pub file: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for PinProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-pub fn render_pin_problems(problems: &[PinProblem]) -> String {
-    let mut s = format!("the weights differ from the plan's weights.pin ({} problem(s)):\n", problems.len());
-    for p in problems {
-        s.push_str("  - ");
-        s.push_str(&p.message);
-        s.push('\n');
-    }
-    s
-}
-
-fn problem(file: &str, message: String) -> PinProblem {
-    PinProblem { file: file.to_string(), message }
+fn problem(file: &str, message: String) -> Problem {
+    Problem::new(file, message)
 }
 
 /// blake3 of a file of the model, calling `progress` with the bytes read after each chunk.
@@ -111,7 +89,7 @@ pub fn make_pin(src: &WeightsSource, ckpt: &Checkpoint, progress: &mut dyn FnMut
 /// What start-up checks before loading: every pinned file there with its size, every shard
 /// header as pinned, nothing read that the pin does not cover, and the small files' contents.
 /// Shard contents are left to [`check_contents`].
-pub fn check_quick(pin: &WeightsPin, src: &WeightsSource, ckpt: &Checkpoint) -> Vec<PinProblem> {
+pub fn check_quick(pin: &WeightsPin, src: &WeightsSource, ckpt: &Checkpoint) -> Vec<Problem> {
     let mut problems = Vec::new();
     for f in &pin.files {
         match src.file_size(&f.name) {
@@ -155,7 +133,7 @@ pub fn check_contents(
     src: &WeightsSource,
     parallel: bool,
     progress: &mut dyn FnMut(u64),
-) -> Option<PinProblem> {
+) -> Option<Problem> {
     match hash_file(src, &f.name, parallel, progress) {
         Ok(got) if got == f.blake3 => None,
         Ok(got) => Some(problem(&f.name, format!("{}: contents have blake3 {got}, pinned {}", f.name, f.blake3))),

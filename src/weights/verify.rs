@@ -6,42 +6,20 @@ use std::collections::BTreeSet;
 
 use safetensors::Dtype;
 
-use super::glm::{scale_name, tensor_names, weight_name};
+use super::glm::{TensorTable, scale_name, weight_name};
 use super::{Checkpoint, StoredAs, parse_hf_config};
-use crate::plan::{Plan, WeightFormat};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WeightProblem {
-    /// The tensor (or `config.json` key) at fault.
-    pub tensor: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for WeightProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-pub fn render_weight_problems(problems: &[WeightProblem]) -> String {
-    let mut s = format!("{} problem(s) in the weights:\n", problems.len());
-    for p in problems {
-        s.push_str("  - ");
-        s.push_str(&p.message);
-        s.push('\n');
-    }
-    s
-}
+use crate::plan::{Plan, Problem, WeightFormat};
 
 struct Checker<'a> {
     ckpt: &'a Checkpoint,
     used: BTreeSet<String>,
-    problems: Vec<WeightProblem>,
+    problems: Vec<Problem>,
 }
 
 impl Checker<'_> {
     fn problem(&mut self, tensor: &str, message: String) {
-        self.problems.push(WeightProblem { tensor: tensor.to_string(), message });
+        // The tensor (or `config.json` key) at fault.
+        self.problems.push(Problem::new(tensor, message));
     }
 
     /// `name` must be `dtype` with `shape`.
@@ -72,14 +50,14 @@ fn dense_dtype(f: WeightFormat) -> Dtype {
     }
 }
 
-pub fn verify(plan: &Plan, ckpt: &Checkpoint) -> Vec<WeightProblem> {
+pub fn verify(plan: &Plan, ckpt: &Checkpoint) -> Vec<Problem> {
     let mut c = Checker { ckpt, used: BTreeSet::new(), problems: Vec::new() };
     // A config that describes another model explains every tensor problem after it.
     config_matches(plan, ckpt, &mut c);
     let quant = &plan.weights.quant;
-    let names = tensor_names(&plan.model);
+    let table = TensorTable::new(&plan.model);
 
-    for l in &names.linears {
+    for l in &table.linears() {
         let key = l.class.plan_key(l.mtp);
         let want = quant.format(l.class, l.mtp).unwrap_or(WeightFormat::Bf16);
         let (w, s) = (weight_name(&l.module), scale_name(&l.module));
@@ -122,7 +100,7 @@ pub fn verify(plan: &Plan, ckpt: &Checkpoint) -> Vec<WeightProblem> {
             (dense, _) => c.expect(&w, &[dense_dtype(dense)], &[l.rows, l.cols], &rule),
         }
     }
-    for v in &names.vectors {
+    for v in &table.vectors() {
         let dtypes: &[Dtype] = if v.f32_only { &[Dtype::F32] } else { &[Dtype::BF16, Dtype::F32, Dtype::F16] };
         c.expect(&v.name, dtypes, &[v.len], "the plan's model shape");
     }

@@ -75,6 +75,6 @@ pub fn assert_problem(problems: &[Problem], key: &str, needle: &str) {
     assert!(
         problems.iter().any(|p| p.key == key && p.message.contains(needle)),
         "expected a problem at {key} containing {needle:?}; got:\n{}",
-        plan::render_problems(problems)
+        plan::render_problems(plan::IN_PLAN, problems)
     );
 }
