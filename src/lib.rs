@@ -13,6 +13,7 @@
 //! - [`report`]: what `kiln plan` prints.
 //! - [`log`], [`signals`]: the event log on stderr; SIGTERM/SIGINT/SIGHUP for the server.
 
+pub mod app;
 pub mod backend;
 pub mod baked;
 pub mod bench;

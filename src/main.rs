@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use kiln::app::App;
 use kiln::baked;
 use kiln::bench::{self, BenchConfig};
 use kiln::deploy::{self, EXIT_WEIGHTS};
@@ -314,7 +315,7 @@ fn source(weights: Option<PathBuf>) -> WeightsSource {
 }
 
 fn open_model(weights: Option<PathBuf>) -> Result<Model> {
-    Model::load(baked::plan(), &source(weights).checkpoint()?)
+    App::model(baked::plan(), &source(weights))
 }
 
 /// Prompts for `kiln bench spec`: the starts of code the demo model was trained on.
@@ -330,24 +331,23 @@ const SPEC_PROMPTS: &[&str] = &[
 fn bench_spec(depths: &[usize], tokens: usize, weights: Option<PathBuf>) -> Result<ExitCode> {
     let plan = baked::plan();
     let src = source(weights);
-    let model = std::sync::Arc::new(Model::load(plan, &src.checkpoint()?)?);
-    if model.weights.mtp.is_empty() {
+    let app = App::open(plan, baked::PLAN_TEXT, &src)?;
+    if app.model.weights.mtp.is_empty() {
         return Err(Error::Usage("the model has no MTP layer to draft with".into()));
     }
-    let tok = kiln::tokenizer::Tokenizer::from_files(&src.tokenizer_files()?)?;
-    let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| tok.encode(p, false)).collect::<Result<_>>()?;
-    let page_size = plan.kv_cache.page_size as usize;
+    let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| app.tokenizer.encode(p, false)).collect::<Result<_>>()?;
+    let page_size = app.engine.page_size;
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64;
     let base = kiln::engine::EngineConfig {
         max_running: 1,
         max_queued: 1,
         request_timeout: std::time::Duration::from_secs(3600),
-        prefill_chunk_tokens: plan.server.prefill_chunk_tokens as usize,
-        kv_format: kiln::kv::KvFormat::from(plan.kv_cache.dtype),
-        page_size,
-        kv_pages: (prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64).div_ceil(page_size) * 2,
+        kv_pages: longest.div_ceil(page_size) * 2,
         prefix_cache: false,
         spec_depth: 0,
+        ..app.engine.clone()
     };
+    let model = std::sync::Arc::new(app.model);
     eprintln!(
         "kiln bench spec: {} prompts x {tokens} tokens, greedy, single stream, {}",
         prompts.len(),

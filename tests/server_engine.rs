@@ -10,12 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::serve::*;
-use kiln::model::Model;
+use kiln::app::App;
 use kiln::plan::{Plan, Target};
 use kiln::plan_init::{InitOptions, init_from_hf};
-use kiln::server::{self, Manifest, Running};
-use kiln::tokenizer::Tokenizer;
-use kiln::weights::Checkpoint;
+use kiln::server::{self, Running};
 use serde_json::json;
 
 fn serve(edit: impl FnOnce(&mut Plan), stale: Duration) -> Running {
@@ -23,16 +21,8 @@ fn serve(edit: impl FnOnce(&mut Plan), stale: Duration) -> Running {
     let opts = InitOptions { target: Target::Cpu, arch: None, tp: None, dp: None };
     let mut plan = init_from_hf(&dir, &opts).unwrap().plan;
     edit(&mut plan);
-    let ckpt = Checkpoint::open(&dir).unwrap();
-    let model = Model::load(&plan, &ckpt).unwrap();
-    let manifest = Manifest {
-        plan_text: toml::to_string(&plan).unwrap(),
-        plan_hash: "test".into(),
-        weights_path: dir.display().to_string(),
-        weights_id: ckpt.header_digest(),
-        weights_tensors: ckpt.len(),
-    };
-    let (mut ctx, _engine) = server::context(&plan, model, Tokenizer::from_dir(&dir).unwrap(), manifest);
+    let source = kiln::weights::WeightsSource::Dir(dir.clone());
+    let (mut ctx, _engine) = App::open(&plan, &toml::to_string(&plan).unwrap(), &source).unwrap().start();
     Arc::get_mut(&mut ctx).unwrap().health_stale_after = stale;
     server::start(ctx, "127.0.0.1:0").unwrap()
 }

@@ -2,7 +2,9 @@
 //! `kiln verify [--full]` and `kiln plan pin`.
 
 mod foreground;
+pub mod lifecycle;
 mod pin;
+mod pin_watch;
 mod serve;
 mod verify;
 

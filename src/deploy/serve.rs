@@ -7,9 +7,12 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use super::EXIT_WEIGHTS;
+use super::lifecycle::{Ended, Stop, serve_until_stopped};
+use super::pin_watch;
+use crate::app::App;
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Target};
-use crate::server::{Ended, Stop, launch, serve_until_stopped};
+use crate::server;
 use crate::signals::Signal;
 use crate::weights::WeightsSource;
 use crate::{baked, log, signals};
@@ -59,7 +62,11 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
             ));
         }
     }
-    let (running, _engine) = launch(plan, baked::PLAN_TEXT, &src, &bind, stop_tx)?;
+    let (context, _engine) = App::open(plan, baked::PLAN_TEXT, &src)?.start();
+    let running = server::start(context, &bind)?;
+    if let Some(pin) = &plan.weights.pin {
+        pin_watch::spawn(pin.clone(), src.clone(), running.context.metrics.clone(), stop_tx)?;
+    }
     serving.store(true, Ordering::Release);
     log::info("serving", format!("serving {} from {} on http://{}", plan.appliance.name, src.describe(), running.addr))
         .field("addr", running.addr.to_string())

@@ -3,9 +3,9 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::Running;
 use crate::log;
 use crate::plan::{IN_PIN, Problem, render_problems};
+use crate::server::Running;
 use crate::signals::Signal;
 
 /// Why serving should end.

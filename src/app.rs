@@ -1,0 +1,133 @@
+//! The application wired in one place: from the baked plan and a weights source, the checked
+//! checkpoint (the pin's quick check, then every tensor against the plan), the model on its
+//! backend, the tokenizer (checked against the model's vocabulary), the engine's
+//! configuration and the server's limits. `kiln serve`, the benches and the CLI all start
+//! here, so each opens the same things the same way.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::engine::{self, EngineConfig};
+use crate::error::{Error, Result};
+use crate::kv::KvFormat;
+use crate::log;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::plan::{Plan, SpecMethod, memory_report};
+use crate::server::{Limits, ServerConfig, ServerContext};
+use crate::tokenizer::Tokenizer;
+use crate::weights::pin::check_quick;
+use crate::weights::{Checkpoint, WeightsSource};
+
+pub struct App {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub engine: EngineConfig,
+    pub server: ServerConfig,
+}
+
+impl App {
+    /// Everything `kiln serve` needs from `source`, checked against `plan` (whose text
+    /// `plan_text` is, for /v1/plan) before anything runs.
+    pub fn open(plan: &Plan, plan_text: &str, source: &WeightsSource) -> Result<App> {
+        let ckpt = checked_checkpoint(plan, source)?;
+        let model = Model::load(plan, &ckpt)?;
+        let tokenizer = Tokenizer::from_files(&source.tokenizer_files()?)?;
+        if tokenizer.vocab_size() > model.vocab_size() {
+            return Err(Error::Config {
+                path: Path::new(&source.describe()).join("tokenizer.json"),
+                message: format!(
+                    "the tokenizer has {} tokens but the model's vocabulary is {}",
+                    tokenizer.vocab_size(),
+                    model.vocab_size()
+                ),
+            });
+        }
+        let engine = engine_config(plan);
+        let server = server_config(plan, plan_text, source, &ckpt, &model, &engine);
+        Ok(App { model, tokenizer, engine, server })
+    }
+
+    /// The model alone (the CLI's logits and generate), after the same checks.
+    pub fn model(plan: &Plan, source: &WeightsSource) -> Result<Model> {
+        Model::load(plan, &checked_checkpoint(plan, source)?)
+    }
+
+    /// Starts the engine thread; returns the request context the HTTP server runs on.
+    pub fn start(self) -> (Arc<ServerContext>, JoinHandle<()>) {
+        let metrics = Arc::new(Metrics::default());
+        let (engine, join) = engine::spawn(Arc::new(self.model), self.engine, metrics.clone());
+        (ServerContext::new(self.tokenizer, engine, metrics, self.server), join)
+    }
+}
+
+/// The checkpoint, after the plan's pin (sizes, shard headers, small files) when it has one.
+fn checked_checkpoint(plan: &Plan, source: &WeightsSource) -> Result<Checkpoint> {
+    let ckpt = source.checkpoint()?;
+    if let Some(pin) = &plan.weights.pin {
+        let problems = check_quick(pin, source, &ckpt);
+        if !problems.is_empty() {
+            return Err(Error::Pin(problems));
+        }
+        log::info("pin_quick", format!("weights pin: {} file sizes and shard headers match", pin.files.len())).emit();
+    }
+    Ok(ckpt)
+}
+
+/// Limits and KV sizing for the engine, from the plan.
+pub fn engine_config(plan: &Plan) -> EngineConfig {
+    let s = &plan.server;
+    let page_size = plan.kv_cache.page_size as usize;
+    EngineConfig {
+        max_running: s.max_running_requests as usize,
+        max_queued: s.max_queued_requests as usize,
+        request_timeout: Duration::from_secs(s.request_timeout_s),
+        prefill_chunk_tokens: s.prefill_chunk_tokens as usize,
+        kv_format: KvFormat::from(plan.kv_cache.dtype),
+        page_size,
+        kv_pages: memory_report(plan).kv_tokens_per_device as usize / page_size,
+        prefix_cache: plan.kv_cache.prefix_cache,
+        spec_depth: match plan.speculative.method {
+            SpecMethod::Mtp => plan.speculative.depth as usize,
+            SpecMethod::None => 0,
+        },
+    }
+}
+
+fn server_config(
+    plan: &Plan,
+    plan_text: &str,
+    source: &WeightsSource,
+    ckpt: &Checkpoint,
+    model: &Model,
+    engine: &EngineConfig,
+) -> ServerConfig {
+    let s = &plan.server;
+    let kernels = toml::to_string(&plan.kernels).unwrap_or_default();
+    // What /v1/plan shows: the plan text and what this process is serving.
+    let plan_info = serde_json::json!({
+        "kiln_version": env!("CARGO_PKG_VERSION"),
+        "name": plan.appliance.name,
+        "target": plan.appliance.target.as_str(),
+        "arch": plan.appliance.arch,
+        "plan_hash": blake3::hash(plan_text.as_bytes()).to_hex().to_string(),
+        "kernel_map_hash": blake3::hash(kernels.as_bytes()).to_hex().to_string(),
+        "weights": {"path": source.describe(), "id": ckpt.header_digest(), "tensors": ckpt.len()},
+        "plan": plan_text,
+    });
+    ServerConfig {
+        limits: Limits {
+            model_name: plan.appliance.name.clone(),
+            max_prompt_tokens: s.max_prompt_tokens as usize,
+            max_output_tokens: s.max_output_tokens as usize,
+            context: model.shape.max_position_embeddings as usize,
+            vocab: model.vocab_size(),
+        },
+        request_timeout: engine.request_timeout,
+        body_limit: (s.max_prompt_tokens as usize * 32).max(1 << 20),
+        max_handlers: engine.max_running + engine.max_queued + 64,
+        plan_info,
+    }
+}
