@@ -3,7 +3,9 @@
 // Every kernel source includes only this header. It provides the runtime header, the
 // wave/warp width as a compile-time constant (warpSize is not constexpr since ROCm 7), cross-lane
 // shuffles with the right mask width, and decoders for the stored formats (bf16, fp8 e4m3,
-// E2M1 + E8M0) on raw bytes, so no vendor-specific bf16/fp8 type appears in a kernel.
+// E2M1 + E8M0) on raw bytes, so no vendor-specific bf16/fp8 type appears in a kernel. Three
+// platforms: AMD HIP (hipcc / clang), the emulated HIP device (HIP-CPU, g++), CUDA (nvcc).
+// Host code lives in Rust (src/device), which launches every kernel by its extern "C" name.
 #pragma once
 
 #include <stdint.h>
@@ -49,50 +51,7 @@ __device__ inline int kiln_shfl_xor_int(int v, int lane_mask) { return __shfl_xo
 __device__ inline float kiln_shfl_xor(float v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask, KILN_WAVE); }
 __device__ inline int kiln_shfl_xor_int(int v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask, KILN_WAVE); }
 #else
-#error "kiln kernels build with hipcc/clang (HIP) or nvcc (CUDA)"
-#endif
-
-// ---- host API (the harness; kernels built with --genco ignore these) ---------------------
-#if KILN_HIP
-#define kilnMalloc hipMalloc
-#define kilnFree hipFree
-#define kilnMemcpy hipMemcpy
-#define kilnMemcpyHostToDevice hipMemcpyHostToDevice
-#define kilnMemcpyDeviceToHost hipMemcpyDeviceToHost
-#define kilnMemcpyDeviceToDevice hipMemcpyDeviceToDevice
-#define kilnEvent_t hipEvent_t
-#define kilnEventCreate hipEventCreate
-#define kilnEventRecord hipEventRecord
-#define kilnEventSynchronize hipEventSynchronize
-#define kilnEventElapsedTime hipEventElapsedTime
-#define kilnDeviceSynchronize hipDeviceSynchronize
-#define kilnGetLastError hipGetLastError
-#define kilnGetErrorString hipGetErrorString
-#define kilnSuccess hipSuccess
-#define kilnError_t hipError_t
-#define kilnGetDeviceCount hipGetDeviceCount
-#define kilnGetDeviceProperties hipGetDeviceProperties
-#define kilnDeviceProp hipDeviceProp_t
-#else
-#define kilnMalloc cudaMalloc
-#define kilnFree cudaFree
-#define kilnMemcpy cudaMemcpy
-#define kilnMemcpyHostToDevice cudaMemcpyHostToDevice
-#define kilnMemcpyDeviceToHost cudaMemcpyDeviceToHost
-#define kilnMemcpyDeviceToDevice cudaMemcpyDeviceToDevice
-#define kilnEvent_t cudaEvent_t
-#define kilnEventCreate cudaEventCreate
-#define kilnEventRecord cudaEventRecord
-#define kilnEventSynchronize cudaEventSynchronize
-#define kilnEventElapsedTime cudaEventElapsedTime
-#define kilnDeviceSynchronize cudaDeviceSynchronize
-#define kilnGetLastError cudaGetLastError
-#define kilnGetErrorString cudaGetErrorString
-#define kilnSuccess cudaSuccess
-#define kilnError_t cudaError_t
-#define kilnGetDeviceCount cudaGetDeviceCount
-#define kilnGetDeviceProperties cudaGetDeviceProperties
-#define kilnDeviceProp cudaDeviceProp
+#error "kiln kernels build with hipcc/clang (HIP), nvcc (CUDA), or g++ after HIP-CPU's hip_runtime.h (emulated)"
 #endif
 
 #define KILN_EXPORT extern "C" __global__

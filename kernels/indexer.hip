@@ -1,5 +1,5 @@
 // The DSA lightning indexer: scores of each query against every visible cached key, then
-// the top-k keys. CPU twin: model::indexer::select.
+// the top-k keys. CPU twin: backend::cpu::score_slots then top_k; declared in src/ops/indexer.rs.
 #include "compat.h"
 
 #define KILN_IDX_MAX_Q 8192  // heads x dims of one query

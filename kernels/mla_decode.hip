@@ -1,6 +1,6 @@
 // Absorbed MLA attention over a paged KV pool, for decode (one query per sequence per
-// step) and verification steps. CPU twin: model::mla::attend (AttentionForm::Absorbed)
-// after q_nope is folded through kv_b's key half.
+// step) and verification steps. CPU twin: backend::cpu::latent_attention per head (declared in
+// src/ops/mla_decode.rs), after q_nope is folded through kv_b's key half.
 //
 //   q_abs  [T, H, R] f32    q_nope @ W_UK per head (R = kv_lora_rank)
 //   q_rope [T, H, DR] f32   roped

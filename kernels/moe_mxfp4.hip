@@ -1,5 +1,6 @@
 // Routed experts in AMD Quark MXFP4 times f32 activations, grouped by expert.
-// CPU twin: backend::cpu::matmul over weights::Linear (MXFP4 storage), per expert.
+// CPU twin: backend::cpu::matmul over weights::Linear (MXFP4 storage), per expert; declared in
+// src/ops/moe_mxfp4.rs.
 //
 // Layout (all experts of a layer contiguous, as the weight packer writes them):
 //   codes  [E, N, K/2] u8   two E2M1 codes per byte, low nibble = even element

@@ -1,5 +1,5 @@
 // The MoE router: fp32 logits, sigmoid, correction bias used only to choose, group-limited
-// top-k, renormalized and scaled weights. CPU twin: model::moe::route.
+// top-k, renormalized and scaled weights. CPU twin: backend::cpu::route (src/ops/router.rs).
 #include "compat.h"
 
 #define KILN_ROUTER_MAX_EXPERTS 1024

@@ -1,5 +1,6 @@
 // Choosing next tokens on the device: greedy, and temperature + top-p with a given uniform
-// draw (the host keeps the seeded random stream). CPU twin: sample::Sampler.
+// draw (the host keeps the seeded random stream). CPU twin: sample::argmax and
+// sample::Sampler::distribution walked by sample::draw_at (src/ops/sample.rs).
 #include "compat.h"
 
 // logits [T, V] -> out [T]: the highest logit, lowest index among equals. Grid: T; block: 256.

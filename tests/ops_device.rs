@@ -98,3 +98,48 @@ fn a_planted_off_by_one_fails_the_check() {
     assert!(failed.iter().all(|r| r.family == "mla.decode.bf16"), "{}", table(&rows));
     assert!(rows.iter().any(|r| r.family == "rmsnorm" && r.passed()));
 }
+
+/// The AMD GPU's arch (e.g. gfx942) when this machine has one the ROCm runtime sees.
+fn amd_gpu_arch() -> Option<String> {
+    if !Path::new("/dev/kfd").exists() {
+        return None;
+    }
+    let out = std::process::Command::new("rocm_agent_enumerator").output().ok()?;
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("gfx") && *l != "gfx000")
+        .map(String::from)
+}
+
+#[test]
+fn every_op_matches_the_cpu_on_an_amd_gpu_when_present() {
+    let Some(arch) = amd_gpu_arch() else {
+        eprintln!("SKIPPED: no AMD GPU here (/dev/kfd and rocm_agent_enumerator)");
+        return;
+    };
+    // The demo model's HIP plan for this GPU, once per KV format, every kernel of its map
+    // checked by `kiln ops check` in a binary built with the ROCm runtime.
+    for kv in ["bf16", "fp8_e4m3"] {
+        let text = common::edited(
+            "plan/tiny-hip-gfx90a.toml",
+            &[
+                ("appliance.arch", common::string(&arch)),
+                ("kv_cache.dtype", common::string(kv)),
+                ("weights.embed", Some(toml::Value::Boolean(false))),
+                ("kernels.entries", None),
+            ],
+        );
+        let mut plan = kiln::plan::parse(&text).unwrap();
+        plan.kernels.entries = kiln::plan::default_entries(&plan);
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gpu-{arch}-{kv}.toml"));
+        std::fs::write(&path, toml::to_string(&plan).unwrap()).unwrap();
+        let bin =
+            common::plan_build::build_kiln(&path, &format!("gpu-{kv}"), &["hip"]).unwrap_or_else(|e| panic!("{e}"));
+        let out = std::process::Command::new(bin).args(["ops", "check"]).output().unwrap();
+        let table = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{arch}, {kv} KV:\n{table}");
+        assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -40,7 +40,10 @@ impl HipDevice {
         // SAFETY: plain HIP runtime calls with valid out-pointers; code object bytes are
         // 'static and outlive the modules.
         unsafe {
-            check(hip::hipInit(0), "hipInit")?;
+            check(hip::hipInit(0), "hipInit").map_err(|e| Error::Device {
+                device: "HIP".into(),
+                message: format!("no AMD GPU is usable by the ROCm runtime ({e})"),
+            })?;
             let mut count = 0;
             check(hip::hipGetDeviceCount(&mut count), "hipGetDeviceCount")?;
             if count == 0 {

@@ -92,6 +92,7 @@ pub fn compare(want: &Output, got: &Output, tolerance: f64) -> Result<f64, (f64,
         }
         (Output::Indices(a), Output::Indices(b)) => rows_equal(a, b, false).map(|_| 0.0),
         (Output::IndexSets(a), Output::IndexSets(b)) => rows_equal(a, b, true).map(|_| 0.0),
+        (Output::Draws { p, u }, Output::Indices(b)) => draws_fit(p, u, b, tolerance),
         (Output::Many(a), Output::Many(b)) if a.len() == b.len() => {
             let mut worst = 0.0f64;
             for (x, y) in a.iter().zip(b) {
@@ -101,6 +102,42 @@ pub fn compare(want: &Output, got: &Output, tolerance: f64) -> Result<f64, (f64,
         }
         _ => Err((f64::NAN, "the output has another form than the reference's".into())),
     }
+}
+
+/// How far each drawn token's slice of the cumulative mass is from its variate.
+fn draws_fit(p: &[Vec<f32>], u: &[f32], got: &[Vec<i32>], tolerance: f64) -> Result<f64, (f64, String)> {
+    if got.len() != p.len() {
+        return Err((0.0, format!("{} rows, expected {}", got.len(), p.len())));
+    }
+    let mut worst = 0.0f64;
+    for (i, ((p, &u), row)) in p.iter().zip(u).zip(got).enumerate() {
+        let t = row.first().copied().unwrap_or(-1);
+        let Some(&pt) = usize::try_from(t).ok().and_then(|t| p.get(t)) else {
+            return Err((f64::INFINITY, format!("row {i}: token {t} is outside the vocabulary")));
+        };
+        if pt <= 0.0 {
+            return Err((f64::INFINITY, format!("row {i}: token {t} has probability 0")));
+        }
+        let total: f64 = p.iter().map(|&x| f64::from(x)).sum();
+        let below: f64 = p[..t as usize].iter().map(|&x| f64::from(x)).sum::<f64>() / total;
+        let (lo, hi) = (below, below + f64::from(pt) / total);
+        let target = f64::from(u);
+        let off = if target < lo {
+            lo - target
+        } else if target > hi {
+            target - hi
+        } else {
+            0.0
+        };
+        worst = worst.max(off);
+        if off > tolerance {
+            return Err((
+                off,
+                format!("row {i}: token {t} covers [{lo:.6}, {hi:.6}) of the mass but the draw was at {target:.6}"),
+            ));
+        }
+    }
+    Ok(worst)
 }
 
 fn rows_equal(a: &[Vec<i32>], b: &[Vec<i32>], as_sets: bool) -> Result<(), (f64, String)> {

@@ -31,6 +31,8 @@ fn checks(v: &'static KernelVariant) -> Vec<Case> {
     vec![
         case(v, Geometry { heads: 3, dim: 32, page: 16, topk: 10, lens: vec![40, 7] }),
         case(v, Geometry { heads: 5, dim: 20, page: 8, topk: 16, lens: vec![300, 16, 17] }),
+        // GLM-5.2: 32 heads x 128, top-2048 of 5000 keys.
+        case(v, Geometry { heads: 32, dim: 128, page: 64, topk: 2048, lens: vec![5000] }),
     ]
 }
 

@@ -38,6 +38,8 @@ fn checks(v: &'static KernelVariant) -> Vec<Case> {
         case(v, Geometry { heads: 3, r: 64, dr: 16, page: 16, topk: Some(20), lens: vec![37, 5, 50] }),
         case(v, Geometry { heads: 5, r: 96, dr: 8, page: 8, topk: None, lens: vec![33, 1] }),
         case(v, Geometry { heads: 2, r: 132, dr: 6, page: 4, topk: Some(7), lens: vec![300] }),
+        // GLM-5.2 per rank at TP8: 8 heads, latent 512 + rope 64, top-2048 of a longer context.
+        case(v, Geometry { heads: 8, r: 512, dr: 64, page: 64, topk: Some(2048), lens: vec![3000] }),
     ]
 }
 

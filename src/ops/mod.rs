@@ -37,6 +37,14 @@ pub enum Output {
     Indices(Vec<Vec<i32>>),
     /// Rows of indices whose order carries no meaning (compared sorted).
     IndexSets(Vec<Vec<i32>>),
+    /// Tokens drawn at uniform variates `u` from distributions `p` (one row each), as the CPU
+    /// reference knows them: a device's draw passes when `u` falls in its token's slice of the
+    /// cumulative mass, give or take the tolerance (sums over a whole vocabulary in another
+    /// order move the slices' edges).
+    Draws {
+        p: Vec<Vec<f32>>,
+        u: Vec<f32>,
+    },
     /// Several outputs of one launch sequence.
     Many(Vec<Output>),
 }

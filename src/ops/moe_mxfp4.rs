@@ -39,6 +39,9 @@ fn checks(v: &'static KernelVariant) -> Vec<Case> {
         let tokens = if decode { vec![1, 1] } else { vec![40, 64] };
         out.push(case(v, Geometry { n: 130, k: 64, per_expert: tokens, act_quant }));
     }
+    // GLM-5.2's gate/up projection per rank at TP8 (W4A4, as amd/GLM-5.2-MXFP4 runs it).
+    let tokens = if decode { vec![1, 2] } else { vec![33, 1] };
+    out.push(case(v, Geometry { n: 256, k: 6144, per_expert: tokens, act_quant: true }));
     out
 }
 

@@ -9,10 +9,12 @@ use crate::plan::{KernelVariant, OpShape};
 pub static DECL: OpDecl = OpDecl { family: "rmsnorm", tolerance: 1e-5, checks, at };
 
 const EPS: f32 = 1e-5;
+/// GLM-5.2's hidden width.
+const GLM_HIDDEN: usize = 6144;
 const BLOCK: u32 = 256;
 
 fn checks(v: &'static KernelVariant) -> Vec<Case> {
-    vec![case(v, 37, 3), case(v, 520, 2), case(v, 2048, 1)]
+    vec![case(v, 37, 3), case(v, 520, 2), case(v, GLM_HIDDEN, 2)]
 }
 
 fn at(v: &'static KernelVariant, shape: &OpShape, tokens: usize) -> Case {

@@ -15,7 +15,9 @@ const SCALING: f32 = 2.5;
 fn checks(v: &'static KernelVariant) -> Vec<Case> {
     let plain = RouterConfig { experts: 16, top_k: 2, groups: 1, keep_groups: 1, normalize: true, scaling: SCALING };
     let grouped = RouterConfig { experts: 24, top_k: 5, groups: 4, keep_groups: 2, normalize: false, scaling: 1.0 };
-    vec![case(v, plain, 40, 3), case(v, grouped, 33, 2)]
+    // GLM-5.2's router: 256 experts, top-8, over the hidden width.
+    let glm = RouterConfig { experts: 256, top_k: 8, groups: 1, keep_groups: 1, normalize: true, scaling: SCALING };
+    vec![case(v, plain, 40, 3), case(v, grouped, 33, 2), case(v, glm, 6144, 2)]
 }
 
 fn at(v: &'static KernelVariant, shape: &OpShape, tokens: usize) -> Case {
