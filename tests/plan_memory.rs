@@ -1,5 +1,5 @@
 //! The planner's GLM-5.2 figures against an independent calculation written from the
-//! checkpoint's tensor shapes (reference/glm-dsa-spec.md section 2), and the inventory
+//! checkpoint's tensor shapes (the GLM-DSA spec, section 2), and the inventory
 //! against the tensor-name list.
 
 mod common;
@@ -105,7 +105,7 @@ fn glm52_headline_numbers() {
 
 #[test]
 fn glm52_experts_are_the_published_size() {
-    // reference/gpu-kernels.md section 3: 75 MoE layers x 257 experts (256 routed + shared)
+    // 75 MoE layers x 257 experts (256 routed + shared)
     // x 20.05 MB in MXFP4 = 386.5 GB, the ~384 GB people quote for the MXFP4 experts.
     let plan = plan::check(&read_plan_text(GLM_TP8)).unwrap();
     let experts: f64 = weight_inventory(&plan)

@@ -1,4 +1,4 @@
-"""A compact, trainable GLM-MoE-DSA in PyTorch, written from reference/glm-dsa-spec.md.
+"""A compact, trainable GLM-MoE-DSA in PyTorch, written from the GLM-DSA spec.
 
 Same math and parameter names as HF transformers' GlmMoeDsaForCausalLM (interleaved RoPE,
 MLA with eps-1e-6 latent norms, the DSA lightning indexer with IndexShare, a sigmoid router

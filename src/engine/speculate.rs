@@ -1,4 +1,4 @@
-//! MTP drafting for speculative decoding (reference/glm-dsa-spec.md 3.11).
+//! MTP drafting for speculative decoding (the GLM-DSA spec's section 3.11).
 //!
 //! The MTP layer's KV lives in the same pages as the main layers' (one more pool layer), so
 //! it shares page tables, the prefix cache and rollback. After each forward the MTP layer

@@ -51,7 +51,7 @@ pub const HIP_ARCHES: &[&str] = &["gfx90a", "gfx940", "gfx942", "gfx950"];
 
 impl Device {
     /// The node a GPU ISA usually ships in, for `kiln plan init` defaults. Figures are the
-    /// vendors' datasheet values (reference/gpu-kernels.md section 3).
+    /// vendors' datasheet values.
     pub fn known(target: Target, arch: Option<&str>) -> Option<Device> {
         let (name, count, memory_gb, bandwidth_gb_s) = match (target, arch?) {
             (Target::Hip, "gfx950") => ("AMD Instinct MI355X", 8, 288.0, 8000.0),

@@ -1,7 +1,7 @@
 //! The tuned kernel map: which kernel variant serves each (op, shape, token bucket), and the
 //! registry of variants this build has. build.rs derives the (op, shape, bucket) set the plan's
 //! model, layout and limits need; a miss, a duplicate, an unknown kernel, a shape or an arch
-//! the kernel was not made for is a build error (reference/gpu-kernels.md section 1.7).
+//! the kernel was not made for is a build error.
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Every shape of a `GlmMoeDsaForCausalLM` (reference/glm-dsa-spec.md section 1).
+/// Every shape of a `GlmMoeDsaForCausalLM` (the GLM-DSA spec's section 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelShape {

@@ -1,7 +1,7 @@
 //! HF `config.json` of a GLM-DSA model, read into the plan's model shape.
 //!
 //! Keys absent from the file take HF transformers 5.24's `GlmMoeDsaConfig` defaults, as HF
-//! itself would (reference/glm-dsa-spec.md section 1.1). `head_dim` is never read: GLM-5.2's
+//! itself would (the GLM-DSA spec, section 1.1). `head_dim` is never read: GLM-5.2's
 //! file says 192 and HF overwrites it; kiln uses the nope/rope/v dims.
 
 use std::path::{Path, PathBuf};

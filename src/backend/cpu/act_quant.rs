@@ -1,4 +1,4 @@
-//! Dynamic MXFP4 activation quantization (the A4 of Quark's W4A4), reference/glm-dsa-spec.md
+//! Dynamic MXFP4 activation quantization (the A4 of Quark's W4A4), the GLM-DSA spec's
 //! section 6.5: per row, per group of 32 along K, a power-of-two scale from the group's amax
 //! ("even" rounding of amax), then each element rounded to E2M1 and saturated at +-6.
 
