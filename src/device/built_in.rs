@@ -28,3 +28,8 @@ pub fn built_in() -> Result<Arc<dyn Device>> {
         crate::baked::CODE_OBJECTS.len()
     )))
 }
+
+#[cfg(all(feature = "emulated-hip", target_feature = "crt-static"))]
+compile_error!(
+    "--features emulated-hip loads a shared library, which a statically linked binary cannot: build it without crt-static"
+);
