@@ -16,7 +16,7 @@ use crate::log;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::plan::{Plan, SpecMethod, memory_report};
-use crate::server::{Limits, ServerConfig, ServerContext};
+use crate::server::{Limits, ServerConfig, ServerContext, Token, Transport};
 use crate::tokenizer::Tokenizer;
 use crate::weights::pin::check_quick;
 use crate::weights::{Checkpoint, WeightsSource};
@@ -46,7 +46,8 @@ impl App {
             });
         }
         let engine = engine_config(plan);
-        let server = server_config(plan, plan_text, source, &ckpt, &model, &engine);
+        let mut server = server_config(plan, plan_text, &ckpt, &model, &engine);
+        server.token = api_token(plan)?;
         Ok(App { model, tokenizer, engine, server })
     }
 
@@ -96,16 +97,48 @@ pub fn engine_config(plan: &Plan) -> EngineConfig {
     }
 }
 
+/// The API token, from where `server.auth` says; None without auth.
+fn api_token(plan: &Plan) -> Result<Option<Token>> {
+    let Some(auth) = &plan.server.auth else { return Ok(None) };
+    let (raw, from) = match (&auth.token_env, &auth.token_file) {
+        (Some(var), _) => (std::env::var(var).unwrap_or_default(), format!("server.auth.token_env = {var}")),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            (text, format!("server.auth.token_file = {path}"))
+        }
+        (None, None) => return Ok(None),
+    };
+    Token::new(&raw).map(Some).ok_or_else(|| Error::Usage(format!("{from}: no API token there (unset or empty)")))
+}
+
+fn transport(s: &crate::plan::Server) -> Transport {
+    Transport {
+        max_connections: s.max_connections as usize,
+        max_header_bytes: s.max_header_bytes as usize,
+        max_headers: s.max_headers as usize,
+        header_timeout: Duration::from_secs(s.header_timeout_s),
+        body_timeout: Duration::from_secs(s.body_timeout_s),
+        idle_timeout: Duration::from_secs(s.idle_timeout_s),
+        write_timeout: Duration::from_secs(s.write_timeout_s),
+    }
+}
+
 fn server_config(
     plan: &Plan,
     plan_text: &str,
-    source: &WeightsSource,
     ckpt: &Checkpoint,
     model: &Model,
     engine: &EngineConfig,
 ) -> ServerConfig {
     let s = &plan.server;
     let kernels = toml::to_string(&plan.kernels).unwrap_or_default();
+    // The weights by identity, never by where they sit on the host: the pin's digest of
+    // every tensor header when the plan has one, and the same digest taken now.
+    let weights = serde_json::json!({
+        "pinned": plan.weights.pin.as_ref().map(|p| p.headers.clone()),
+        "id": ckpt.header_digest(),
+        "tensors": ckpt.len(),
+    });
     // What /v1/plan shows: the plan text and what this process is serving.
     let plan_info = serde_json::json!({
         "kiln_version": env!("CARGO_PKG_VERSION"),
@@ -114,7 +147,7 @@ fn server_config(
         "arch": plan.appliance.arch,
         "plan_hash": blake3::hash(plan_text.as_bytes()).to_hex().to_string(),
         "kernel_map_hash": blake3::hash(kernels.as_bytes()).to_hex().to_string(),
-        "weights": {"path": source.describe(), "id": ckpt.header_digest(), "tensors": ckpt.len()},
+        "weights": weights,
         "plan": plan_text,
     });
     ServerConfig {
@@ -125,6 +158,8 @@ fn server_config(
             context: model.shape.max_position_embeddings as usize,
             vocab: model.vocab_size(),
         },
+        transport: transport(s),
+        token: None,
         request_timeout: engine.request_timeout,
         body_limit: (s.max_prompt_tokens as usize * 32).max(1 << 20),
         max_handlers: engine.max_running + engine.max_queued + 64,

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::plan::{
     ActivationQuant, Appliance, Device, KernelMap, KvCache, KvDtype, ModuleClass, MtpQuantRules, Parallel, Plan,
-    QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights, default_entries,
+    QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights, default_entries, transport_defaults,
 };
 use crate::weights::glm::TensorTable;
 use crate::weights::{Checkpoint, StoredAs, read_hf_config};
@@ -128,6 +128,14 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
             prefill_chunk_tokens: if gpu { 8192 } else { 256 },
             request_timeout_s: 600,
             drain_timeout_s: 60,
+            max_connections: transport_defaults::MAX_CONNECTIONS,
+            max_header_bytes: transport_defaults::MAX_HEADER_BYTES,
+            max_headers: transport_defaults::MAX_HEADERS,
+            header_timeout_s: transport_defaults::HEADER_TIMEOUT_S,
+            body_timeout_s: transport_defaults::BODY_TIMEOUT_S,
+            idle_timeout_s: transport_defaults::IDLE_TIMEOUT_S,
+            write_timeout_s: transport_defaults::WRITE_TIMEOUT_S,
+            auth: None,
         },
         kernels: KernelMap::default(),
     };

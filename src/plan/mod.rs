@@ -27,7 +27,7 @@ pub use memory::{ClassBytes, FP8_SCALE_GROUP, KvLayout, MemoryReport, kv_layout,
 pub use model::{IndexerType, LayerKind, MlpKind, ModelShape};
 pub use pin::{PinnedFile, WeightsPin, is_digest};
 pub use quant::{ActivationQuant, ModuleClass, MtpQuantRules, QuantRules, WeightFormat, Weights};
-pub use serving::{KvCache, KvDtype, Parallel, Server, SpecMethod, Speculative};
+pub use serving::{Auth, KvCache, KvDtype, Parallel, Server, SpecMethod, Speculative, transport_defaults};
 
 /// One deployment, exactly as written in plan/NAME.toml.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -79,6 +79,76 @@ pub struct Server {
     /// On SIGTERM, how long requests in flight may run to completion before the process
     /// exits anyway (new requests are refused from the signal on).
     pub drain_timeout_s: u64,
+    /// Connections served at once. Beyond it a connection may ask /health or /metrics once
+    /// (a few such at a time), everything else gets 503 and the connection is closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Request line and headers together, in bytes (431 beyond; 8192 to 1048576).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
+    /// Header lines per request (431 beyond).
+    #[serde(default = "default_max_headers")]
+    pub max_headers: u32,
+    /// From a request's first byte to the end of its headers; the connection is closed after.
+    #[serde(default = "default_header_timeout_s")]
+    pub header_timeout_s: u64,
+    /// To receive a whole request body (408 and the connection closed after).
+    #[serde(default = "default_body_timeout_s")]
+    pub body_timeout_s: u64,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    /// A client that takes no response bytes for this long is gone: its request is cancelled.
+    #[serde(default = "default_write_timeout_s")]
+    pub write_timeout_s: u64,
+    /// Bearer-token authentication for every route but /health, when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+}
+
+/// Where the API token is read from at start-up; the plan never holds the token itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// An environment variable holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// A file holding the token (surrounding whitespace ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+}
+
+/// Defaults of the transport limits (what a plan without them gets).
+pub mod transport_defaults {
+    pub const MAX_CONNECTIONS: u32 = 1024;
+    pub const MAX_HEADER_BYTES: u32 = 16 * 1024;
+    pub const MAX_HEADERS: u32 = 64;
+    pub const HEADER_TIMEOUT_S: u64 = 10;
+    pub const BODY_TIMEOUT_S: u64 = 30;
+    pub const IDLE_TIMEOUT_S: u64 = 60;
+    pub const WRITE_TIMEOUT_S: u64 = 30;
+}
+
+fn default_max_connections() -> u32 {
+    transport_defaults::MAX_CONNECTIONS
+}
+fn default_max_header_bytes() -> u32 {
+    transport_defaults::MAX_HEADER_BYTES
+}
+fn default_max_headers() -> u32 {
+    transport_defaults::MAX_HEADERS
+}
+fn default_header_timeout_s() -> u64 {
+    transport_defaults::HEADER_TIMEOUT_S
+}
+fn default_body_timeout_s() -> u64 {
+    transport_defaults::BODY_TIMEOUT_S
+}
+fn default_idle_timeout_s() -> u64 {
+    transport_defaults::IDLE_TIMEOUT_S
+}
+fn default_write_timeout_s() -> u64 {
+    transport_defaults::WRITE_TIMEOUT_S
 }
 
 impl Server {

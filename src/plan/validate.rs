@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use super::appliance::HIP_ARCHES;
 use super::model::IndexerType;
 use super::{
-    Plan, Problem, SpecMethod, StoredFormat, Target, WeightFormat, gb, is_digest, memory_report, weight_inventory,
+    Plan, Problem, Server, SpecMethod, StoredFormat, Target, WeightFormat, gb, is_digest, memory_report,
+    weight_inventory,
 };
 
 /// The most drafts per step the scheduler is built for.
@@ -454,6 +455,7 @@ impl Rules {
                 );
             }
         }
+        self.transport(s);
         let ctx = p.model.max_position_embeddings;
         if s.max_request_tokens() > ctx {
             self.push(
@@ -465,6 +467,47 @@ impl Rules {
                     s.max_request_tokens()
                 ),
             );
+        }
+    }
+
+    /// Connection limits, timeouts and the token's source.
+    fn transport(&mut self, s: &Server) {
+        self.positive("server.max_connections", u64::from(s.max_connections));
+        self.positive("server.header_timeout_s", s.header_timeout_s);
+        self.positive("server.body_timeout_s", s.body_timeout_s);
+        self.positive("server.idle_timeout_s", s.idle_timeout_s);
+        self.positive("server.write_timeout_s", s.write_timeout_s);
+        if !(8192..=1 << 20).contains(&s.max_header_bytes) {
+            self.push(
+                "server.max_header_bytes",
+                format!("server.max_header_bytes = {} must be in [8192, 1048576]", s.max_header_bytes),
+            );
+        }
+        if !(8..=1024).contains(&s.max_headers) {
+            self.push("server.max_headers", format!("server.max_headers = {} must be in [8, 1024]", s.max_headers));
+        }
+        let Some(a) = &s.auth else { return };
+        match (&a.token_env, &a.token_file) {
+            (Some(_), Some(_)) | (None, None) => self.push(
+                "server.auth",
+                "server.auth needs exactly one of token_env (an environment variable) or token_file (a path)".into(),
+            ),
+            (Some(var), None) => {
+                if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    self.push(
+                        "server.auth.token_env",
+                        format!("server.auth.token_env = {var:?} is not an environment variable name"),
+                    );
+                }
+            }
+            (None, Some(path)) => {
+                if !path.starts_with('/') {
+                    self.push(
+                        "server.auth.token_file",
+                        format!("server.auth.token_file = {path:?} must be an absolute path"),
+                    );
+                }
+            }
         }
     }
 

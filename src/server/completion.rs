@@ -2,16 +2,21 @@
 //! engine, turn tokens into text (stop strings, whole characters), answer in one JSON body or
 //! as server-sent events.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use hyper::Request;
+use hyper::body::Incoming;
 use serde_json::{Value, json};
-use tiny_http::Request;
+use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::ServerContext;
 use super::api_error::ApiError;
-use super::http::{EventStream, respond_error, respond_json};
-use super::params::{Endpoint, Prepared};
+use super::http::{Reply, error, event, event_stream, hold, json as json_reply, read_body, unavailable};
+use super::params::{Endpoint, Prepared, prepare};
 use crate::engine::{CancelFlag, Event, FinishReason, GenerationRequest, Rejected, Usage};
 use crate::log;
 use crate::sample::TokenLogprob;
@@ -140,29 +145,122 @@ fn finish_reason(reason: FinishReason, stopped_by_string: bool) -> Result<&'stat
     }
 }
 
-pub fn run(ctx: &ServerContext, req: Request, prep: Prepared) {
+/// Events a stream holds while its client reads slowly; beyond, the generating thread waits
+/// (at most server.write_timeout_s).
+const STREAM_BUFFER: usize = 32;
+
+/// A generation request from HTTP to its reply. The body is read here (bounded and timed);
+/// validation, tokenization and waiting on the engine run on a blocking thread. A client that
+/// goes before its reply is ready has its request cancelled; one that leaves a stream is
+/// noticed when the next event cannot be delivered.
+pub async fn generate(ctx: Arc<ServerContext>, req: Request<Incoming>, endpoint: Endpoint) -> Reply {
+    let Some(slot) = ctx.handler_slot() else {
+        return unavailable(&ApiError::new(503, "server_error", "overloaded", "too many requests in progress"));
+    };
+    let body = match read_body(req, ctx.body_limit, ctx.transport.body_timeout).await {
+        Ok(b) => b,
+        Err(e) => return hold(error(&e), Box::new(slot)),
+    };
+    let cancel = CancelFlag::default();
+    let gone = Arc::new(AtomicBool::new(false));
+    let watch = ClientWatch { cancel: cancel.clone(), gone: gone.clone(), armed: true };
+    let (reply_to, reply) = oneshot::channel();
+    let task_ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run(&task_ctx, &body, endpoint, Client { cancel, gone, reply_to: Some(reply_to) })
+        }));
+        if handled.is_err() {
+            crate::log::error("handler_panic", "a request handler panicked").emit();
+        }
+    });
+    let reply = reply
+        .await
+        .unwrap_or_else(|_| error(&ApiError::new(500, "server_error", "handler_failed", "the request handler failed")));
+    watch.disarm();
+    hold(reply, Box::new(slot))
+}
+
+/// Cancels the request if the client's connection goes before the reply is ready (the
+/// future awaiting it is dropped).
+struct ClientWatch {
+    cancel: CancelFlag,
+    gone: Arc<AtomicBool>,
+    armed: bool,
+}
+
+impl ClientWatch {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ClientWatch {
+    fn drop(&mut self) {
+        if self.armed {
+            self.gone.store(true, Ordering::Release);
+            self.cancel.cancel();
+        }
+    }
+}
+
+/// The blocking side's view of the client.
+struct Client {
+    cancel: CancelFlag,
+    gone: Arc<AtomicBool>,
+    /// Where the reply (or, for a stream, its head) goes, once.
+    reply_to: Option<oneshot::Sender<Reply>>,
+}
+
+impl Client {
+    /// Hands the reply to the connection; false if the client is gone.
+    fn reply(&mut self, r: Reply) -> bool {
+        self.reply_to.take().is_some_and(|tx| tx.send(r).is_ok())
+    }
+
+    fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    fn left(&self) -> Outcome {
+        self.gone.store(true, Ordering::Release);
+        self.cancel.cancel();
+        ended("client_gone", None)
+    }
+}
+
+fn run(ctx: &ServerContext, body: &[u8], endpoint: Endpoint, mut client: Client) {
+    let prep = match prepare(endpoint, body, &ctx.tokenizer, &ctx.limits) {
+        Ok(p) => p,
+        Err(e) => {
+            client.reply(error(&e));
+            return;
+        }
+    };
     let (mut request, rx) = GenerationRequest::new(prep.prompt.clone(), prep.params.clone(), prep.max_tokens);
     request.stop_token_ids = prep.stop_token_ids.clone();
     if !prep.ignore_eos {
         request.stop_token_ids.extend(ctx.tokenizer.eos_ids());
     }
     request.logprobs = prep.logprobs;
-    let (cancel, arrival) = (request.cancel.clone(), request.arrival);
+    request.cancel = client.cancel.clone();
+    let arrival = request.arrival;
     match ctx.engine.submit(request) {
         Ok(()) => {}
         Err(Rejected::QueueFull) => {
-            return respond_error(
-                req,
-                &ApiError::new(
-                    429,
-                    "rate_limit_error",
-                    "queue_full",
-                    "the server is at its running and queued limits; retry shortly",
-                ),
+            let e = ApiError::new(
+                429,
+                "rate_limit_error",
+                "queue_full",
+                "the server is at its running and queued limits; retry shortly",
             );
+            client.reply(error(&e));
+            return;
         }
         Err(Rejected::EngineDown) => {
-            return respond_error(req, &ApiError::new(503, "server_error", "engine_down", "the engine is not running"));
+            let e = ApiError::new(503, "server_error", "engine_down", "the engine is not running");
+            client.reply(error(&e));
+            return;
         }
     }
     let id = match prep.endpoint {
@@ -178,9 +276,9 @@ pub fn run(ctx: &ServerContext, req: Request, prep: Prepared) {
     };
     let head = Head { id, created: now_secs(), model: ctx.limits.model_name.clone(), endpoint: prep.endpoint };
     let outcome = if prep.stream {
-        stream(ctx, req, &prep, &head, &rx, &cancel, recv)
+        stream(ctx, &prep, &head, &rx, client, recv)
     } else {
-        whole(ctx, req, &prep, &head, &rx, &cancel, recv)
+        whole(ctx, &prep, &head, &rx, client, recv)
     };
     access_log(&head, &prep, &outcome, arrival.elapsed());
 }
@@ -242,38 +340,33 @@ impl Head {
 
 fn whole(
     ctx: &ServerContext,
-    req: Request,
     prep: &Prepared,
     head: &Head,
     rx: &mpsc::Receiver<Event>,
-    cancel: &CancelFlag,
+    mut client: Client,
     recv: impl Fn(&mpsc::Receiver<Event>) -> Event,
 ) -> Outcome {
     let mut out = TextOut::new(&ctx.tokenizer, &prep.stop);
     let mut lps = Vec::new();
-    loop {
+    let (reply, outcome) = loop {
         match recv(rx) {
             Event::Token { id, logprob } => {
                 if !out.stopped {
                     out.push(id);
                     lps.extend(logprob);
                     if out.stopped {
-                        cancel.cancel();
+                        client.cancel.cancel();
                     }
                 }
             }
             Event::Failed(msg) => {
-                respond_error(req, &ApiError::new(500, "server_error", "engine_error", msg));
-                return ended("engine_error", None);
+                break (error(&ApiError::new(500, "server_error", "engine_error", msg)), ended("engine_error", None));
             }
             Event::Done { reason, usage } => {
                 out.finish();
                 let reason = match finish_reason(reason, out.stopped) {
                     Ok(r) => r,
-                    Err(e) => {
-                        respond_error(req, &e);
-                        return ended(e.code.unwrap_or("error"), Some(usage));
-                    }
+                    Err(e) => break (error(&e), ended(e.code.unwrap_or("error"), Some(usage))),
                 };
                 let logprobs = prep.logprobs.map(|_| logprobs_json(prep.endpoint, &ctx.tokenizer, &lps, 0));
                 let (object, choice) = match prep.endpoint {
@@ -290,28 +383,35 @@ fn whole(
                     "id": head.id, "object": object, "created": head.created, "model": head.model,
                     "choices": [choice], "usage": usage_json(&usage),
                 });
-                respond_json(req, 200, &body, &[]);
-                return ended(reason, Some(usage));
+                break (json_reply(200, &body), ended(reason, Some(usage)));
             }
         }
+    };
+    if client.is_gone() || !client.reply(reply) {
+        return ended("client_gone", outcome.usage);
     }
+    outcome
 }
 
 fn stream(
     ctx: &ServerContext,
-    req: Request,
     prep: &Prepared,
     head: &Head,
     rx: &mpsc::Receiver<Event>,
-    cancel: &CancelFlag,
+    mut client: Client,
     recv: impl Fn(&mpsc::Receiver<Event>) -> Event,
 ) -> Outcome {
-    let gone = || {
-        cancel.cancel();
-        ended("client_gone", None)
-    };
-    let Ok(mut sse) = EventStream::start(req) else {
-        return gone();
+    let (events, body) = async_mpsc::channel::<Bytes>(STREAM_BUFFER);
+    if !client.reply(event_stream(body)) {
+        return client.left();
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let write_timeout = ctx.transport.write_timeout;
+    // One event to the client; false when it is gone or has stopped reading.
+    let send = |payload: &str| -> bool {
+        runtime
+            .block_on(async { tokio::time::timeout(write_timeout, events.send(event(payload))).await })
+            .is_ok_and(|sent| sent.is_ok())
     };
     let with_usage = |mut v: Value| {
         if prep.include_usage {
@@ -329,8 +429,8 @@ fn stream(
     if prep.endpoint == Endpoint::Chat {
         let first =
             json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null});
-        if sse.send(&with_usage(head.chunk(first)).to_string()).is_err() {
-            return gone();
+        if !send(&with_usage(head.chunk(first)).to_string()) {
+            return client.left();
         }
     }
     let mut out = TextOut::new(&ctx.tokenizer, &prep.stop);
@@ -343,7 +443,7 @@ fn stream(
                 let offset = out.sent;
                 let text = out.push(id);
                 if out.stopped {
-                    cancel.cancel();
+                    client.cancel.cancel();
                 }
                 let lp = match (&logprob, prep.logprobs) {
                     (Some(lp), Some(_)) => {
@@ -354,41 +454,44 @@ fn stream(
                 if text.is_empty() && lp.is_null() {
                     continue;
                 }
-                if sse.send(&with_usage(head.chunk(text_choice(&text, lp, Value::Null))).to_string()).is_err() {
+                if !send(&with_usage(head.chunk(text_choice(&text, lp, Value::Null))).to_string()) {
                     // The client is gone: free the request now.
-                    return gone();
+                    return client.left();
                 }
             }
             Event::Failed(msg) => {
-                let _ = sse.send(&ApiError::new(500, "server_error", "engine_error", msg).body().to_string());
-                let _ = sse.finish();
+                let _ =
+                    send(&ApiError::new(500, "server_error", "engine_error", msg).body().to_string()) && send("[DONE]");
                 return ended("engine_error", None);
             }
             Event::Done { reason, usage } => {
+                if client.is_gone() {
+                    return ended("client_gone", Some(usage));
+                }
                 let rest = out.finish();
                 let reason = match finish_reason(reason, out.stopped) {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = sse.send(&e.body().to_string());
-                        let _ = sse.finish();
+                        let _ = send(&e.body().to_string()) && send("[DONE]");
                         return ended(e.code.unwrap_or("error"), Some(usage));
                     }
                 };
                 let last = head.chunk(text_choice(&rest, Value::Null, json!(reason)));
-                if sse.send(&with_usage(last).to_string()).is_err() {
+                if !send(&with_usage(last).to_string()) {
                     return ended("client_gone", Some(usage));
                 }
                 if prep.include_usage {
                     let mut u = head.chunk(Value::Null);
                     u["choices"] = json!([]);
                     u["usage"] = usage_json(&usage);
-                    if sse.send(&u.to_string()).is_err() {
+                    if !send(&u.to_string()) {
                         return ended("client_gone", Some(usage));
                     }
                 }
-                if sse.finish().is_err() {
+                if !send("[DONE]") {
                     return ended("client_gone", Some(usage));
                 }
+                // Dropping the sender ends the body; the connection closes after it.
                 return ended(reason, Some(usage));
             }
         }

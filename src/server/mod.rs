@@ -1,10 +1,14 @@
-//! The OpenAI-compatible HTTP server on tiny_http. One thread accepts connections; each
-//! request is handled on its own thread (bounded), and generation runs on the engine thread.
-//! It knows the engine, the tokenizer and the metrics, nothing of plans or weights: `app`
-//! hands it a `ServerConfig`.
+//! The OpenAI-compatible HTTP server: HTTP/1.1 on hyper, on a small tokio runtime of its own
+//! beside the engine thread. Connections are served asynchronously under the limits of the
+//! plan's `[server]` section (`connection.rs`); a generation request's validation,
+//! tokenization and wait on the engine run on a bounded pool of blocking threads. It knows the
+//! engine, the tokenizer and the metrics, nothing of plans or weights: `app` hands it a
+//! `ServerConfig`.
 
 mod api_error;
+mod auth;
 mod completion;
+mod connection;
 mod http;
 pub mod params;
 mod routes;
@@ -18,11 +22,12 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use api_error::ApiError;
+pub use auth::Token;
+pub use connection::PROBE_SLOTS;
 pub use params::Limits;
 
 use crate::engine::EngineHandle;
 use crate::error::{Error, Result};
-use crate::log;
 use crate::metrics::Metrics;
 use crate::tokenizer::Tokenizer;
 
@@ -33,13 +38,32 @@ pub const HEALTH_STALE_AFTER: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub limits: Limits,
+    pub transport: Transport,
     pub request_timeout: Duration,
     /// Largest request body accepted.
     pub body_limit: usize,
-    /// Requests handled at once; beyond it, 503.
+    /// Generation requests handled at once; beyond it, 503.
     pub max_handlers: usize,
     /// What /v1/plan shows: the plan text and what is being served.
     pub plan_info: Value,
+    /// When set, every route but /health needs it as a bearer token.
+    pub token: Option<Token>,
+}
+
+/// What a client may hold of the server: connections, header sizes, and how long it may take.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// From a request's first byte to the end of its headers.
+    pub header_timeout: Duration,
+    /// To receive a whole body.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with nothing in flight.
+    pub idle_timeout: Duration,
+    /// A response the client does not take.
+    pub write_timeout: Duration,
 }
 
 /// Everything a request handler needs.
@@ -48,6 +72,8 @@ pub struct ServerContext {
     pub engine: EngineHandle,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    pub transport: Transport,
+    token: Option<Token>,
     pub request_timeout: Duration,
     /// Largest request body accepted.
     pub body_limit: usize,
@@ -60,6 +86,9 @@ pub struct ServerContext {
     next_id: AtomicU64,
     handlers: AtomicUsize,
     max_handlers: usize,
+    /// Open connections with full service, and those over the cap allowed one probe.
+    connections: AtomicUsize,
+    probes: AtomicUsize,
 }
 
 impl ServerContext {
@@ -74,6 +103,8 @@ impl ServerContext {
             engine,
             metrics,
             limits: c.limits,
+            transport: c.transport,
+            token: c.token,
             request_timeout: c.request_timeout,
             body_limit: c.body_limit,
             plan_info: c.plan_info,
@@ -82,7 +113,23 @@ impl ServerContext {
             next_id: AtomicU64::new(1),
             handlers: AtomicUsize::new(0),
             max_handlers: c.max_handlers,
+            connections: AtomicUsize::new(0),
+            probes: AtomicUsize::new(0),
         })
+    }
+
+    /// A generation handler's place, counted until its reply's last byte; None when
+    /// max_handlers are busy.
+    fn handler_slot(self: &Arc<Self>) -> Option<HandlerSlot> {
+        self.handlers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_handlers).then_some(n + 1))
+            .ok()
+            .map(|_| HandlerSlot(self.clone()))
+    }
+
+    /// Connections open now (full service).
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 
     fn next_id(&self) -> u64 {
@@ -103,56 +150,64 @@ impl ServerContext {
     }
 }
 
-/// A listening server; `stop` unblocks the accept loop.
+/// One generation handler's place; released on drop.
+struct HandlerSlot(Arc<ServerContext>);
+
+impl Drop for HandlerSlot {
+    fn drop(&mut self) {
+        self.0.handlers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A listening server.
 pub struct Running {
     pub addr: SocketAddr,
     pub context: Arc<ServerContext>,
-    server: Arc<tiny_http::Server>,
-    accept: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: JoinHandle<()>,
 }
 
 impl Running {
+    /// Stops accepting and closes every connection.
     pub fn stop(self) {
-        self.server.unblock();
-        let _ = self.accept.join();
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
     }
 
-    /// Serves until the accept loop ends.
+    /// Serves until the server stops.
     pub fn wait(self) {
-        let _ = self.accept.join();
+        let _ = self.thread.join();
     }
 }
 
+/// Listens on `bind` and serves on a runtime of its own (two worker threads for the
+/// connections, and a blocking pool sized to the generation handlers).
 pub fn start(ctx: Arc<ServerContext>, bind: &str) -> Result<Running> {
-    let server = tiny_http::Server::http(bind).map_err(|e| Error::Usage(format!("cannot listen on {bind}: {e}")))?;
-    let addr = server.server_addr().to_ip().ok_or_else(|| Error::Usage(format!("{bind} is not an IP address")))?;
-    let server = Arc::new(server);
-    let accept_server = server.clone();
+    let listener =
+        std::net::TcpListener::bind(bind).map_err(|e| Error::Usage(format!("cannot listen on {bind}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| Error::Usage(format!("cannot listen on {bind}: {e}")))?;
+    listener.set_nonblocking(true).map_err(|e| Error::Usage(format!("cannot listen on {bind}: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(ctx.max_handlers + 4)
+        .thread_name("kiln-http")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the HTTP runtime: {e}")))?;
+    let listener = {
+        let _enter = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::Usage(format!("cannot listen on {bind}: {e}")))?
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let context = ctx.clone();
-    let accept = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("kiln-http".into())
         .spawn(move || {
-            for req in accept_server.incoming_requests() {
-                let ctx = ctx.clone();
-                if ctx.handlers.fetch_add(1, Ordering::AcqRel) >= ctx.max_handlers {
-                    ctx.handlers.fetch_sub(1, Ordering::AcqRel);
-                    routes::overloaded(req);
-                    continue;
-                }
-                let spawned = std::thread::Builder::new().name("kiln-request".into()).spawn(move || {
-                    // A bug in a handler must not leak its slot; the client sees the
-                    // connection close.
-                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| routes::handle(&ctx, req)));
-                    ctx.handlers.fetch_sub(1, Ordering::AcqRel);
-                    if handled.is_err() {
-                        log::error("handler_panic", "a request handler panicked").emit();
-                    }
-                });
-                if spawned.is_err() {
-                    log::error("thread", "cannot start a request thread").emit();
-                }
-            }
+            runtime.block_on(connection::accept_loop(listener, ctx, stopped));
+            // Connections still open are closed with the runtime.
+            runtime.shutdown_timeout(Duration::from_secs(1));
         })
-        .map_err(|e| Error::Usage(format!("cannot start the accept thread: {e}")))?;
-    Ok(Running { addr, context, server, accept })
+        .map_err(|e| Error::Usage(format!("cannot start the HTTP thread: {e}")))?;
+    Ok(Running { addr, context, stop, thread })
 }
