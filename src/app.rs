@@ -4,7 +4,6 @@
 //! configuration and the server's limits. `kiln serve`, the benches and the CLI all start
 //! here, so each opens the same things the same way.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,11 +14,11 @@ use crate::kv::KvFormat;
 use crate::log;
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::plan::{Plan, SpecMethod, memory_report};
+use crate::plan::{IN_WEIGHTS, Plan, Problem, SpecMethod, memory_report, render_problems};
 use crate::server::{Limits, ServerConfig, ServerContext, Token, Transport};
 use crate::tokenizer::Tokenizer;
 use crate::weights::pin::check_quick;
-use crate::weights::{Checkpoint, WeightsSource};
+use crate::weights::{Checkpoint, WeightsSource, finite, verify};
 
 pub struct App {
     pub model: Model,
@@ -32,19 +31,9 @@ impl App {
     /// Everything `kiln serve` needs from `source`, checked against `plan` (whose text
     /// `plan_text` is, for /v1/plan) before anything runs.
     pub fn open(plan: &Plan, plan_text: &str, source: &WeightsSource) -> Result<App> {
-        let ckpt = checked_checkpoint(plan, source)?;
+        let Checked { ckpt, tokenizer } = check(plan, source, Tokenizing::Required)?;
+        let tokenizer = tokenizer.expect("a required tokenizer is checked");
         let model = Model::load(plan, &ckpt)?;
-        let tokenizer = Tokenizer::from_files(&source.tokenizer_files()?)?;
-        if tokenizer.vocab_size() > model.vocab_size() {
-            return Err(Error::Config {
-                path: Path::new(&source.describe()).join("tokenizer.json"),
-                message: format!(
-                    "the tokenizer has {} tokens but the model's vocabulary is {}",
-                    tokenizer.vocab_size(),
-                    model.vocab_size()
-                ),
-            });
-        }
         let engine = engine_config(plan);
         let mut server = server_config(plan, plan_text, &ckpt, &model, &engine);
         server.token = api_token(plan)?;
@@ -53,7 +42,7 @@ impl App {
 
     /// The model alone (the CLI's logits and generate), after the same checks.
     pub fn model(plan: &Plan, source: &WeightsSource) -> Result<Model> {
-        Model::load(plan, &checked_checkpoint(plan, source)?)
+        Model::load(plan, &check(plan, source, Tokenizing::IfPresent)?.ckpt)
     }
 
     /// Starts the engine thread; returns the request context the HTTP server runs on.
@@ -64,8 +53,27 @@ impl App {
     }
 }
 
-/// The checkpoint, after the plan's pin (sizes, shard headers, small files) when it has one.
-fn checked_checkpoint(plan: &Plan, source: &WeightsSource) -> Result<Checkpoint> {
+/// A weights source that passed every check serving needs.
+pub struct Checked {
+    pub ckpt: Checkpoint,
+    /// None only when the directory has no tokenizer and none was required.
+    pub tokenizer: Option<Tokenizer>,
+}
+
+/// Whether a directory must hold a tokenizer: serving needs one; the CLI on token ids and
+/// `kiln verify` check one only when it is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokenizing {
+    Required,
+    IfPresent,
+}
+
+/// What `kiln serve` checks before listening and `kiln verify` reports: the plan's pin
+/// (sizes, shard headers, small files), every tensor against the plan, config.json present,
+/// the tokenizer loads and its ids and EOS ids fit the model's vocabulary, and no non-finite
+/// value in the small tensors and the output head (the rest is scanned while serving, or by
+/// `kiln verify --full`).
+pub fn check(plan: &Plan, source: &WeightsSource, tokenizing: Tokenizing) -> Result<Checked> {
     let ckpt = source.checkpoint()?;
     if let Some(pin) = &plan.weights.pin {
         let problems = check_quick(pin, source, &ckpt);
@@ -74,7 +82,56 @@ fn checked_checkpoint(plan: &Plan, source: &WeightsSource) -> Result<Checkpoint>
         }
         log::info("pin_quick", format!("weights pin: {} file sizes and shard headers match", pin.files.len())).emit();
     }
-    Ok(ckpt)
+    let mut problems = verify(plan, &ckpt);
+    if ckpt.config_json.is_none() {
+        problems.push(Problem::new(
+            "config.json",
+            "config.json is missing: the model directory must hold the config its plan describes",
+        ));
+    }
+    let present = source.file_size("tokenizer.json")?.is_some();
+    let tokenizer = match (present, tokenizing) {
+        (false, Tokenizing::IfPresent) => None,
+        _ => match source.tokenizer_files().and_then(|f| Tokenizer::from_files(&f)) {
+            Ok(t) => {
+                problems.extend(tokenizer_fits(&t, plan.model.vocab_size as usize));
+                Some(t)
+            }
+            Err(e) => {
+                problems.push(Problem::new("tokenizer.json", e.to_string()));
+                None
+            }
+        },
+    };
+    if problems.is_empty() {
+        problems = finite::scan(&ckpt, &|n| finite::checked_first(n, &ckpt), true, &|_| {});
+    }
+    if problems.is_empty() {
+        Ok(Checked { ckpt, tokenizer })
+    } else {
+        Err(Error::Checkpoint { path: source.describe().into(), message: render_problems(IN_WEIGHTS, &problems) })
+    }
+}
+
+/// The tokenizer's ids, and the ids that end generation, must index the model's vocabulary.
+fn tokenizer_fits(t: &Tokenizer, vocab: usize) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if t.id_bound() > vocab {
+        out.push(Problem::new(
+            "tokenizer.json",
+            format!(
+                "tokenizer.json has token ids up to {} but the model's vocabulary is {vocab} (model.vocab_size)",
+                t.id_bound() - 1
+            ),
+        ));
+    }
+    if let Some(id) = t.eos_ids().iter().find(|&&id| id as usize >= vocab) {
+        out.push(Problem::new(
+            "eos_token_id",
+            format!("the end-of-sequence id {id} is outside the model's vocabulary of {vocab}"),
+        ));
+    }
+    out
 }
 
 /// Limits and KV sizing for the engine, from the plan.

@@ -24,7 +24,7 @@ pub fn set_format(f: LogFormat) {
     FORMAT.store(f as u8, Ordering::Relaxed);
 }
 
-fn format() -> LogFormat {
+pub fn format() -> LogFormat {
     if FORMAT.load(Ordering::Relaxed) == LogFormat::Json as u8 { LogFormat::Json } else { LogFormat::Text }
 }
 

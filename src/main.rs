@@ -173,6 +173,20 @@ enum BenchWhat {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Many mixed requests with disconnects against a running kiln, printing its resident
+    /// memory every `--every` requests (memory that grows with requests served shows).
+    Soak {
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        addr: String,
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+        #[arg(long, default_value_t = 2_000)]
+        every: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Single-stream decode speed and MTP acceptance at each draft depth, in-process on the
     /// baked plan's model (greedy; every depth writes the same text).
     Spec {
@@ -244,6 +258,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Ops { what: OpsWhat::Bench { buckets, reps } }) => ops_bench(&buckets, reps),
         Some(Command::Bench { what: BenchWhat::Spec { depths, tokens, weights } }) => {
             bench_spec(&depths, tokens, weights)
+        }
+        Some(Command::Bench { what: BenchWhat::Soak { addr, requests, threads, every, seed } }) => {
+            bench_soak(kiln::bench::soak::SoakConfig { addr, requests, threads, every, seed })
         }
         Some(Command::Bench {
             what: BenchWhat::Serve { addr, rates, requests, input_len, output_len, prefix_ratio, single, seed },
@@ -355,6 +372,31 @@ fn bench_spec(depths: &[usize], tokens: usize, weights: Option<PathBuf>) -> Resu
     );
     let rows = bench::spec_table(&model, &base, &prompts, tokens, depths);
     println!("{}", bench::spec_markdown(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_soak(cfg: kiln::bench::soak::SoakConfig) -> Result<ExitCode> {
+    use kiln::bench::soak;
+    if soak::server_rss(&cfg.addr).is_none() {
+        return Err(Error::Usage(format!("{}: no process_resident_memory_bytes in its /metrics", cfg.addr)));
+    }
+    eprintln!("kiln bench soak: {} mixed requests from {} threads against {}", cfg.requests, cfg.threads, cfg.addr);
+    let report = soak::soak(&cfg);
+    print!("{}", soak::table(&report));
+    if let (Some(warm), Some(end)) = (report.samples.get(1), report.samples.last()) {
+        println!(
+            "server RSS after {} requests: {:.1} MB; after {}: {:.1} MB ({:+.1}%)",
+            warm.requests,
+            warm.rss_bytes as f64 / 1e6,
+            end.requests,
+            end.rss_bytes as f64 / 1e6,
+            100.0 * (end.rss_bytes as f64 / warm.rss_bytes.max(1) as f64 - 1.0)
+        );
+    }
+    println!("requests answered unexpectedly: {}", report.unexpected);
+    if let Some(e) = &report.first_unexpected {
+        println!("first: {e}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -261,6 +261,28 @@ impl Metrics {
             let _ = writeln!(s, "kiln:{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(s, "kiln:{name}_sum{{{l}}} {}\nkiln:{name}_count{{{l}}} {}", h.sum, h.count);
         }
+        // The standard process metrics Prometheus clients export, from /proc.
+        if let Some(rss) = resident_bytes() {
+            let _ = writeln!(
+                s,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}"
+            );
+        }
+        if let Some(fds) = std::fs::read_dir("/proc/self/fd").ok().map(Iterator::count) {
+            let _ = writeln!(
+                s,
+                "# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}"
+            );
+        }
         s
     }
+}
+
+/// This process's resident set, from /proc/self/statm (pages).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::plan::{
     ActivationQuant, Appliance, Device, KernelMap, KvCache, KvDtype, ModuleClass, MtpQuantRules, Parallel, Plan,
-    QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights, default_entries, transport_defaults,
+    QuantRules, Server, SpecMethod, Speculative, Target, WeightFormat, Weights, default_entries, gb, memory_report,
+    transport_defaults,
 };
 use crate::weights::glm::TensorTable;
 use crate::weights::{Checkpoint, StoredAs, read_hf_config};
@@ -139,6 +140,15 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
         },
         kernels: KernelMap::default(),
     };
+    if !gpu {
+        plan.kv_cache.memory_fraction = host_fraction(&plan);
+        let r = memory_report(&plan);
+        notes.push(format!(
+            "kiln commits its KV cache at start-up: {} here ({} tokens), room for every running request at full length twice over; raise kv_cache.memory_fraction for a larger prefix cache",
+            gb(r.kv_budget_bytes_per_device),
+            r.kv_tokens_per_device
+        ));
+    }
     if gpu {
         plan.kernels.entries = default_entries(&plan);
         notes.push(format!(
@@ -182,6 +192,20 @@ fn observed_formats(model: &crate::plan::ModelShape, ckpt: &Checkpoint) -> Resul
 }
 
 type FormatsByClass = BTreeMap<(bool, ModuleClass), Vec<WeightFormat>>;
+
+/// On the CPU, the share of the host a plan takes: the weights plus the KV of every running
+/// request at full length, twice over (the rest of the cache is the prefix cache), at most a
+/// quarter of the host.
+fn host_fraction(plan: &Plan) -> f64 {
+    let r = memory_report(plan);
+    let kv = 2.0
+        * f64::from(plan.server.max_running_requests)
+        * plan.server.max_request_tokens() as f64
+        * r.kv_bytes_per_token as f64;
+    let need = r.weights_bytes_per_device as f64 + kv;
+    let fraction = (need / plan.device.memory_bytes()).clamp(0.001, 0.25);
+    (fraction * 1000.0).ceil() / 1000.0
+}
 
 /// The host as one device: its RAM from /proc/meminfo (1 GB if unreadable) and a nominal
 /// 10 GB/s for the roofline; the operator should put the measured figure in.

@@ -5,6 +5,7 @@
 //! a single stream measured in the same run.
 
 mod client;
+pub mod soak;
 mod spec;
 
 use std::sync::mpsc;

@@ -4,7 +4,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::log;
-use crate::plan::{IN_PIN, Problem, render_problems};
+use crate::plan::{Problem, render_problems};
 use crate::server::Running;
 use crate::signals::Signal;
 
@@ -12,8 +12,12 @@ use crate::signals::Signal;
 #[derive(Debug, Clone)]
 pub enum Stop {
     Signal(Signal),
-    /// The background content check found the weights differ from the plan's pin.
-    WeightsMismatch(Vec<Problem>),
+    /// The background checks found the weights differ from the plan's pin, or hold NaN
+    /// (`place` says which list the problems are).
+    BadWeights {
+        place: &'static str,
+        problems: Vec<Problem>,
+    },
 }
 
 /// How serving ended, which decides the exit status.
@@ -49,7 +53,7 @@ pub fn serve_until_stopped(running: Running, stops: &Receiver<Stop>, drain_timeo
                 .emit();
                 return drain(running, stops, drain_timeout);
             }
-            Ok(Stop::WeightsMismatch(problems)) => return refuse(running, &problems),
+            Ok(Stop::BadWeights { place, problems }) => return refuse(running, place, &problems),
             // Nobody can send a stop any more: serve until the accept loop ends.
             Err(_) => {
                 running.wait();
@@ -59,11 +63,11 @@ pub fn serve_until_stopped(running: Running, stops: &Receiver<Stop>, drain_timeo
     }
 }
 
-fn refuse(running: Running, problems: &[Problem]) -> Ended {
+fn refuse(running: Running, place: &str, problems: &[Problem]) -> Ended {
     running.context.start_draining();
-    let shard = problems.first().map(|p| p.key.clone()).unwrap_or_default();
-    log::error("weights_mismatch", format!("stopped serving: {}", render_problems(IN_PIN, problems).trim_end()))
-        .field("shard", shard)
+    let at_fault = problems.first().map(|p| p.key.clone()).unwrap_or_default();
+    log::error("weights_mismatch", format!("stopped serving: {}", render_problems(place, problems).trim_end()))
+        .field("shard", at_fault)
         .emit();
     running.stop();
     Ended::WeightsMismatch
@@ -99,7 +103,7 @@ fn drain(running: Running, stops: &Receiver<Stop>, timeout: Duration) -> Ended {
                 log::warn("forced", format!("second {name} during the drain: exiting with {busy} in flight")).emit();
                 return Ended::Forced;
             }
-            Ok(Stop::WeightsMismatch(problems)) => return refuse(running, &problems),
+            Ok(Stop::BadWeights { place, problems }) => return refuse(running, place, &problems),
             Ok(Stop::Signal(Signal::Hangup)) | Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
         }
     }

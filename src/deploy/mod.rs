@@ -4,9 +4,10 @@
 mod foreground;
 pub mod lifecycle;
 mod pin;
-mod pin_watch;
+mod process;
 mod serve;
 mod verify;
+mod weights_watch;
 
 pub use pin::pin_plan;
 pub use serve::{serve, source};

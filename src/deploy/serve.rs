@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::EXIT_WEIGHTS;
 use super::lifecycle::{Ended, Stop, serve_until_stopped};
-use super::pin_watch;
+use super::weights_watch;
 use crate::app::App;
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Target};
@@ -37,6 +37,7 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
         let _ = to_stop.send(Stop::Signal(s));
     })?;
 
+    super::process::prepare()?;
     let bind = bind.unwrap_or_else(|| plan.server.bind.clone());
     match plan.appliance.target {
         Target::Cpu => {}
@@ -64,9 +65,7 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
     }
     let (context, _engine) = App::open(plan, baked::PLAN_TEXT, &src)?.start();
     let running = server::start(context, &bind)?;
-    if let Some(pin) = &plan.weights.pin {
-        pin_watch::spawn(pin.clone(), src.clone(), running.context.metrics.clone(), stop_tx)?;
-    }
+    weights_watch::spawn(plan.weights.pin.clone(), src.clone(), running.context.metrics.clone(), stop_tx)?;
     serving.store(true, Ordering::Release);
     log::info("serving", format!("serving {} from {} on http://{}", plan.appliance.name, src.describe(), running.addr))
         .field("addr", running.addr.to_string())

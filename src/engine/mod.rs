@@ -181,6 +181,17 @@ pub fn spawn<B: Backend>(
                     return;
                 }
             };
+            crate::log::info(
+                "kv_cache",
+                format!(
+                    "KV cache: {} pages of {} tokens ({} tokens) on {}",
+                    config.kv_pages,
+                    config.page_size,
+                    config.kv_pages * config.page_size,
+                    model.backend.describe()
+                ),
+            )
+            .emit();
             step::Engine::new(model, config, metrics, shared, rx, table, store, speculate).run();
         })
         .expect("spawn the engine thread");

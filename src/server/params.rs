@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value};
 
 use super::api_error::ApiError;
+use super::http::clip;
 use crate::sample::SamplingParams;
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
@@ -66,6 +67,7 @@ const COMMON: &[&str] = &[
 const COMPLETIONS: &[&str] = &["prompt", "echo", "best_of", "suffix"];
 const CHAT: &[&str] = &["messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "response_format"];
 const MAX_TOP_LOGPROBS: u64 = 20;
+const MIN_REPETITION_PENALTY: f64 = 0.01;
 const MAX_STOP_STRINGS: usize = 16;
 
 struct Fields<'a>(&'a Map<String, Value>);
@@ -109,7 +111,8 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], tok: &Tokenizer, limits: &Limits
         Endpoint::Chat => CHAT,
     };
     if let Some(k) = obj.keys().find(|k| ![COMMON, own, IGNORED].iter().any(|l| l.contains(&k.as_str()))) {
-        return Err(ApiError::field(k, format!("unknown field `{k}`")));
+        let k = clip(k);
+        return Err(ApiError::field(&k, format!("unknown field `{k}`")));
     }
     let f = Fields(obj);
 
@@ -120,7 +123,7 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], tok: &Tokenizer, limits: &Limits
                 404,
                 "invalid_request_error",
                 "model_not_found",
-                format!("model `{m}` does not exist; this server serves `{}`", limits.model_name),
+                format!("model `{}` does not exist; this server serves `{}`", clip(m), limits.model_name),
             );
             e.param = Some("model".into());
             return Err(e);
@@ -181,12 +184,8 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], tok: &Tokenizer, limits: &Limits
         min_p: f.number("min_p", 0.0, 1.0)?.unwrap_or(0.0),
         presence_penalty: f.number("presence_penalty", -2.0, 2.0)?.unwrap_or(0.0),
         frequency_penalty: f.number("frequency_penalty", -2.0, 2.0)?.unwrap_or(0.0),
-        repetition_penalty: match f.number("repetition_penalty", 0.0, 10.0)? {
-            Some(p) if p <= 0.0 => {
-                return Err(ApiError::field("repetition_penalty", "repetition_penalty must be greater than 0"));
-            }
-            p => p.unwrap_or(1.0),
-        },
+        // Dividing logits by a vanishing penalty sends them to infinity: keep it sane.
+        repetition_penalty: f.number("repetition_penalty", MIN_REPETITION_PENALTY, 10.0)?.unwrap_or(1.0),
         seed: f.int("seed", i64::MIN, i64::MAX)?.map(|s| s as u64),
     };
 
@@ -216,7 +215,7 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], tok: &Tokenizer, limits: &Limits
                 Some(t) if (t as usize) < limits.vocab => Ok(t as u32),
                 _ => Err(ApiError::field(
                     "stop_token_ids",
-                    format!("stop_token_ids entry {x} is not a token id below {}", limits.vocab),
+                    format!("stop_token_ids entry {} is not a token id below {}", clip(&x.to_string()), limits.vocab),
                 )),
             })
             .collect::<Result<_, _>>()?,
@@ -358,7 +357,7 @@ fn chat_prompt(f: &Fields, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
                             let k = format!("messages[{i}].content[{j}]");
                             return Err(ApiError::field(
                                 &k,
-                                format!("{k}: only text parts are supported, got {}", kind.unwrap_or("no type")),
+                                format!("{k}: only text parts are supported, got {}", clip(kind.unwrap_or("no type"))),
                             ));
                         }
                     }
@@ -383,6 +382,8 @@ fn chat_prompt(f: &Fields, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
             "this model has no chat template; use /v1/completions",
         )
     })?;
-    let text = template.render(&messages, true).map_err(|e| ApiError::field("messages", format!("messages: {e}")))?;
+    let text = template
+        .render(&messages, true)
+        .map_err(|e| ApiError::field("messages", format!("messages: {}", clip(&e.to_string()))))?;
     tok.encode(&text, false).map_err(|e| ApiError::field("messages", e.to_string()))
 }

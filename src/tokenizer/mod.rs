@@ -112,6 +112,12 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One past the largest token id it can produce (ids may be sparse, so this can exceed
+    /// `vocab_size`).
+    pub fn id_bound(&self) -> usize {
+        self.inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1)
+    }
+
     /// Token ids of `text`; `special` adds the tokenizer's own specials (BOS and such), as HF
     /// does for plain prompts. Chat prompts already carry theirs in the rendered text.
     pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {

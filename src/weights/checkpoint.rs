@@ -36,7 +36,7 @@ pub struct TensorInfo {
 
 /// The bytes of one safetensors file: a read-only mapping, or bytes built into the binary.
 enum Backing {
-    Mapped(Mmap),
+    Mapped(Mapping),
     Static(&'static [u8]),
     /// Bytes made in memory (test vectors, kernel cases).
     Owned(Vec<u8>),
@@ -50,7 +50,7 @@ struct Shard {
 impl Shard {
     fn bytes(&self) -> &[u8] {
         match &self.backing {
-            Backing::Mapped(m) => m,
+            Backing::Mapped(m) => &m.map,
             Backing::Static(b) => b,
             Backing::Owned(v) => v,
         }
@@ -225,11 +225,28 @@ impl Checkpoint {
     }
 }
 
-fn map_file(path: &Path) -> Result<Mmap> {
+/// A file's read-only mapping, known to the SIGBUS handler while it lives.
+struct Mapping {
+    map: Mmap,
+    tracked: Option<usize>,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Some(i) = self.tracked {
+            super::fault::untrack(i);
+        }
+    }
+}
+
+fn map_file(path: &Path) -> Result<Mapping> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the mapping is read-only; kiln never writes checkpoint files, and a deployment
-    // treats its weights directory as immutable while serving.
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+    // treats its weights directory as immutable while serving. If the file shrinks anyway,
+    // the access faults and weights::fault names the file before exiting.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let tracked = super::fault::track(map.as_ptr() as usize, map.len(), path);
+    Ok(Mapping { map, tracked })
 }
 
 /// `weight_map` of an HF shard index: tensor name -> shard file name.

@@ -4,6 +4,8 @@
 mod checkpoint;
 mod config;
 pub mod decode;
+pub mod fault;
+pub mod finite;
 pub mod glm;
 mod linear;
 pub mod pin;

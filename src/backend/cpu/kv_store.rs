@@ -15,26 +15,36 @@ pub struct HostKvStore {
 }
 
 impl HostKvStore {
+    /// A store of `slots` entries per layer, every page of it touched now: the memory the
+    /// plan gives the KV cache is committed at start-up (an overcommitted host fails here,
+    /// not under load), and serving does not grow the process as the cache fills.
     pub fn new(format: KvFormat, geometry: KvGeometry, slots: usize) -> HostKvStore {
         let layers = geometry.indexed.len();
         let mut s =
             HostKvStore { format, geometry, slots: 0, mla: vec![Vec::new(); layers], index: vec![Vec::new(); layers] };
         s.grow(slots);
+        for buf in s.mla.iter_mut().chain(s.index.iter_mut()) {
+            touch(buf);
+        }
         s
+    }
+
+    /// Bytes the store holds.
+    pub fn bytes(&self) -> usize {
+        self.mla.iter().chain(&self.index).map(Vec::len).sum()
     }
 
     pub fn slots(&self) -> usize {
         self.slots
     }
 
-    /// Makes room for `slots` entries per layer (never shrinks).
+    /// Makes room for `slots` entries per layer (never shrinks). New room is mapped as it is
+    /// first written (single-sequence caches grow this way).
     pub fn grow(&mut self, slots: usize) {
         if slots <= self.slots {
             return;
         }
         let (mla, idx) = (self.mla_bytes(), self.index_bytes());
-        // A fresh buffer comes from the allocator already zeroed (pages are mapped when first
-        // written), so a large store costs nothing until it fills.
         let grow = |buf: &mut Vec<u8>, n: usize| {
             if buf.is_empty() {
                 *buf = vec![0u8; n];
@@ -99,5 +109,15 @@ impl HostKvStore {
                 self.index[l].copy_within(from * idx..(from + page_size) * idx, to * idx);
             }
         }
+    }
+}
+
+/// Writes every page of `buf` once, so the kernel backs it now.
+fn touch(buf: &mut [u8]) {
+    const PAGE: usize = 4096;
+    for i in (0..buf.len()).step_by(PAGE) {
+        // SAFETY: i is in bounds. Volatile, because the buffer is known to be zero and a plain
+        // store of zero could be optimized away.
+        unsafe { std::ptr::write_volatile(buf.as_mut_ptr().add(i), 0) };
     }
 }
