@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 use crate::baked::CodeObject;
-use crate::plan::{Device, KvCache, MemoryReport, Parallel, Plan, Speculative, Target, gb, memory_report, variant};
+use crate::plan::{
+    Device, KvCache, MemoryReport, Parallel, Plan, Server, Speculative, Target, gb, memory_report, variant,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PlanReport {
@@ -20,6 +22,8 @@ pub struct PlanReport {
     pub replicas: u32,
     pub speculative: Speculative,
     pub kv_cache: KvCache,
+    /// Server limits, the transport's included (no secret: auth names where its token is).
+    pub server: Server,
     /// IndexShare schedule, one letter per main layer (F = runs the indexer, S = shares).
     pub indexer_pattern: String,
     #[serde(flatten)]
@@ -68,6 +72,7 @@ impl PlanReport {
             replicas: plan.parallel.dp,
             speculative: plan.speculative.clone(),
             kv_cache: plan.kv_cache.clone(),
+            server: plan.server.clone(),
             indexer_pattern: plan.model.indexer_pattern(),
             memory: memory_report(plan),
             kernels: plan
@@ -229,6 +234,26 @@ impl PlanReport {
                 sv.drain_timeout_s
             ),
         );
+        line(
+            "connections",
+            format!(
+                "<= {} (then /health and /metrics only), headers <= {} B in <= {} lines, header {} s, body {} s, idle {} s, write {} s",
+                sv.max_connections,
+                sv.max_header_bytes,
+                sv.max_headers,
+                sv.header_timeout_s,
+                sv.body_timeout_s,
+                sv.idle_timeout_s,
+                sv.write_timeout_s
+            ),
+        );
+        let auth = match sv.auth.as_ref().map(|a| (&a.token_env, &a.token_file)) {
+            None => "none: every client may call every route".to_string(),
+            Some((Some(var), _)) => format!("bearer token from ${var}, every route but /health"),
+            Some((None, Some(path))) => format!("bearer token from {path}, every route but /health"),
+            Some((None, None)) => "misconfigured".to_string(),
+        };
+        line("auth", auth);
 
         s.push_str("\nmemory per device\n");
         row(&mut s, "weights".into(), gb(r.weights_bytes_per_device as f64));
