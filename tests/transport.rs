@@ -112,6 +112,9 @@ fn slow_bodies_time_out_while_health_stays_fast() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     health_is_fast(&r);
+    // Completions are served meanwhile too.
+    let (code, _, body) = post(&format!("http://{}", r.addr), "/v1/completions", r#"{"prompt": "x", "max_tokens": 2}"#);
+    assert_eq!(code, 200, "{body}");
     for mut c in slow {
         let (text, _) = read_some(&mut c, Duration::from_secs(4));
         assert_eq!(status(&text), 408, "{text}");
