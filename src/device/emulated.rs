@@ -1,7 +1,8 @@
 //! The emulated HIP device: kernels/ compiled against HIP-CPU (build_support/emulated_kernels.rs)
 //! into a shared library, loaded here. Device memory is host memory; every launch runs to
 //! completion before it returns, one at a time (HIP-CPU's runtime state is global to the
-//! library), so the stream is trivially in order.
+//! library), so the stream is trivially in order. A loaded library stays for the life of the
+//! process; HIP-CPU's runtime thread polls its streams, so it costs some CPU while it does.
 //!
 //! Not in statically linked binaries: they cannot load a shared library.
 
@@ -44,19 +45,25 @@ struct Api {
 pub struct EmulatedDevice {
     path: PathBuf,
     api: Api,
-    /// One call into HIP-CPU at a time.
-    lock: Mutex<()>,
     _lib: libloading::Library,
 }
+
+/// One call into HIP-CPU at a time, across every loaded library (they share TBB's workers).
+static HIP_CPU: Mutex<()> = Mutex::new(());
 
 impl EmulatedDevice {
     /// Loads a kernel library built by build_support/emulated_kernels.rs.
     pub fn open(path: &Path) -> Result<EmulatedDevice> {
         let fail =
             |message: String| Error::Device { device: format!("emulated HIP device {}", path.display()), message };
+        // Never unloaded (RTLD_NODELETE): HIP-CPU keeps a runtime thread and thread-local
+        // fiber state on TBB's workers, which would run unmapped code after a dlclose.
+        let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | libc::RTLD_NODELETE;
         // SAFETY: loading runs the library's static initializers: HIP-CPU's runtime and TBB,
         // which have no preconditions on the loading process.
-        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| fail(e.to_string()))?;
+        let lib: libloading::Library = unsafe { libloading::os::unix::Library::open(Some(path), flags) }
+            .map_err(|e| fail(e.to_string()))?
+            .into();
         // SAFETY: each symbol is declared with the signature the generated C++ defines.
         let api = unsafe {
             Api {
@@ -69,7 +76,7 @@ impl EmulatedDevice {
                 error: *lib.get::<ErrorFn>(b"kiln_emulated_error\0").map_err(|e| fail(e.to_string()))?,
             }
         };
-        Ok(EmulatedDevice { path: path.to_path_buf(), api, lock: Mutex::new(()), _lib: lib })
+        Ok(EmulatedDevice { path: path.to_path_buf(), api, _lib: lib })
     }
 
     fn check(&self, code: c_int, what: &str) -> Result<()> {
@@ -81,8 +88,8 @@ impl EmulatedDevice {
         Err(Error::Device { device: self.describe(), message: format!("{what}: {text} ({code})") })
     }
 
-    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    fn guard(&self) -> std::sync::MutexGuard<'static, ()> {
+        HIP_CPU.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
