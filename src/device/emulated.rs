@@ -61,9 +61,8 @@ impl EmulatedDevice {
         let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL | libc::RTLD_NODELETE;
         // SAFETY: loading runs the library's static initializers: HIP-CPU's runtime and TBB,
         // which have no preconditions on the loading process.
-        let lib: libloading::Library = unsafe { libloading::os::unix::Library::open(Some(path), flags) }
-            .map_err(|e| fail(e.to_string()))?
-            .into();
+        let lib: libloading::Library =
+            unsafe { libloading::os::unix::Library::open(Some(path), flags) }.map_err(|e| fail(e.to_string()))?.into();
         // SAFETY: each symbol is declared with the signature the generated C++ defines.
         let api = unsafe {
             Api {
