@@ -147,24 +147,33 @@ fn code_objects(manifest_dir: &Path, out: &Path, plan: &plan::Plan) -> String {
     let Some(arch) = plan.appliance.arch.as_deref().filter(|_| plan.appliance.target != plan::Target::Cpu) else {
         return "pub const CODE_OBJECTS: &[CodeObject] = &[];\n".into();
     };
-    // Sources in use, with every symbol the selected variants need from each.
-    let mut sources: Vec<(&str, Vec<&str>)> = Vec::new();
-    for e in &plan.kernels.entries {
-        let v = plan::variant(&e.kernel).expect("validated: every kernel exists");
-        match sources.iter_mut().find(|(s, _)| *s == v.source) {
-            Some((_, syms)) => syms.extend(v.symbols.iter().copied()),
-            None => sources.push((v.source, v.symbols.to_vec())),
-        }
-    }
+    // Sources in use; each exports every symbol the registry names from it, so the backend
+    // finds the variant for every format (the f32 oracle KV included) in the code objects.
+    let mut sources: Vec<&str> = plan
+        .kernels
+        .entries
+        .iter()
+        .map(|e| plan::variant(&e.kernel).expect("validated: every kernel exists").source)
+        .collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let sources: Vec<(&str, Vec<&str>)> = sources.into_iter().map(|s| (s, plan::source_symbols(s))).collect();
     let mut entries = String::new();
     let mut errors = Vec::new();
-    for (source, mut symbols) in sources {
-        symbols.sort_unstable();
-        symbols.dedup();
+    for (source, symbols) in sources {
         let src = manifest_dir.join("kernels").join(source);
-        let object = out.join(format!("{}.{arch}.co", source.trim_end_matches(".hip")));
-        match kernel_compile::compile(&src, arch, &object, &symbols) {
-            Ok(_) => entries.push_str(&format!(
+        // Named by what goes into it, so a rebuild for another plan reuses what it can.
+        let key = object_key(&manifest_dir.join("kernels"), source, arch, &symbols);
+        let object = out.join(format!("{}.{arch}.{key}.co", source.trim_end_matches(".hip")));
+        let built = if object.is_file() {
+            Ok(())
+        } else {
+            let tmp = object.with_extension("co.partial");
+            kernel_compile::compile(&src, arch, &tmp, &symbols)
+                .and_then(|_| std::fs::rename(&tmp, &object).map_err(|e| format!("{}: {e}", object.display())))
+        };
+        match built {
+            Ok(()) => entries.push_str(&format!(
                 "    CodeObject {{ source: {source:?}, arch: {arch:?}, symbols: &{symbols:?}, bytes: include_bytes!({:?}) }},\n",
                 object.display().to_string()
             )),
@@ -175,6 +184,21 @@ fn code_objects(manifest_dir: &Path, out: &Path, plan: &plan::Plan) -> String {
         fail(&format!("appliance.target = {} for {arch}:\n  {}", plan.appliance.target.as_str(), errors.join("\n  ")));
     }
     format!("pub const CODE_OBJECTS: &[CodeObject] = &[\n{entries}];\n")
+}
+
+/// A digest of everything a code object depends on: the source, the portability header, the
+/// arch, the symbols it must export and the compilers asked for.
+fn object_key(kernels: &Path, source: &str, arch: &str, symbols: &[&str]) -> String {
+    let mut h = blake3::Hasher::new();
+    for file in [source, "compat.h"] {
+        h.update(&std::fs::read(kernels.join(file)).unwrap_or_default());
+    }
+    h.update(arch.as_bytes());
+    h.update(symbols.join(",").as_bytes());
+    for var in ["HIPCC", "KILN_HIP_CLANG"] {
+        h.update(std::env::var(var).unwrap_or_default().as_bytes());
+    }
+    h.finalize().to_hex()[..16].to_string()
 }
 
 /// The `emulated-hip` feature: every kernel compiled against HIP-CPU into one library.

@@ -98,6 +98,22 @@ __device__ inline float kiln_block_max(float v, float* scratch) {
     return kiln_block_reduce(v, scratch, -INFINITY, KilnMax{});
 }
 
+// ---- ranking ------------------------------------------------------------------------------
+
+// The one ranking rule of every top-k (indexer, router, sampling), shared with the CPU
+// (backend::cpu::topk::rank_order): larger values first, -0 equal to +0, NaN after every
+// number, and among equals the lower index first.
+__device__ inline bool kiln_ranks_before(float a, int ia, float b, int ib) {
+    const bool an = a != a, bn = b != b;
+    if (an != bn) return bn;
+    if (!an && a != b) return a > b;
+    return ia < ib;
+}
+
+// A row group's rows: offsets [G + 1] when grouped, else the single group 0 .. m.
+__device__ inline int kiln_group_begin(const int* offsets, int g) { return offsets ? offsets[g] : 0; }
+__device__ inline int kiln_group_end(const int* offsets, int g, int m) { return offsets ? offsets[g + 1] : m; }
+
 // ---- stored formats ----------------------------------------------------------------------
 
 __device__ inline float kiln_bf16(uint16_t bits) { return __uint_as_float(((uint32_t)bits) << 16); }
@@ -109,6 +125,10 @@ __device__ inline uint16_t kiln_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+// A stored weight element as f32 (bf16 kept as its raw 16 bits).
+__device__ inline float kiln_load(const float* p) { return *p; }
+__device__ inline float kiln_load(const uint16_t* p) { return kiln_bf16(*p); }
+
 // OCP fp8 e4m3 (fn): bias 7, no infinities, S.1111.111 is NaN.
 __device__ inline float kiln_e4m3(uint8_t b) {
     const uint32_t exp = (b >> 3) & 0xF, man = b & 7;
@@ -117,6 +137,26 @@ __device__ inline float kiln_e4m3(uint8_t b) {
     else if (exp == 0) mag = (float)man * (1.0f / 512.0f);
     else mag = __uint_as_float(((exp + 120u) << 23) | (man << 20));
     return (b & 0x80) ? -mag : mag;
+}
+
+// Nearest e4m3 code of x (ties to even), saturating at +-448; NaN to the NaN code. The same
+// steps as the CPU's kv::fp8::to_e4m3, so caches written on either side hold the same bytes.
+__device__ inline uint8_t kiln_to_e4m3(float x) {
+    if (x != x) return 0x7F;
+    const uint8_t sign = (__float_as_uint(x) >> 31) ? 0x80 : 0;
+    const float a = fminf(fabsf(x), 448.0f);
+    uint32_t code;
+    if (a < 0.015625f) {
+        // Subnormals step by 2^-9: 0..8 (8 is the smallest normal).
+        code = (uint32_t)rintf(a * 512.0f);
+    } else {
+        const int e = (int)((__float_as_uint(a) >> 23) & 0xFF) - 127;  // floor(log2 a)
+        const float step = __uint_as_float((uint32_t)(e - 3 + 127) << 23);
+        const uint32_t m = (uint32_t)rintf(a / step);  // 8..16
+        const uint32_t field = (uint32_t)(e + 7);
+        code = m >= 16 ? (field + 1) << 3 : (field << 3) | (m - 8);
+    }
+    return sign | (uint8_t)(code < 0x7Eu ? code : 0x7Eu);
 }
 
 // E2M1 (fp4) code in the low 4 bits.
@@ -131,4 +171,11 @@ __device__ inline float kiln_e8m0(uint8_t b) {
     if (b == 0xFF) return __uint_as_float(0x7fc00000u);
     if (b == 0) return __uint_as_float(1u << 22);
     return __uint_as_float(((uint32_t)b) << 23);
+}
+
+// Element (row, c) of an MXFP4 matrix of `cols` inputs: codes [rows, cols/2] (low nibble =
+// even element), scales [rows, cols/32].
+__device__ inline float kiln_mxfp4_at(const uint8_t* codes, const uint8_t* scales, long long row, int c, int cols) {
+    const uint8_t b = codes[row * (cols / 2) + c / 2];
+    return kiln_e2m1((c & 1) ? (b >> 4) : (b & 0xF)) * kiln_e8m0(scales[row * (cols / 32) + c / 32]);
 }

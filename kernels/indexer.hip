@@ -5,10 +5,11 @@
 #define KILN_IDX_MAX_Q 8192  // heads x dims of one query
 
 // q [T, HI, DI] f32 (roped), w [T, HI] f32 (already x HI^-0.5), keys: the layer's indexer
-// entries in the paged pool (bf16: DI bf16; fp8: DI e4m3 + one f32 scale), pages [T, max_pages],
+// entries in the paged pool (f32: DI f32; bf16: DI bf16; fp8: DI e4m3 + one f32 scale),
+// pages [T, max_pages],
 // lens [T] -> scores [T, stride] f32 (positions >= lens are -inf).
 // Grid: (T, ceil(max len / 256)); block: 256, one key per thread.
-template <bool FP8>
+template <int FMT>
 __device__ void kiln_indexer_scores(const float* __restrict__ q, const float* __restrict__ w,
                                     const uint8_t* __restrict__ keys, const int* __restrict__ pages,
                                     const int* __restrict__ lens, float* __restrict__ scores, int hi, int di,
@@ -27,12 +28,14 @@ __device__ void kiln_indexer_scores(const float* __restrict__ q, const float* __
     }
     const int sl = pages[(size_t)t * max_pages + s / page] * page + s % page;
     const uint8_t* e = keys + (size_t)sl * entry;
-    const float kscale = FP8 ? reinterpret_cast<const float*>(e + di)[0] : 1.0f;
+    const float kscale = FMT == 2 ? reinterpret_cast<const float*>(e + di)[0] : 1.0f;
     float total = 0.0f;
     for (int h = 0; h < hi; ++h) {
         float dot = 0.0f;
         for (int i = 0; i < di; ++i) {
-            const float k = FP8 ? kiln_e4m3(e[i]) * kscale : kiln_bf16(reinterpret_cast<const uint16_t*>(e)[i]);
+            const float k = FMT == 2   ? kiln_e4m3(e[i]) * kscale
+                            : FMT == 1 ? kiln_bf16(reinterpret_cast<const uint16_t*>(e)[i])
+                                       : reinterpret_cast<const float*>(e)[i];
             dot += qs[h * di + i] * k;
         }
         total += ws[h] * fmaxf(dot * dot_scale, 0.0f);  // ReLU before the head weighting
@@ -40,26 +43,35 @@ __device__ void kiln_indexer_scores(const float* __restrict__ q, const float* __
     scores[(size_t)t * stride + s] = total;
 }
 
+KILN_EXPORT void kiln_indexer_scores_f32(const float* q, const float* w, const uint8_t* keys, const int* pages,
+                                         const int* lens, float* scores, int hi, int di, int entry, int page,
+                                         int max_pages, int stride, float dot_scale) {
+    kiln_indexer_scores<0>(q, w, keys, pages, lens, scores, hi, di, entry, page, max_pages, stride, dot_scale);
+}
+
 KILN_EXPORT void kiln_indexer_scores_bf16(const float* q, const float* w, const uint8_t* keys, const int* pages,
                                           const int* lens, float* scores, int hi, int di, int entry, int page,
                                           int max_pages, int stride, float dot_scale) {
-    kiln_indexer_scores<false>(q, w, keys, pages, lens, scores, hi, di, entry, page, max_pages, stride, dot_scale);
+    kiln_indexer_scores<1>(q, w, keys, pages, lens, scores, hi, di, entry, page, max_pages, stride, dot_scale);
 }
 
 KILN_EXPORT void kiln_indexer_scores_fp8(const float* q, const float* w, const uint8_t* keys, const int* pages,
                                          const int* lens, float* scores, int hi, int di, int entry, int page,
                                          int max_pages, int stride, float dot_scale) {
-    kiln_indexer_scores<true>(q, w, keys, pages, lens, scores, hi, di, entry, page, max_pages, stride, dot_scale);
+    kiln_indexer_scores<2>(q, w, keys, pages, lens, scores, hi, di, entry, page, max_pages, stride, dot_scale);
 }
 
-// Order-preserving map of floats to unsigned ints (larger float -> larger key).
+// Order-preserving map of floats to unsigned ints (larger float -> larger key) under the
+// ranking rule of compat.h: -0 keys as +0, NaN keys below every number.
 __device__ inline uint32_t kiln_float_key(float f) {
-    const uint32_t u = __float_as_uint(f);
+    if (f != f) return 0u;
+    const uint32_t u = __float_as_uint(f == 0.0f ? 0.0f : f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 // Top-k of each row: radix select of the k-th largest key (4 passes of 8 bits over a
-// 256-bin histogram), then every index above it and ties in index order. Rows with at most
+// 256-bin histogram), then every index above it and ties in index order (the ranking rule of
+// compat.h). Rows with at most
 // k finite entries keep them all. scores [T, stride], lens [T] -> idx [T, k] (unused = -1),
 // in no particular order. Grid: T; block: 256.
 KILN_EXPORT void kiln_topk_f32(const float* __restrict__ scores, const int* __restrict__ lens,

@@ -4,8 +4,9 @@
 //
 //   q_abs  [T, H, R] f32    q_nope @ W_UK per head (R = kv_lora_rank)
 //   q_rope [T, H, DR] f32   roped
-//   kv     [slots, entry]   the layer's MLA entries: bf16 = R + DR bf16; fp8 = R e4m3, then
-//                           ceil(R/128) f32 scales, then DR bf16 (src/kv/layout.rs)
+//   kv     [slots, entry]   the layer's MLA entries: f32 = R + DR f32; bf16 = R + DR bf16;
+//                           fp8 = R e4m3, then ceil(R/128) f32 scales, then DR bf16
+//                           (src/kv/layout.rs)
 //   pages  [T, max_pages]   each query's page table; slot = pages[t / page] * page + t % page
 //   lens   [T] int32        keys 0 .. lens-1 are visible (causal)
 //   sel    [T, topk] int32  selected key positions (-1 = unused), or null for every visible key
@@ -16,22 +17,25 @@
 #define KILN_MLA_CHUNK 256
 #define KILN_MLA_MAX_R 1024
 
-template <bool FP8>
+// Entry formats: 0 f32, 1 bf16, 2 fp8_e4m3.
+template <int FMT>
 __device__ inline float kiln_mla_latent(const uint8_t* e, int i, int r) {
-    if (FP8) {
+    if (FMT == 2) {
         const float* scales = reinterpret_cast<const float*>(e + r);
         return kiln_e4m3(e[i]) * scales[i / 128];
     }
+    if (FMT == 0) return reinterpret_cast<const float*>(e)[i];
     return kiln_bf16(reinterpret_cast<const uint16_t*>(e)[i]);
 }
 
-template <bool FP8>
+template <int FMT>
 __device__ inline float kiln_mla_rope(const uint8_t* e, int i, int r) {
-    const uint8_t* rope = FP8 ? e + r + 4 * ((r + 127) / 128) : e + 2 * r;
+    if (FMT == 0) return reinterpret_cast<const float*>(e + 4 * r)[i];
+    const uint8_t* rope = FMT == 2 ? e + r + 4 * ((r + 127) / 128) : e + 2 * r;
     return kiln_bf16(reinterpret_cast<const uint16_t*>(rope)[i]);
 }
 
-template <bool FP8>
+template <int FMT>
 __device__ void kiln_mla_decode(const float* __restrict__ q_abs, const float* __restrict__ q_rope,
                                 const uint8_t* __restrict__ kv, const int* __restrict__ pages,
                                 const int* __restrict__ lens, const int* __restrict__ sel, float* __restrict__ out,
@@ -60,8 +64,8 @@ __device__ void kiln_mla_decode(const float* __restrict__ q_abs, const float* __
                 sl = pages[(size_t)t * max_pages + key / page] * page + key % page;
                 const uint8_t* e = kv + (size_t)sl * entry;
                 float dot = 0.0f;
-                for (int i = 0; i < r; ++i) dot += qa[i] * kiln_mla_latent<FP8>(e, i, r);
-                for (int i = 0; i < dr; ++i) dot += qr[i] * kiln_mla_rope<FP8>(e, i, r);
+                for (int i = 0; i < r; ++i) dot += qa[i] * kiln_mla_latent<FMT>(e, i, r);
+                for (int i = 0; i < dr; ++i) dot += qr[i] * kiln_mla_rope<FMT>(e, i, r);
                 s = dot * scale;
             }
         }
@@ -80,7 +84,7 @@ __device__ void kiln_mla_decode(const float* __restrict__ q_abs, const float* __
             float v = acc[a] * rescale;
             const int n_chunk = min(KILN_MLA_CHUNK, n_keys - c0);
             for (int q = 0; q < n_chunk; ++q)
-                if (slot[q] >= 0) v += p[q] * kiln_mla_latent<FP8>(kv + (size_t)slot[q] * entry, i, r);
+                if (slot[q] >= 0) v += p[q] * kiln_mla_latent<FMT>(kv + (size_t)slot[q] * entry, i, r);
             acc[a] = v;
         }
         __syncthreads();
@@ -92,14 +96,20 @@ __device__ void kiln_mla_decode(const float* __restrict__ q_abs, const float* __
     }
 }
 
+KILN_EXPORT void kiln_mla_decode_f32(const float* q_abs, const float* q_rope, const uint8_t* kv, const int* pages,
+                                     const int* lens, const int* sel, float* out, int heads, int r, int dr, int entry,
+                                     int page, int max_pages, int topk, float scale) {
+    kiln_mla_decode<0>(q_abs, q_rope, kv, pages, lens, sel, out, heads, r, dr, entry, page, max_pages, topk, scale);
+}
+
 KILN_EXPORT void kiln_mla_decode_bf16(const float* q_abs, const float* q_rope, const uint8_t* kv, const int* pages,
                                       const int* lens, const int* sel, float* out, int heads, int r, int dr, int entry,
                                       int page, int max_pages, int topk, float scale) {
-    kiln_mla_decode<false>(q_abs, q_rope, kv, pages, lens, sel, out, heads, r, dr, entry, page, max_pages, topk, scale);
+    kiln_mla_decode<1>(q_abs, q_rope, kv, pages, lens, sel, out, heads, r, dr, entry, page, max_pages, topk, scale);
 }
 
 KILN_EXPORT void kiln_mla_decode_fp8(const float* q_abs, const float* q_rope, const uint8_t* kv, const int* pages,
                                      const int* lens, const int* sel, float* out, int heads, int r, int dr, int entry,
                                      int page, int max_pages, int topk, float scale) {
-    kiln_mla_decode<true>(q_abs, q_rope, kv, pages, lens, sel, out, heads, r, dr, entry, page, max_pages, topk, scale);
+    kiln_mla_decode<2>(q_abs, q_rope, kv, pages, lens, sel, out, heads, r, dr, entry, page, max_pages, topk, scale);
 }

@@ -6,7 +6,8 @@
 //   codes  [E, N, K/2] u8   two E2M1 codes per byte, low nibble = even element
 //   scales [E, N, K/32] u8  E8M0, one per 32 inputs of a row
 //   x      [M, K] f32       activations sorted by expert
-//   offsets[E + 1] int32    expert e owns rows offsets[e] .. offsets[e+1] of x and y
+//   offsets[E + 1] int32    expert e owns rows offsets[e] .. offsets[e+1] of x and y; null
+//                           for one matrix (E = 1) over all M rows (a dense MXFP4 linear)
 //   y      [M, N] f32
 #include "compat.h"
 
@@ -75,7 +76,7 @@ KILN_EXPORT void kiln_mxfp4_quantize_act(const float* x, float* y, int rows, int
 // Grid: (ceil(N / rows_per_block), E); block: rows_per_block * KILN_WAVE threads.
 KILN_EXPORT void kiln_moe_mxfp4_decode(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
                                        const float* __restrict__ x, const int* __restrict__ offsets,
-                                       float* __restrict__ y, int n, int k) {
+                                       float* __restrict__ y, int n, int k, int m_rows) {
     const int e = blockIdx.y;
     const int rows_per_block = blockDim.x / KILN_WAVE;
     const int row = blockIdx.x * rows_per_block + threadIdx.x / KILN_WAVE;
@@ -86,7 +87,8 @@ KILN_EXPORT void kiln_moe_mxfp4_decode(const uint8_t* __restrict__ codes, const 
     const int groups = live ? k / 32 : 0;
     const uint8_t* wc = codes + ((size_t)e * n + (live ? row : 0)) * (k / 2);
     const uint8_t* ws = scales + ((size_t)e * n + (live ? row : 0)) * (k / 32);
-    for (int m = offsets[e]; m < offsets[e + 1]; ++m) {
+    const int m_end = kiln_group_end(offsets, e, m_rows);
+    for (int m = kiln_group_begin(offsets, e); m < m_end; ++m) {
         const float* xm = x + (size_t)m * k;
         float acc = 0.0f;
         for (int g = lane; g < groups; g += KILN_WAVE) acc += kiln_mxfp4_group_dot(wc + 16 * g, ws[g], xm + 32 * g);
@@ -104,11 +106,12 @@ KILN_EXPORT void kiln_moe_mxfp4_decode(const uint8_t* __restrict__ codes, const 
 // each. Grid: (ceil(N / 64), ceil(max tokens of an expert / 32), E).
 KILN_EXPORT void kiln_moe_mxfp4_prefill(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
                                         const float* __restrict__ x, const int* __restrict__ offsets,
-                                        float* __restrict__ y, int n, int k) {
+                                        float* __restrict__ y, int n, int k, int m_rows) {
     __shared__ float wt[KILN_TILE_N][KILN_TILE_K + 1];
     __shared__ float xt[KILN_TILE_M][KILN_TILE_K + 1];
     const int e = blockIdx.z;
-    const int m0 = offsets[e] + blockIdx.y * KILN_TILE_M, m_end = offsets[e + 1];
+    const int m0 = kiln_group_begin(offsets, e) + blockIdx.y * KILN_TILE_M;
+    const int m_end = kiln_group_end(offsets, e, m_rows);
     if (m0 >= m_end) return;
     const int n0 = blockIdx.x * KILN_TILE_N;
     const int tr = (threadIdx.x / 16) * 4;  // 4 rows

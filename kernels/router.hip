@@ -15,6 +15,8 @@ KILN_EXPORT void kiln_router_sigmoid_topk(const float* __restrict__ x, const flo
     __shared__ float best_v[32];
     __shared__ int best_i[32];
     __shared__ int picked[16];
+    __shared__ unsigned char taken[KILN_ROUTER_MAX_EXPERTS];
+    for (int j = threadIdx.x; j < e; j += blockDim.x) taken[j] = 0;
     const float* xt = x + (size_t)blockIdx.x * d;
     // Logits: one wave per expert at a time, lanes split D.
     const int lane = threadIdx.x % KILN_WAVE, wave = threadIdx.x / KILN_WAVE;
@@ -36,44 +38,57 @@ KILN_EXPORT void kiln_router_sigmoid_topk(const float* __restrict__ x, const flo
         if (threadIdx.x == 0) {
             float gs[64];
             for (int g = 0; g < groups && g < 64; ++g) {
-                float a = -INFINITY, b = -INFINITY;
-                for (int j = 0; j < per; ++j) {
-                    const float v = choice[g * per + j];
-                    if (v > a) { b = a; a = v; } else if (v > b) b = v;
+                int a = -1, b = -1;  // the group's best two, by the ranking rule
+                for (int j = g * per; j < (g + 1) * per; ++j) {
+                    if (a < 0 || kiln_ranks_before(choice[j], j, choice[a], a)) {
+                        b = a;
+                        a = j;
+                    } else if (b < 0 || kiln_ranks_before(choice[j], j, choice[b], b)) {
+                        b = j;
+                    }
                 }
-                gs[g] = a + b;
+                gs[g] = choice[a] + (b >= 0 ? choice[b] : 0.0f);
             }
             for (int g = 0; g < groups && g < 64; ++g) {
                 int rank = 0;
-                for (int h = 0; h < groups && h < 64; ++h)
-                    rank += (gs[h] > gs[g]) || (gs[h] == gs[g] && h < g);
+                for (int h = 0; h < groups && h < 64; ++h) rank += kiln_ranks_before(gs[h], h, gs[g], g);
                 if (rank >= keep_groups)
                     for (int j = 0; j < per; ++j) choice[g * per + j] = -INFINITY;
             }
         }
         __syncthreads();
     }
-    // Top-k by k rounds of a block argmax (lowest index among equals).
+    // Top-k by k rounds of a block arg-best under the ranking rule; a taken expert is out of
+    // every later round (a flag, not a value, so NaN and -inf choices stay distinct).
     for (int r = 0; r < k; ++r) {
-        float v = -INFINITY;
-        int vi = 0x7fffffff;
+        float v = NAN;
+        int vi = 0x7fffffff;  // ranks after every real candidate
         for (int j = threadIdx.x; j < e; j += blockDim.x)
-            if (choice[j] > v || (choice[j] == v && j < vi)) { v = choice[j]; vi = j; }
+            if (!taken[j] && kiln_ranks_before(choice[j], j, v, vi)) {
+                v = choice[j];
+                vi = j;
+            }
         for (int m = KILN_WAVE / 2; m > 0; m >>= 1) {
             const float ov = kiln_shfl_xor(v, m);
             const int oi = kiln_shfl_xor_int(vi, m);
-            if (ov > v || (ov == v && oi < vi)) { v = ov; vi = oi; }
+            if (kiln_ranks_before(ov, oi, v, vi)) {
+                v = ov;
+                vi = oi;
+            }
         }
-        if (lane == 0) { best_v[wave] = v; best_i[wave] = vi; }
+        if (lane == 0) {
+            best_v[wave] = v;
+            best_i[wave] = vi;
+        }
         __syncthreads();
         if (threadIdx.x == 0) {
             for (int q = 1; q < waves; ++q)
-                if (best_v[q] > best_v[0] || (best_v[q] == best_v[0] && best_i[q] < best_i[0])) {
+                if (kiln_ranks_before(best_v[q], best_i[q], best_v[0], best_i[0])) {
                     best_v[0] = best_v[q];
                     best_i[0] = best_i[q];
                 }
             picked[r] = best_i[0];
-            choice[best_i[0]] = -INFINITY;
+            taken[best_i[0]] = 1;
         }
         __syncthreads();
     }

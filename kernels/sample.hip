@@ -3,19 +3,19 @@
 // sample::Sampler::distribution walked by sample::draw_at (src/ops/sample.rs).
 #include "compat.h"
 
-// logits [T, V] -> out [T]: the highest logit, lowest index among equals. Grid: T; block: 256.
+// logits [T, V] -> out [T]: the first logit under the ranking rule of compat.h. Grid: T; block: 256.
 KILN_EXPORT void kiln_sample_greedy(const float* __restrict__ logits, int* __restrict__ out, int v) {
     __shared__ float bv[32];
     __shared__ int bi[32];
     const float* row = logits + (size_t)blockIdx.x * v;
-    float best = -INFINITY;
-    int besti = 0x7fffffff;
+    float best = NAN;
+    int besti = 0x7fffffff;  // ranks after every real candidate
     for (int i = threadIdx.x; i < v; i += blockDim.x)
-        if (row[i] > best || (row[i] == best && i < besti)) { best = row[i]; besti = i; }
+        if (kiln_ranks_before(row[i], i, best, besti)) { best = row[i]; besti = i; }
     for (int m = KILN_WAVE / 2; m > 0; m >>= 1) {
         const float ov = kiln_shfl_xor(best, m);
         const int oi = kiln_shfl_xor_int(besti, m);
-        if (ov > best || (ov == best && oi < besti)) { best = ov; besti = oi; }
+        if (kiln_ranks_before(ov, oi, best, besti)) { best = ov; besti = oi; }
     }
     const int lane = threadIdx.x % KILN_WAVE, wave = threadIdx.x / KILN_WAVE;
     if (lane == 0) { bv[wave] = best; bi[wave] = besti; }
@@ -23,7 +23,7 @@ KILN_EXPORT void kiln_sample_greedy(const float* __restrict__ logits, int* __res
     if (threadIdx.x == 0) {
         const int waves = blockDim.x / KILN_WAVE;
         for (int q = 1; q < waves; ++q)
-            if (bv[q] > bv[0] || (bv[q] == bv[0] && bi[q] < bi[0])) { bv[0] = bv[q]; bi[0] = bi[q]; }
+            if (kiln_ranks_before(bv[q], bi[q], bv[0], bi[0])) { bv[0] = bv[q]; bi[0] = bi[q]; }
         out[blockIdx.x] = bi[0];
     }
 }

@@ -107,6 +107,9 @@ enum PlanAction {
         /// The plan file to write the pin into.
         file: PathBuf,
     },
+    /// Rewrite a GPU plan's [[kernels.entries]] with the default map for every op it runs (in
+    /// place; tuning then replaces rows with measured choices).
+    Kernels { file: PathBuf },
     /// Write a plan for an HF model directory (config.json + safetensors).
     Init {
         #[arg(long = "from-hf", value_name = "DIR")]
@@ -253,6 +256,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Plan { action: Some(PlanAction::Pin { weights, file }), .. }) => {
             deploy::pin_plan(&weights, &file)
         }
+        Some(Command::Plan { action: Some(PlanAction::Kernels { file }), .. }) => deploy::default_kernel_map(&file),
         Some(Command::Verify { weights, full }) => deploy::verify(baked::plan(), &source(weights), full),
         Some(Command::Ops { what: OpsWhat::Check { only } }) => ops_check(&only),
         Some(Command::Ops { what: OpsWhat::Bench { buckets, reps } }) => ops_bench(&buckets, reps),

@@ -140,6 +140,17 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
         },
         kernels: KernelMap::default(),
     };
+    if opts.tp.is_none()
+        && let Some(tp) = default_tp(&plan, opts.dp)
+        && tp != plan.parallel.tp
+    {
+        notes.push(format!(
+            "parallel.tp = {tp}: the largest degree up to {} that splits this model's heads and widths as its formats need",
+            plan.parallel.tp
+        ));
+        plan.parallel.tp = tp;
+        plan.parallel.dp = opts.dp.unwrap_or(plan.device.count / tp);
+    }
     if !gpu {
         plan.kv_cache.memory_fraction = host_fraction(&plan);
         let r = memory_report(&plan);
@@ -157,6 +168,20 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
         ));
     }
     Ok(InitResult { plan, notes })
+}
+
+/// The largest tensor-parallel degree that divides the node (with `dp` given, the devices
+/// left per replica) and passes every rule of the plan (heads and widths split evenly, MXFP4
+/// rows in whole blocks); the kernel map is written after. None when no degree passes.
+fn default_tp(plan: &Plan, dp: Option<u32>) -> Option<u32> {
+    let count = plan.device.count;
+    let most = count / dp.unwrap_or(1).max(1);
+    (1..=most.max(1)).rev().filter(|t| most % t == 0).find(|&t| {
+        let mut p = plan.clone();
+        p.parallel.tp = t;
+        p.parallel.dp = dp.unwrap_or(count / t);
+        crate::plan::validate(&p).iter().all(|problem| problem.key.starts_with("kernels"))
+    })
 }
 
 /// Formats seen per (mtp, class) among the linears the model needs, sorted and deduplicated.

@@ -283,13 +283,18 @@ impl PlanReport {
 
         if !self.kernels.is_empty() {
             s.push_str("\nkernel map (op, shape, token buckets -> kernel)\n");
+            let op_w = self.kernels.iter().map(|k| k.op.len()).max().unwrap_or(0);
+            let shape_w = self.kernels.iter().map(|k| k.shape.len()).max().unwrap_or(0);
             for k in &self.kernels {
                 let b = match (k.buckets.first(), k.buckets.last()) {
                     (Some(a), Some(z)) if a != z => format!("{a}..{z}"),
                     (Some(a), _) => a.to_string(),
                     _ => "-".into(),
                 };
-                s.push_str(&format!("  {:<12} {:<44} {:>10}  {} ({})\n", k.op, k.shape, b, k.kernel, k.source));
+                s.push_str(&format!(
+                    "  {:<op_w$} {:<shape_w$} {:>10}  {} ({})\n",
+                    k.op, k.shape, b, k.kernel, k.source
+                ));
             }
         }
         if !self.code_objects.is_empty() {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::backend::cpu::rank_order;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -218,7 +219,7 @@ fn filtered(l: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
     let max = l.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut cand: Vec<(u32, f32)> =
         l.iter().enumerate().map(|(i, &v)| (i as u32, ((v - max) / p.temperature).exp())).collect();
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    cand.sort_by(|a, b| rank_order((a.1, a.0), (b.1, b.0)));
     if p.top_k > 0 {
         cand.truncate(p.top_k);
     }
@@ -242,15 +243,9 @@ fn filtered(l: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
     cand
 }
 
-/// The highest logit's index; the lowest index among equals.
+/// The first logit under the ranking rule (highest; lowest index among equals; NaN last).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    crate::backend::cpu::arg_first(logits)
 }
 
 /// A chosen token's log-probability under the model (before sampling adjustments) and the
@@ -269,7 +264,7 @@ pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
     if top > 0 {
         let idx = crate::backend::cpu::top_k(logits, top);
         best = idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect();
-        best.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        best.sort_by(|a, b| rank_order((a.1, a.0), (b.1, b.0)));
     }
     TokenLogprob { token, logprob: logits[token as usize] - lse, top: best }
 }

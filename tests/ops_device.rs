@@ -8,39 +8,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use kiln::device::Gpu;
-use kiln::device::emulated::EmulatedDevice;
+use common::emulated::{emulated_gpu, emulated_library};
 use kiln::ops::check::{CheckRow, check, table};
-
-#[allow(dead_code)]
-#[path = "../build_support/emulated_kernels.rs"]
-mod emulated_kernels;
-
-/// The emulated kernel library built from `kernels_dir`, or None (and a note) when this
-/// machine cannot build it and is not required to.
-fn emulated_library(kernels_dir: &Path, name: &str) -> Option<PathBuf> {
-    let required = std::env::var_os("KILN_REQUIRE_EMULATED").is_some();
-    let built = emulated_kernels::hip_cpu_dir(&common::repo_path("")).and_then(|hip_cpu| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("emulated").join(name);
-        emulated_kernels::build(&hip_cpu, kernels_dir, &kiln::plan::all_sources(), &kiln::plan::all_symbols(), &out)
-    });
-    match built {
-        Ok(lib) => Some(lib),
-        Err(e) => {
-            assert!(!required, "KILN_REQUIRE_EMULATED is set but the emulated device cannot be built: {e}");
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-    }
-}
-
-fn emulated_gpu(lib: &Path) -> Gpu {
-    let device = Arc::new(EmulatedDevice::open(lib).unwrap_or_else(|e| panic!("{e}")));
-    Gpu::new(device, &kiln::plan::all_symbols()).unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn failures(rows: &[CheckRow]) -> Vec<&CheckRow> {
     rows.iter().filter(|r| !r.passed()).collect()

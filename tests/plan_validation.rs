@@ -372,6 +372,20 @@ fn kernel_row(op: &str, shape: &str, buckets: &[i64], kernel: &str) -> toml::Val
     toml::Value::Table(t)
 }
 
+/// Index of the GLM-5.2 TP4 plan's first kernel row for `op` (served by `kernel`, if given).
+fn glm_row(op: &str, kernel: Option<&str>) -> usize {
+    let doc: toml::Table = toml::from_str(&read_plan_text(G)).unwrap();
+    let rows = doc["kernels"]["entries"].as_array().unwrap();
+    rows.iter()
+        .position(|x| x["op"].as_str() == Some(op) && kernel.is_none_or(|k| x["kernel"].as_str() == Some(k)))
+        .unwrap_or_else(|| panic!("no kernel row for {op}"))
+}
+
+fn glm_row_count() -> usize {
+    let doc: toml::Table = toml::from_str(&read_plan_text(G)).unwrap();
+    doc["kernels"]["entries"].as_array().unwrap().len()
+}
+
 /// The GLM-5.2 TP4 plan's kernel rows with `f` applied.
 fn glm_rows(f: impl FnOnce(&mut Vec<toml::Value>)) -> Option<toml::Value> {
     let doc: toml::Table = toml::from_str(&read_plan_text(G)).unwrap();
@@ -418,31 +432,43 @@ fn every_missing_cell_is_listed() {
 fn kernel_cells_are_served_once() {
     let rows = glm_rows(|r| r.push(kernel_row("sample", "vocab=154880", &[4], "sample.greedy_top_p")));
     let p = problems(G, &[("kernels.entries", rows)]);
-    assert_problem(&p, "kernels.entries[10]", "(op = \"sample\", bucket = 4) is already served by kernels.entries[9]");
+    let (added, first) = (glm_row_count(), glm_row("sample", None));
+    assert_problem(
+        &p,
+        &format!("kernels.entries[{added}]"),
+        &format!("(op = \"sample\", bucket = 4) is already served by kernels.entries[{first}]"),
+    );
 }
 
 #[test]
 fn unknown_kernels_are_named_with_the_alternatives() {
-    let rows = glm_rows(|r| r[0]["kernel"] = toml::Value::String("rmsnorm.fast".into()));
+    let i = glm_row("rmsnorm", None);
+    let rows = glm_rows(|r| r[i]["kernel"] = toml::Value::String("rmsnorm.fast".into()));
     let p = problems(G, &[("kernels.entries", rows)]);
     assert_problem(
         &p,
-        "kernels.entries[0]",
+        &format!("kernels.entries[{i}]"),
         "unknown kernel \"rmsnorm.fast\" (this build has for rmsnorm: rmsnorm.block)",
     );
 }
 
 #[test]
 fn kernels_serve_only_their_op_family() {
-    let rows = glm_rows(|r| r[0]["kernel"] = toml::Value::String("sample.greedy_top_p".into()));
+    let i = glm_row("rmsnorm", None);
+    let rows = glm_rows(|r| r[i]["kernel"] = toml::Value::String("sample.greedy_top_p".into()));
     let p = problems(G, &[("kernels.entries", rows)]);
-    assert_problem(&p, "kernels.entries[0]", "serves sample but op \"rmsnorm\" needs a rmsnorm kernel");
+    assert_problem(&p, &format!("kernels.entries[{i}]"), "serves sample but op \"rmsnorm\" needs a rmsnorm kernel");
 }
 
 #[test]
 fn kernels_must_be_built_for_the_arch() {
     let p = problems(G, &[("appliance.target", string("cuda")), ("appliance.arch", string("sm_75"))]);
-    assert_problem(&p, "kernels.entries[0]", "kernel \"rmsnorm.block\" is not built for appliance.arch = \"sm_75\"");
+    let i = glm_row("rmsnorm", None);
+    assert_problem(
+        &p,
+        &format!("kernels.entries[{i}]"),
+        "kernel \"rmsnorm.block\" is not built for appliance.arch = \"sm_75\"",
+    );
 }
 
 #[test]
@@ -451,7 +477,7 @@ fn stale_shapes_are_refused() {
     let p = problems(G, &[("parallel.tp", int(8)), ("parallel.dp", int(1))]);
     assert_problem(
         &p,
-        "kernels.entries[3]",
+        &format!("kernels.entries[{}]", glm_row("moe.gate_up", None)),
         "was tuned for shape \"experts=256 n=512 k=6144\" but this plan runs \"experts=256 n=256 k=6144\"",
     );
 }
@@ -460,20 +486,23 @@ fn stale_shapes_are_refused() {
 fn rows_for_ops_the_plan_does_not_run_are_refused() {
     let rows = glm_rows(|r| r.push(kernel_row("attention.prefill", "x", &[1], "rmsnorm.block")));
     let p = problems(G, &[("kernels.entries", rows)]);
-    assert_problem(&p, "kernels.entries[10]", "op \"attention.prefill\" is not one this plan runs");
+    assert_problem(
+        &p,
+        &format!("kernels.entries[{}]", glm_row_count()),
+        "op \"attention.prefill\" is not one this plan runs",
+    );
 }
 
 #[test]
 fn kernels_cover_only_their_buckets() {
-    let rows = glm_rows(|r| {
-        let row = r.iter_mut().find(|x| x["kernel"].as_str() == Some("moe.mxfp4.wave_per_row")).unwrap();
-        row["buckets"].as_array_mut().unwrap().push(toml::Value::Integer(128));
-    });
+    let i = glm_row("moe.gate_up", Some("moe.mxfp4.wave_per_row"));
+    let rows = glm_rows(|r| r[i]["buckets"].as_array_mut().unwrap().push(toml::Value::Integer(128)));
     let p = problems(G, &[("kernels.entries", rows)]);
-    assert_problem(&p, "kernels.entries[3]", "serves buckets up to 64 but the row lists 128");
-    let rows = glm_rows(|r| r[0]["buckets"].as_array_mut().unwrap().push(toml::Value::Integer(3)));
+    assert_problem(&p, &format!("kernels.entries[{i}]"), "serves buckets up to 64 but the row lists 128");
+    let i = glm_row("rmsnorm", None);
+    let rows = glm_rows(|r| r[i]["buckets"].as_array_mut().unwrap().push(toml::Value::Integer(3)));
     let p = problems(G, &[("kernels.entries", rows)]);
-    assert_problem(&p, "kernels.entries[0]", "bucket 3 is not one op \"rmsnorm\" sees");
+    assert_problem(&p, &format!("kernels.entries[{i}]"), "bucket 3 is not one op \"rmsnorm\" sees");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 mod batch;
 pub mod cpu;
+pub mod gpu;
 
 pub use batch::{Selection, StepBatch};
 pub use cpu::{Route, RouterConfig};
@@ -83,7 +84,7 @@ pub trait Backend: Send + Sync + 'static {
 
     // ---- ops ----
     /// Rows of `table` [V, D] for the batch's tokens -> [n, D].
-    fn embed(&self, table: &Self::Weight, b: &StepBatch) -> Result<Self::Tensor>;
+    fn embed(&self, table: &Self::Weight, b: &Self::Batch) -> Result<Self::Tensor>;
     /// x * rsqrt(mean(x^2) + eps) * w over each row.
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
     /// (x - mean) / sqrt(var + eps) * w + bias over each row.

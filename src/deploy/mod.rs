@@ -1,7 +1,8 @@
 //! The commands an operator runs on a node: `kiln serve` (signals, drain, the weights pin),
-//! `kiln verify [--full]` and `kiln plan pin`.
+//! `kiln verify [--full]`, `kiln plan pin` and `kiln plan kernels`.
 
 mod foreground;
+mod kernel_map;
 pub mod lifecycle;
 mod pin;
 mod process;
@@ -9,6 +10,7 @@ mod serve;
 mod verify;
 mod weights_watch;
 
+pub use kernel_map::{default_kernel_map, write_entries_into};
 pub use pin::pin_plan;
 pub use serve::{serve, source};
 pub use verify::verify;

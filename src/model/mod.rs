@@ -140,7 +140,7 @@ impl<B: Backend> Model<B> {
         self.check_tokens(&step.tokens)?;
         let b = &self.backend;
         let batch = b.batch(step)?;
-        let mut h = b.embed(&self.weights.embed, step)?;
+        let mut h = b.embed(&self.weights.embed, &batch)?;
         let mut selection: Option<B::Selection> = None;
         for (i, layer) in self.weights.layers.iter().enumerate() {
             let (out, sel, routing) = self.layer(layer, i, &h, step, &batch, kv, selection.as_ref())?;

@@ -75,7 +75,7 @@ impl<B: Backend> Model<B> {
         let b = &self.backend;
         let eps = self.shape.rms_norm_eps as f32;
         let batch = b.batch(step)?;
-        let e = b.rms_norm(&b.embed(&self.weights.embed, step)?, &w.enorm, eps)?;
+        let e = b.rms_norm(&b.embed(&self.weights.embed, &batch)?, &w.enorm, eps)?;
         let hn = b.rms_norm(&b.upload(hidden.to_vec(), d)?, &w.hnorm, eps)?;
         let z = b.linear(&b.concat(&e, &hn)?, &w.eh_proj, self.act_quant)?;
         let (out, _, _) = self.layer(&w.layer, kv_layer, &z, step, &batch, kv, None)?;

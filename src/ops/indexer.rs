@@ -1,19 +1,19 @@
 //! The DSA indexer: scores of each query against every visible cached key, then the top-k
-//! keys (kernels/indexer.hip), over bf16 and fp8_e4m3 caches. CPU reference:
+//! keys (kernels/indexer.hip), over bf16, fp8_e4m3 and f32 caches. CPU reference:
 //! backend::cpu::score_slots over backend::cpu::HostKvStore, then backend::cpu::top_k.
 
 use super::paged::PagedCache;
-use super::{Case, OpDecl, Output, Prepared, blocks, counts, dim, rng_for, uniform};
+use super::{Case, OpDecl, Output, Prepared, counts, kv_format_of, rng_for, uniform};
 use crate::backend::cpu::{score_slots, top_k};
-use crate::device::{Buffer, Dim3, Gpu, KernelArgs, Launch};
+use crate::backend::gpu::launch::{self, Paged, Tables};
+use crate::device::{Buffer, Gpu};
 use crate::error::Result;
 use crate::kv::{KvFormat, KvGeometry};
 use crate::plan::{KernelVariant, OpShape};
 
 pub static DECL_BF16: OpDecl = OpDecl { family: "indexer.bf16", tolerance: 2e-4, checks, at };
 pub static DECL_FP8: OpDecl = OpDecl { family: "indexer.fp8_e4m3", tolerance: 2e-4, checks, at };
-
-const BLOCK: usize = 256;
+pub static DECL_F32: OpDecl = OpDecl { family: "indexer.f32", tolerance: 2e-4, checks, at };
 
 struct Geometry {
     heads: usize,
@@ -21,10 +21,6 @@ struct Geometry {
     page: usize,
     topk: usize,
     lens: Vec<usize>,
-}
-
-fn format_of(v: &KernelVariant) -> KvFormat {
-    if v.op.ends_with("fp8_e4m3") { KvFormat::Fp8E4m3 } else { KvFormat::Bf16 }
 }
 
 fn checks(v: &'static KernelVariant) -> Vec<Case> {
@@ -46,7 +42,7 @@ fn at(v: &'static KernelVariant, shape: &OpShape, tokens: usize) -> Case {
 }
 
 fn case(v: &'static KernelVariant, g: Geometry) -> Case {
-    let format = format_of(v);
+    let format = kv_format_of(v);
     let Geometry { heads: hi, dim: di, page, topk, ref lens } = g;
     let t = lens.len();
     let shape = format!("heads={hi} dim={di} topk={topk} page={page} lens={}", counts(lens));
@@ -92,7 +88,7 @@ fn case(v: &'static KernelVariant, g: Geometry) -> Case {
                 lens: gpu.upload(&lens_i)?,
                 scores: gpu.zeros::<f32>(t * stride)?,
                 idx: gpu.zeros::<i32>(t * topk)?,
-                symbols: (v.symbols[0], v.symbols[1]),
+                format,
                 t,
                 hi,
                 di,
@@ -115,8 +111,7 @@ struct Bufs {
     lens: Buffer,   // [T] i32
     scores: Buffer, // [T, stride] f32, -inf past each length
     idx: Buffer,    // [T, topk] i32, unordered, -1 unused
-    /// (scores kernel, top-k kernel)
-    symbols: (&'static str, &'static str),
+    format: KvFormat,
     t: usize,
     hi: usize,
     di: usize,
@@ -130,29 +125,24 @@ struct Bufs {
 
 impl Prepared for Bufs {
     fn launch(&self, gpu: &Gpu) -> Result<()> {
-        let args = KernelArgs::new()
-            .buf(&self.q)
-            .buf(&self.w)
-            .buf(&self.keys)
-            .buf(&self.pages)
-            .buf(&self.lens)
-            .buf(&self.scores)
-            .int(self.hi)
-            .int(self.di)
-            .int(self.entry)
-            .int(self.page)
-            .int(self.max_pages)
-            .int(self.stride)
-            .f32(self.dot_scale);
-        let l = Launch::new(Dim3::xy(dim(self.t), blocks(self.stride, BLOCK)), Dim3::x(BLOCK as u32));
-        // SAFETY: kiln_indexer_scores_{bf16,fp8}(q, w, const uint8_t* keys, const int* pages,
-        // const int* lens, float* scores, int hi, int di, int entry, int page, int max_pages, int
-        // stride, float dot_scale); grid (T, keys / 256), one key per thread; hi * di <= 8192.
-        unsafe { gpu.launch(self.symbols.0, l, args)? };
-        let args = KernelArgs::new().buf(&self.scores).buf(&self.lens).buf(&self.idx).int(self.stride).int(self.topk);
-        // SAFETY: kiln_topk_f32(const float* scores, const int* lens, int* idx, int stride, int
-        // k); one block per row.
-        unsafe { gpu.launch(self.symbols.1, Launch::new(Dim3::x(dim(self.t)), Dim3::x(BLOCK as u32)), args) }
+        let keys = Paged { store: &self.keys, slots: self.keys.bytes() / self.entry, entry: self.entry };
+        let tables = Tables { pages: &self.pages, lens: &self.lens, page: self.page, max_pages: self.max_pages };
+        let (t, stride) = (self.t, self.stride);
+        launch::indexer_scores(
+            gpu,
+            self.format,
+            &self.q,
+            &self.w,
+            &keys,
+            &tables,
+            &self.scores,
+            t,
+            self.hi,
+            self.di,
+            stride,
+            self.dot_scale,
+        )?;
+        launch::top_k(gpu, &self.scores, &self.lens, &self.idx, t, stride, self.topk)
     }
 
     fn output(&self) -> Result<Output> {

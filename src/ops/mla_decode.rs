@@ -1,22 +1,21 @@
 //! Absorbed MLA attention over a paged latent cache, restricted to each query's selected keys
-//! (kernels/mla_decode.hip), in bf16 and fp8_e4m3 caches. CPU reference:
+//! (kernels/mla_decode.hip), in bf16, fp8_e4m3 and f32 caches. CPU reference:
 //! backend::cpu::latent_attention over the entries read from backend::cpu::HostKvStore.
 
 use rand::seq::SliceRandom;
 
 use super::paged::PagedCache;
-use super::{Case, OpDecl, Output, Prepared, counts, dim, rng_for, uniform};
+use super::{Case, OpDecl, Output, Prepared, counts, kv_format_of, rng_for, uniform};
 use crate::backend::cpu::{KeySet, latent_attention};
-use crate::device::{Buffer, Dim3, Gpu, KernelArgs, Launch};
+use crate::backend::gpu::launch::{self, Attention, Paged, Tables};
+use crate::device::{Buffer, Gpu};
 use crate::error::Result;
 use crate::kv::{KvFormat, KvGeometry};
 use crate::plan::{KernelVariant, OpShape};
 
 pub static DECL_BF16: OpDecl = OpDecl { family: "mla.decode.bf16", tolerance: 2e-4, checks, at };
 pub static DECL_FP8: OpDecl = OpDecl { family: "mla.decode.fp8_e4m3", tolerance: 2e-4, checks, at };
-
-/// The kernel's block: one key per thread per chunk of 256.
-const BLOCK: u32 = 256;
+pub static DECL_F32: OpDecl = OpDecl { family: "mla.decode.f32", tolerance: 2e-4, checks, at };
 
 struct Geometry {
     heads: usize,
@@ -27,10 +26,6 @@ struct Geometry {
     topk: Option<usize>,
     /// Each query's sequence length (its visible keys).
     lens: Vec<usize>,
-}
-
-fn format_of(v: &KernelVariant) -> KvFormat {
-    if v.op.ends_with("fp8_e4m3") { KvFormat::Fp8E4m3 } else { KvFormat::Bf16 }
 }
 
 fn checks(v: &'static KernelVariant) -> Vec<Case> {
@@ -59,7 +54,7 @@ fn at(v: &'static KernelVariant, shape: &OpShape, tokens: usize) -> Case {
 }
 
 fn case(v: &'static KernelVariant, g: Geometry) -> Case {
-    let format = format_of(v);
+    let format = kv_format_of(v);
     let Geometry { heads: h, r, dr, page, topk, ref lens } = g;
     let t = lens.len();
     let shape = format!(
@@ -122,7 +117,7 @@ fn case(v: &'static KernelVariant, g: Geometry) -> Case {
                 lens: gpu.upload(&lens_i)?,
                 sel: if sel.is_empty() { None } else { Some(gpu.upload(&sel)?) },
                 out: gpu.zeros::<f32>(t * h * r)?,
-                symbol: v.symbols[0],
+                format,
                 t,
                 h,
                 r,
@@ -145,7 +140,7 @@ struct Bufs {
     lens: Buffer,        // [T] i32
     sel: Option<Buffer>, // [T, topk] i32, -1 unused; None = every visible key
     out: Buffer,         // [T, H, r] f32
-    symbol: &'static str,
+    format: KvFormat,
     t: usize,
     h: usize,
     r: usize,
@@ -159,27 +154,21 @@ struct Bufs {
 
 impl Prepared for Bufs {
     fn launch(&self, gpu: &Gpu) -> Result<()> {
-        let args = KernelArgs::new()
-            .buf(&self.q_abs)
-            .buf(&self.q_rope)
-            .buf(&self.kv)
-            .buf(&self.pages)
-            .buf(&self.lens)
-            .buf_or_null(self.sel.as_ref())
-            .buf(&self.out)
-            .int(self.h)
-            .int(self.r)
-            .int(self.dr)
-            .int(self.entry)
-            .int(self.page)
-            .int(self.max_pages)
-            .int(self.topk)
-            .f32(self.scale);
-        // SAFETY: kiln_mla_decode_{bf16,fp8}(q_abs, q_rope, const uint8_t* kv, const int* pages,
-        // const int* lens, const int* sel, float* out, int heads, int r, int dr, int entry, int
-        // page, int max_pages, int topk, float scale); grid (T, H), block 256; r <= 1024,
-        // dr <= 128 (every checked shape and GLM's 512 / 64).
-        unsafe { gpu.launch(self.symbol, Launch::new(Dim3::xy(dim(self.t), dim(self.h)), Dim3::x(BLOCK)), args) }
+        let a = Attention {
+            q_abs: &self.q_abs,
+            q_rope: &self.q_rope,
+            sel: self.sel.as_ref().map(|s| (s, self.topk)),
+            out: &self.out,
+            t: self.t,
+            heads: self.h,
+            r: self.r,
+            dr: self.dr,
+            scale: self.scale,
+        };
+        let slots = self.kv.bytes() / self.entry;
+        let kv = Paged { store: &self.kv, slots, entry: self.entry };
+        let tables = Tables { pages: &self.pages, lens: &self.lens, page: self.page, max_pages: self.max_pages };
+        launch::mla_decode(gpu, self.format, &a, &kv, &tables)
     }
 
     fn output(&self) -> Result<Output> {

@@ -13,10 +13,18 @@
 
 pub mod bench;
 pub mod check;
+mod elementwise;
+mod embed;
 mod indexer;
+mod kv_write;
+mod layernorm;
+mod linear;
 mod mla_decode;
+mod mla_heads;
+mod moe_dispatch;
 mod moe_mxfp4;
 mod paged;
+mod plain;
 mod rmsnorm;
 mod rope;
 mod router;
@@ -92,9 +100,23 @@ pub fn all() -> Vec<&'static OpDecl> {
         &moe_mxfp4::DECL,
         &mla_decode::DECL_BF16,
         &mla_decode::DECL_FP8,
+        &mla_decode::DECL_F32,
         &indexer::DECL_BF16,
         &indexer::DECL_FP8,
+        &indexer::DECL_F32,
         &sample::DECL,
+        &embed::DECL,
+        &layernorm::DECL,
+        &elementwise::DECL,
+        &linear::DECL_BF16,
+        &linear::DECL_F32,
+        &mla_heads::DECL_BF16,
+        &mla_heads::DECL_F32,
+        &mla_heads::DECL_MXFP4,
+        &kv_write::DECL_BF16,
+        &kv_write::DECL_FP8,
+        &kv_write::DECL_F32,
+        &moe_dispatch::DECL,
     ]
 }
 
@@ -105,6 +127,16 @@ pub fn decl(family: &str) -> Option<&'static OpDecl> {
 /// The registry variants of a family.
 pub fn variants(family: &str) -> impl Iterator<Item = &'static KernelVariant> + '_ {
     REGISTRY.iter().filter(move |v| v.op == family)
+}
+
+/// The KV format a family name ends in (`mla.decode.fp8_e4m3`, `kv_write.f32`, ...).
+fn kv_format_of(v: &KernelVariant) -> crate::kv::KvFormat {
+    use crate::kv::KvFormat;
+    match v.op.rsplit('.').next() {
+        Some("fp8_e4m3") => KvFormat::Fp8E4m3,
+        Some("f32") => KvFormat::F32,
+        _ => KvFormat::Bf16,
+    }
 }
 
 /// The random stream a case draws its inputs from: fixed per (family, shape), so a case is
@@ -126,13 +158,4 @@ fn counts(v: &[usize]) -> String {
         [first, rest @ ..] if rest.len() >= 3 && rest.iter().all(|x| x == first) => format!("{}x{first}", v.len()),
         _ => format!("{v:?}"),
     }
-}
-
-/// Launch helpers shared by declarations.
-fn blocks(n: usize, per_block: usize) -> u32 {
-    u32::try_from(n.div_ceil(per_block.max(1))).expect("grid beyond u32")
-}
-
-fn dim(n: usize) -> u32 {
-    u32::try_from(n).expect("grid beyond u32")
 }

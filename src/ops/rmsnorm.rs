@@ -1,8 +1,9 @@
 //! RMSNorm over rows (kernels/norm.hip). CPU reference: backend::cpu::rms_norm_rows.
 
-use super::{Case, OpDecl, Output, Prepared, dim, rng_for, uniform};
+use super::{Case, OpDecl, Output, Prepared, rng_for, uniform};
 use crate::backend::cpu::rms_norm_rows;
-use crate::device::{Buffer, Dim3, Gpu, KernelArgs, Launch};
+use crate::backend::gpu::launch;
+use crate::device::{Buffer, Gpu};
 use crate::error::Result;
 use crate::plan::{KernelVariant, OpShape};
 
@@ -11,7 +12,6 @@ pub static DECL: OpDecl = OpDecl { family: "rmsnorm", tolerance: 1e-5, checks, a
 const EPS: f32 = 1e-5;
 /// GLM-5.2's hidden width.
 const GLM_HIDDEN: usize = 6144;
-const BLOCK: u32 = 256;
 
 fn checks(v: &'static KernelVariant) -> Vec<Case> {
     vec![case(v, 37, 3), case(v, 520, 2), case(v, GLM_HIDDEN, 2)]
@@ -50,10 +50,7 @@ struct Bufs {
 
 impl Prepared for Bufs {
     fn launch(&self, gpu: &Gpu) -> Result<()> {
-        let args = KernelArgs::new().buf(&self.x).buf(&self.w).buf(&self.y).int(self.d).f32(EPS);
-        // SAFETY: kiln_rmsnorm_f32(const float* x, const float* w, float* y, int d, float eps);
-        // one block per row of d.
-        unsafe { gpu.launch("kiln_rmsnorm_f32", Launch::new(Dim3::x(dim(self.rows)), Dim3::x(BLOCK)), args) }
+        launch::rms_norm(gpu, &self.x, &self.w, &self.y, self.rows, self.d, EPS)
     }
 
     fn output(&self) -> Result<Output> {

@@ -3,16 +3,16 @@
 
 use rand::Rng;
 
-use super::{Case, OpDecl, Output, Prepared, blocks, rng_for, uniform};
+use super::{Case, OpDecl, Output, Prepared, rng_for, uniform};
 use crate::backend::cpu::Rope;
-use crate::device::{Buffer, Dim3, Gpu, KernelArgs, Launch};
+use crate::backend::gpu::launch;
+use crate::device::{Buffer, Gpu};
 use crate::error::Result;
 use crate::plan::{KernelVariant, OpShape};
 
 // sin/cos of large angles (positions up to 10^5) differ by a few ulps of the angle.
 pub static DECL: OpDecl = OpDecl { family: "rope", tolerance: 2e-4, checks, at };
 
-const BLOCK: usize = 256;
 const THETA: f64 = 1e6;
 
 /// Where the rotated dims sit: `heads` heads of `stride` values, dims [offset, offset + rot).
@@ -80,26 +80,7 @@ struct Bufs {
 impl Prepared for Bufs {
     fn launch(&self, gpu: &Gpu) -> Result<()> {
         let g = &self.g;
-        let args = KernelArgs::new()
-            .buf(&self.x)
-            .buf(&self.positions)
-            .buf(&self.inv_freq)
-            .int(g.rows)
-            .int(g.heads)
-            .int(g.stride)
-            .int(g.offset)
-            .int(g.rot);
-        let threads = g.rows * g.heads * (g.rot / 2);
-        // SAFETY: kiln_rope_interleaved_f32(float* x, const int* positions, const float*
-        // inv_freq, int rows, int heads, int stride, int offset, int rot); one thread per
-        // (row, head, pair), guarded against the tail.
-        unsafe {
-            gpu.launch(
-                "kiln_rope_interleaved_f32",
-                Launch::new(Dim3::x(blocks(threads, BLOCK)), Dim3::x(BLOCK as u32)),
-                args,
-            )
-        }
+        launch::rope(gpu, &self.x, &self.positions, &self.inv_freq, g.rows, g.heads, g.stride, g.offset, g.rot)
     }
 
     fn output(&self) -> Result<Output> {

@@ -1,15 +1,15 @@
 //! The sigmoid router with group-limited top-k (kernels/router.hip). CPU reference:
 //! backend::cpu::route.
 
-use super::{Case, OpDecl, Output, Prepared, dim, rng_for, uniform};
+use super::{Case, OpDecl, Output, Prepared, rng_for, uniform};
 use crate::backend::cpu::{RouterConfig, route};
-use crate::device::{Buffer, Dim3, Gpu, KernelArgs, Launch};
+use crate::backend::gpu::launch;
+use crate::device::{Buffer, Gpu};
 use crate::error::Result;
 use crate::plan::{KernelVariant, OpShape};
 
 pub static DECL: OpDecl = OpDecl { family: "router", tolerance: 1e-5, checks, at };
 
-const BLOCK: u32 = 256;
 const SCALING: f32 = 2.5;
 
 fn checks(v: &'static KernelVariant) -> Vec<Case> {
@@ -82,24 +82,7 @@ struct Bufs {
 
 impl Prepared for Bufs {
     fn launch(&self, gpu: &Gpu) -> Result<()> {
-        let c = &self.c;
-        let args = KernelArgs::new()
-            .buf(&self.x)
-            .buf(&self.w)
-            .buf(&self.bias)
-            .buf(&self.idx)
-            .buf(&self.weights)
-            .int(self.d)
-            .int(c.experts)
-            .int(c.top_k)
-            .int(c.groups)
-            .int(c.keep_groups)
-            .i32(i32::from(c.normalize))
-            .f32(c.scaling);
-        // SAFETY: kiln_router_sigmoid_topk(x, w, bias, int* idx, float* weights, int d, int e,
-        // int k, int groups, int keep_groups, int normalize, float scaling); one block per
-        // token; E <= 1024, k <= 16 (the checked shapes and GLM's 256 / 8).
-        unsafe { gpu.launch("kiln_router_sigmoid_topk", Launch::new(Dim3::x(dim(self.t)), Dim3::x(BLOCK)), args) }
+        launch::router(gpu, &self.x, &self.w, &self.bias, &self.idx, &self.weights, self.t, self.d, &self.c)
     }
 
     fn output(&self) -> Result<Output> {

@@ -5,16 +5,15 @@
 
 use rand::Rng;
 
-use super::{Case, OpDecl, Output, Prepared, dim, rng_for, uniform};
-use crate::device::{Buffer, Dim3, Gpu, KernelArgs, Launch};
+use super::{Case, OpDecl, Output, Prepared, rng_for, uniform};
+use crate::backend::gpu::launch;
+use crate::device::{Buffer, Gpu};
 use crate::error::Result;
 use crate::plan::{KernelVariant, OpShape};
 use crate::sample::{Sampler, SamplingParams, argmax};
 
 // Greedy picks must be equal; a draw may land up to 1e-4 of the mass from its slice.
 pub static DECL: OpDecl = OpDecl { family: "sample", tolerance: 1e-4, checks, at };
-
-const BLOCK: u32 = 256;
 
 fn checks(v: &'static KernelVariant) -> Vec<Case> {
     // The last: GLM-5.2's vocabulary.
@@ -69,20 +68,8 @@ struct Bufs {
 
 impl Prepared for Bufs {
     fn launch(&self, gpu: &Gpu) -> Result<()> {
-        let l = Launch::new(Dim3::x(dim(self.t)), Dim3::x(BLOCK));
-        let args = KernelArgs::new().buf(&self.logits).buf(&self.greedy).int(self.vocab);
-        // SAFETY: kiln_sample_greedy(const float* logits, int* out, int v); one block per row.
-        unsafe { gpu.launch("kiln_sample_greedy", l, args)? };
-        let args = KernelArgs::new()
-            .buf(&self.logits)
-            .buf(&self.u)
-            .buf(&self.drawn)
-            .int(self.vocab)
-            .f32(self.temperature)
-            .f32(self.top_p);
-        // SAFETY: kiln_sample_top_p(const float* logits, const float* u, int* out, int v, float
-        // temperature, float top_p); one block per row.
-        unsafe { gpu.launch("kiln_sample_top_p", l, args) }
+        launch::sample_greedy(gpu, &self.logits, &self.greedy, self.t, self.vocab)?;
+        launch::sample_top_p(gpu, &self.logits, &self.u, &self.drawn, self.t, self.vocab, self.temperature, self.top_p)
     }
 
     fn output(&self) -> Result<Output> {

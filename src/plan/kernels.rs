@@ -118,6 +118,125 @@ pub const REGISTRY: &[KernelVariant] = &[
         max_bucket: u64::MAX,
     },
     KernelVariant {
+        name: "mla.decode.f32",
+        op: "mla.decode.f32",
+        source: "mla_decode.hip",
+        symbols: &["kiln_mla_decode_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "indexer.radix_topk.f32",
+        op: "indexer.f32",
+        source: "indexer.hip",
+        symbols: &["kiln_indexer_scores_f32", "kiln_topk_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "embed.gather",
+        op: "embed",
+        source: "embed.hip",
+        symbols: &["kiln_embed_bf16", "kiln_embed_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "layernorm.block",
+        op: "layernorm",
+        source: "norm.hip",
+        symbols: &["kiln_layernorm_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "elementwise.flat",
+        op: "elementwise",
+        source: "elementwise.hip",
+        symbols: &[
+            "kiln_add_f32",
+            "kiln_scale_f32",
+            "kiln_silu_mul_f32",
+            "kiln_fill_i32",
+            "kiln_copy_cols_f32",
+            "kiln_gather_rows_f32",
+        ],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "linear.bf16.wave_per_row",
+        op: "linear.bf16",
+        source: "linear.hip",
+        symbols: &["kiln_linear_bf16"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "linear.f32.wave_per_row",
+        op: "linear.f32",
+        source: "linear.hip",
+        symbols: &["kiln_linear_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "mla.heads.bf16",
+        op: "mla.heads.bf16",
+        source: "mla_heads.hip",
+        symbols: &["kiln_absorb_q_bf16", "kiln_expand_v_bf16"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "mla.heads.f32",
+        op: "mla.heads.f32",
+        source: "mla_heads.hip",
+        symbols: &["kiln_absorb_q_f32", "kiln_expand_v_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "mla.heads.mxfp4",
+        op: "mla.heads.mxfp4",
+        source: "mla_heads.hip",
+        symbols: &["kiln_absorb_q_mxfp4", "kiln_expand_v_mxfp4"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "kv_write.bf16",
+        op: "kv_write.bf16",
+        source: "kv_write.hip",
+        symbols: &["kiln_kv_write_bf16", "kiln_index_write_bf16"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "kv_write.fp8",
+        op: "kv_write.fp8_e4m3",
+        source: "kv_write.hip",
+        symbols: &["kiln_kv_write_fp8", "kiln_index_write_fp8"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "kv_write.f32",
+        op: "kv_write.f32",
+        source: "kv_write.hip",
+        symbols: &["kiln_kv_write_f32", "kiln_index_write_f32"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
+        name: "moe.dispatch.atomic",
+        op: "moe.dispatch",
+        source: "moe_dispatch.hip",
+        symbols: &["kiln_moe_count", "kiln_moe_offsets", "kiln_moe_place", "kiln_moe_gather", "kiln_moe_combine"],
+        archs: ALL_ARCHES,
+        max_bucket: u64::MAX,
+    },
+    KernelVariant {
         name: "sample.greedy_top_p",
         op: "sample",
         source: "sample.hip",
@@ -134,6 +253,16 @@ pub fn variant(name: &str) -> Option<&'static KernelVariant> {
 /// Every kernels/ source file, once.
 pub fn all_sources() -> Vec<&'static str> {
     let mut s: Vec<&str> = REGISTRY.iter().map(|v| v.source).collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// Every symbol the registry names from `source`: what a code object built from it exports,
+/// so every format's variant (the f32 oracle formats included) is there for the backend.
+pub fn source_symbols(source: &str) -> Vec<&'static str> {
+    let mut s: Vec<&'static str> =
+        REGISTRY.iter().filter(|v| v.source == source).flat_map(|v| v.symbols.iter().copied()).collect();
     s.sort_unstable();
     s.dedup();
     s
@@ -194,6 +323,39 @@ pub enum OpShape {
     Sample {
         vocab: u64,
     },
+    /// Embedding rows of a [vocab, d] table.
+    Embed {
+        vocab: u64,
+        d: u64,
+    },
+    /// Elementwise ops and row moves on rows of `d` (the widest the step moves).
+    Rows {
+        d: u64,
+    },
+    /// One dense [n, k] weight (y = x W^T) on this device.
+    Linear {
+        n: u64,
+        k: u64,
+    },
+    /// The absorbed MLA's per-head ends through kv_b: `heads` heads of nope/v dims over rank r.
+    MlaHeads {
+        heads: u64,
+        nope: u64,
+        v: u64,
+        r: u64,
+    },
+    /// KV entries (latent r, rope dr) and indexer keys (index dims) into the paged store.
+    KvWrite {
+        r: u64,
+        dr: u64,
+        index: u64,
+    },
+    /// Tokens to `experts` experts, top_k each, rows of d, and back.
+    Dispatch {
+        experts: u64,
+        top_k: u64,
+        d: u64,
+    },
 }
 
 impl std::fmt::Display for OpShape {
@@ -213,6 +375,12 @@ impl std::fmt::Display for OpShape {
             }
             OpShape::Indexer { heads, dim, topk, page } => write!(f, "heads={heads} dim={dim} topk={topk} page={page}"),
             OpShape::Sample { vocab } => write!(f, "vocab={vocab}"),
+            OpShape::Embed { vocab, d } => write!(f, "vocab={vocab} d={d}"),
+            OpShape::Rows { d } => write!(f, "d={d}"),
+            OpShape::Linear { n, k } => write!(f, "n={n} k={k}"),
+            OpShape::MlaHeads { heads, nope, v, r } => write!(f, "heads={heads} nope={nope} v={v} r={r}"),
+            OpShape::KvWrite { r, dr, index } => write!(f, "r={r} dr={dr} index={index}"),
+            OpShape::Dispatch { experts, top_k, d } => write!(f, "experts={experts} top_k={top_k} d={d}"),
         }
     }
 }
@@ -238,12 +406,27 @@ pub fn buckets_up_to(max: u64) -> Vec<u64> {
     b
 }
 
-/// The (op, shape, buckets) set a GPU plan needs (nothing for the cpu target).
+/// The registry family that runs a weight of this format: dense formats through the grouped
+/// linear kernels, MXFP4 through the MXFP4 expert kernels (one group for a dense linear).
+pub fn linear_family(format: WeightFormat) -> &'static str {
+    match format {
+        WeightFormat::Bf16 => "linear.bf16",
+        WeightFormat::F32 => "linear.f32",
+        WeightFormat::Mxfp4 => "moe.mxfp4",
+    }
+}
+
+/// The (op, shape, buckets) set a GPU plan needs (nothing for the cpu target): every op the
+/// forward runs, in the order it runs them, dense linears included. Linear shapes are per
+/// device: column-parallel projections (q_b, gate/up, lm_head) split their rows over TP,
+/// row-parallel ones (o_proj, down) their inputs. The MTP layer's ops get rows of their own
+/// (`mtp.*`) where its formats differ from the main layers'.
 pub fn required_ops(plan: &Plan) -> Vec<RequiredOp> {
     if plan.appliance.target == Target::Cpu {
         return Vec::new();
     }
     let m = &plan.model;
+    let q = &plan.weights.quant;
     let tp = u64::from(plan.parallel.tp.max(1));
     let ep = u64::from(plan.parallel.ep.max(1));
     let heads = m.num_attention_heads / tp;
@@ -254,62 +437,117 @@ pub fn required_ops(plan: &Plan) -> Vec<RequiredOp> {
     let all = buckets_up_to(step);
     let decode = buckets_up_to(decode_rows);
     let kv = plan.kv_cache.dtype.as_str();
-    let experts_fmt = plan.weights.quant.routed_experts;
-    let moe_family = match experts_fmt {
-        WeightFormat::Mxfp4 => "moe.mxfp4",
-        WeightFormat::Bf16 => "moe.bf16",
-        WeightFormat::F32 => "moe.f32",
+    let mut out: Vec<RequiredOp> = Vec::new();
+    let mut op = |op: &str, family: &str, shape: OpShape, buckets: &[u64]| {
+        out.push(RequiredOp { op: op.to_string(), family: family.to_string(), shape, buckets: buckets.to_vec() })
     };
-    let op = |op: &str, family: &str, shape: OpShape, buckets: &[u64]| RequiredOp {
-        op: op.to_string(),
-        family: family.to_string(),
-        shape,
-        buckets: buckets.to_vec(),
-    };
+    let (d, qk) = (m.hidden_size, m.qk_nope_head_dim + m.qk_rope_head_dim);
     let experts = m.n_routed_experts / ep;
     let expert_width = m.moe_intermediate_size / (tp / ep).max(1);
-    vec![
-        op("rmsnorm", "rmsnorm", OpShape::Norm { widths: vec![m.hidden_size, m.q_lora_rank, m.kv_lora_rank] }, &all),
-        op("rope", "rope", OpShape::Rope { rot: m.qk_rope_head_dim, heads, index_heads: m.index_n_heads }, &all),
-        op(
-            "router",
-            "router",
-            OpShape::Router {
-                experts: m.n_routed_experts,
-                top_k: m.num_experts_per_tok,
-                keep_groups: m.topk_group,
-                groups: m.n_group,
-                d: m.hidden_size,
-            },
-            &all,
-        ),
-        op("moe.gate_up", moe_family, OpShape::Experts { experts, n: expert_width, k: m.hidden_size }, &all),
-        op("moe.down", moe_family, OpShape::Experts { experts, n: m.hidden_size, k: expert_width }, &all),
-        op(
-            "mla.decode",
-            &format!("mla.decode.{kv}"),
-            OpShape::MlaDecode {
-                heads,
-                r: m.kv_lora_rank,
-                dr: m.qk_rope_head_dim,
-                page: u64::from(plan.kv_cache.page_size),
-                topk: m.index_topk,
-            },
-            &all,
-        ),
-        op(
-            "indexer",
-            &format!("indexer.{kv}"),
-            OpShape::Indexer {
-                heads: m.index_n_heads,
-                dim: m.index_head_dim,
-                topk: m.index_topk,
-                page: u64::from(plan.kv_cache.page_size),
-            },
-            &all,
-        ),
-        op("sample", "sample", OpShape::Sample { vocab: m.vocab_size }, &decode),
-    ]
+    let shared_width = m.moe_intermediate_size * m.n_shared_experts / tp;
+    let linear = |n: u64, k: u64| OpShape::Linear { n, k };
+
+    op("embed", "embed", OpShape::Embed { vocab: m.vocab_size, d }, &all);
+    op("rmsnorm", "rmsnorm", OpShape::Norm { widths: vec![d, m.q_lora_rank, m.kv_lora_rank] }, &all);
+    op("elementwise", "elementwise", OpShape::Rows { d }, &all);
+    // Attention: q and kv projections, RoPE, the cache write, the indexer, attention, o_proj.
+    let attn_family = linear_family(q.attention);
+    op("linear.q_a", attn_family, linear(m.q_lora_rank, d), &all);
+    op("linear.q_b", attn_family, linear(heads * qk, m.q_lora_rank), &all);
+    op("linear.kv_a", attn_family, linear(m.kv_lora_rank + m.qk_rope_head_dim, d), &all);
+    op("rope", "rope", OpShape::Rope { rot: m.qk_rope_head_dim, heads, index_heads: m.index_n_heads }, &all);
+    op(
+        "kv_write",
+        &format!("kv_write.{kv}"),
+        OpShape::KvWrite { r: m.kv_lora_rank, dr: m.qk_rope_head_dim, index: m.index_head_dim },
+        &all,
+    );
+    let ix = linear_family(q.indexer);
+    op("linear.indexer.wk", ix, linear(m.index_head_dim, d), &all);
+    op("layernorm", "layernorm", OpShape::Norm { widths: vec![m.index_head_dim] }, &all);
+    op("linear.indexer.wq_b", ix, linear(m.index_n_heads * m.index_head_dim, m.q_lora_rank), &all);
+    op("linear.indexer.weights_proj", ix, linear(m.index_n_heads, d), &all);
+    op(
+        "indexer",
+        &format!("indexer.{kv}"),
+        OpShape::Indexer {
+            heads: m.index_n_heads,
+            dim: m.index_head_dim,
+            topk: m.index_topk,
+            page: u64::from(plan.kv_cache.page_size),
+        },
+        &all,
+    );
+    let mla_heads = OpShape::MlaHeads { heads, nope: m.qk_nope_head_dim, v: m.v_head_dim, r: m.kv_lora_rank };
+    op("mla.heads", &format!("mla.heads.{}", q.attention.as_str()), mla_heads.clone(), &all);
+    op(
+        "mla.decode",
+        &format!("mla.decode.{kv}"),
+        OpShape::MlaDecode {
+            heads,
+            r: m.kv_lora_rank,
+            dr: m.qk_rope_head_dim,
+            page: u64::from(plan.kv_cache.page_size),
+            topk: m.index_topk,
+        },
+        &all,
+    );
+    op("linear.o", attn_family, linear(d, heads * m.v_head_dim), &all);
+    // Feed-forward: the dense MLP of the first layers, then router, experts and shared expert.
+    if m.first_k_dense_replace > 0 {
+        let f = linear_family(q.dense_mlp);
+        op("linear.dense.gate_up", f, linear(m.intermediate_size / tp, d), &all);
+        op("linear.dense.down", f, linear(d, m.intermediate_size / tp), &all);
+    }
+    let router = OpShape::Router {
+        experts: m.n_routed_experts,
+        top_k: m.num_experts_per_tok,
+        keep_groups: m.topk_group,
+        groups: m.n_group,
+        d,
+    };
+    op("router", "router", router, &all);
+    let dispatch = OpShape::Dispatch { experts, top_k: m.num_experts_per_tok, d };
+    op("moe.dispatch", "moe.dispatch", dispatch, &all);
+    let moe_family = linear_family(q.routed_experts);
+    op("moe.gate_up", moe_family, OpShape::Experts { experts, n: expert_width, k: d }, &all);
+    op("moe.down", moe_family, OpShape::Experts { experts, n: d, k: expert_width }, &all);
+    if shared_width > 0 {
+        let f = linear_family(q.shared_experts);
+        op("linear.shared.gate_up", f, linear(shared_width, d), &all);
+        op("linear.shared.down", f, linear(d, shared_width), &all);
+    }
+    op("linear.lm_head", linear_family(q.lm_head), linear(m.vocab_size / tp, d), &all);
+    // The MTP layer: eh_proj, and its own rows where its formats differ.
+    if let (true, Some(mq)) = (m.num_nextn_predict_layers > 0, &q.mtp) {
+        op("linear.mtp.eh_proj", linear_family(mq.eh_proj), linear(d, 2 * d), &all);
+        if mq.attention != q.attention {
+            let f = linear_family(mq.attention);
+            op("linear.mtp.q_a", f, linear(m.q_lora_rank, d), &all);
+            op("linear.mtp.q_b", f, linear(heads * qk, m.q_lora_rank), &all);
+            op("linear.mtp.kv_a", f, linear(m.kv_lora_rank + m.qk_rope_head_dim, d), &all);
+            op("mla.mtp.heads", &format!("mla.heads.{}", mq.attention.as_str()), mla_heads, &all);
+            op("linear.mtp.o", f, linear(d, heads * m.v_head_dim), &all);
+        }
+        if mq.indexer != q.indexer {
+            let f = linear_family(mq.indexer);
+            op("linear.mtp.indexer.wk", f, linear(m.index_head_dim, d), &all);
+            op("linear.mtp.indexer.wq_b", f, linear(m.index_n_heads * m.index_head_dim, m.q_lora_rank), &all);
+            op("linear.mtp.indexer.weights_proj", f, linear(m.index_n_heads, d), &all);
+        }
+        if mq.routed_experts != q.routed_experts {
+            let f = linear_family(mq.routed_experts);
+            op("moe.mtp.gate_up", f, OpShape::Experts { experts, n: expert_width, k: d }, &all);
+            op("moe.mtp.down", f, OpShape::Experts { experts, n: d, k: expert_width }, &all);
+        }
+        if shared_width > 0 && mq.shared_experts != q.shared_experts {
+            let f = linear_family(mq.shared_experts);
+            op("linear.mtp.shared.gate_up", f, linear(shared_width, d), &all);
+            op("linear.mtp.shared.down", f, linear(d, shared_width), &all);
+        }
+    }
+    op("sample", "sample", OpShape::Sample { vocab: m.vocab_size }, &decode);
+    out
 }
 
 /// The kernel map's rules, each problem naming `kernels.entries[i]` or the missing cell.

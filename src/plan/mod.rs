@@ -14,6 +14,7 @@ mod pin;
 mod quant;
 mod serving;
 mod validate;
+pub use validate::validate;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +22,7 @@ pub use appliance::{Appliance, Device, Target};
 pub use inventory::{StoredFormat, WeightGroup, weight_inventory};
 pub use kernels::{
     KernelEntry, KernelMap, KernelVariant, OpShape, REGISTRY, RequiredOp, all_sources, all_symbols, buckets_up_to,
-    default_entries, required_ops, variant,
+    default_entries, linear_family, required_ops, source_symbols, variant,
 };
 pub use memory::{ClassBytes, FP8_SCALE_GROUP, KvLayout, MemoryReport, kv_layout, memory_report};
 pub use model::{IndexerType, LayerKind, MlpKind, ModelShape};

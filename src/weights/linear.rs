@@ -13,6 +13,14 @@ enum Storage {
     Mxfp4 { codes: TensorBytes, scales: TensorBytes },
 }
 
+/// A weight's stored bytes.
+pub enum Stored<'a> {
+    /// Row-major [rows, cols] of `dtype`.
+    Dense { dtype: Dtype, bytes: &'a [u8] },
+    /// codes [rows, cols/2], E8M0 scales [rows, cols/32].
+    Mxfp4 { codes: &'a [u8], scales: &'a [u8] },
+}
+
 /// A [rows, cols] weight (PyTorch Linear layout: y = x W^T), kept in the checkpoint's own
 /// format and mapping; nothing is copied or converted up front.
 #[derive(Debug, Clone)]
@@ -34,10 +42,23 @@ impl Linear {
         Some(Linear { rows: rows as usize, cols: cols as usize, storage })
     }
 
+    /// A dense weight from row-major [rows, cols] bytes of `dtype`.
+    pub fn dense(dtype: Dtype, bytes: Vec<u8>, rows: usize, cols: usize) -> Linear {
+        Linear { rows, cols, storage: Storage::Dense { dtype, bytes: TensorBytes::owned(bytes) } }
+    }
+
     /// An MXFP4 weight from packed codes [rows, cols/2] and E8M0 scales [rows, cols/32].
     pub fn mxfp4(codes: Vec<u8>, scales: Vec<u8>, rows: usize, cols: usize) -> Linear {
         let storage = Storage::Mxfp4 { codes: TensorBytes::owned(codes), scales: TensorBytes::owned(scales) };
         Linear { rows, cols, storage }
+    }
+
+    /// The weight's bytes as the checkpoint stores them (what a device copy uploads).
+    pub fn stored(&self) -> Stored<'_> {
+        match &self.storage {
+            Storage::Dense { dtype, bytes } => Stored::Dense { dtype: *dtype, bytes: bytes.as_slice() },
+            Storage::Mxfp4 { codes, scales } => Stored::Mxfp4 { codes: codes.as_slice(), scales: scales.as_slice() },
+        }
     }
 
     pub fn is_mxfp4(&self) -> bool {

@@ -14,7 +14,7 @@ mod verify;
 
 pub use checkpoint::{Checkpoint, StoredAs, TensorBytes, TensorInfo};
 pub use config::{HfConfig, parse_hf_config, read_hf_config};
-pub use linear::{Linear, load_vector};
+pub use linear::{Linear, Stored, load_vector};
 pub use safetensors::Dtype;
 pub use source::WeightsSource;
 pub use verify::verify;

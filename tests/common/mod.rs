@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod emulated;
 pub mod engine;
 pub mod fixture;
 pub mod plan_build;

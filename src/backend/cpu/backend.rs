@@ -153,10 +153,10 @@ impl Backend for Cpu {
         Ok(r.clone())
     }
 
-    fn embed(&self, table: &Linear, b: &StepBatch) -> Result<Rows> {
+    fn embed(&self, table: &Linear, b: &CpuBatch) -> Result<Rows> {
         let d = table.cols;
-        let mut h = vec![0.0f32; b.len() * d]; // [N, D]
-        for (row, &t) in h.chunks_mut(d).zip(&b.tokens) {
+        let mut h = vec![0.0f32; b.step.len() * d]; // [N, D]
+        for (row, &t) in h.chunks_mut(d).zip(&b.step.tokens) {
             table.row_into(t as usize, row);
         }
         Ok(Rows::new(h, d))

@@ -22,7 +22,7 @@ pub use matmul::{dot, matmul};
 pub use norm::{layer_norm_rows, rms_norm_rows};
 pub use rope::Rope;
 pub use router::{Route, RouterConfig, route};
-pub use topk::top_k;
+pub use topk::{arg_first, rank_order, top_k};
 
 /// silu(g) * u, elementwise; g and u are [n, w], the result replaces g.
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {

@@ -1,30 +1,64 @@
-//! Top-k selection.
+//! The one ranking rule of every top-k in kiln (the indexer's keys, the router's experts,
+//! sampling's candidates), on the CPU and in the kernels (kernels/compat.h,
+//! `kiln_ranks_before`): larger values first, -0 equal to +0, NaN after every number, and
+//! among equal values the lower index first. A selection is then a function of its scores
+//! alone, so the CPU and a device pick the same set whatever order they visit it in.
 
-/// Indices of the k largest scores, ascending by index. Ties are broken arbitrarily; NaN
-/// sorts lowest.
+use std::cmp::Ordering;
+
+/// How (value, index) `a` ranks against `b`: Less when `a` comes first.
+pub fn rank_order(a: (f32, u32), b: (f32, u32)) -> Ordering {
+    match (a.0.is_nan(), b.0.is_nan()) {
+        (false, true) => Ordering::Less,
+        (true, false) => Ordering::Greater,
+        (true, true) => a.1.cmp(&b.1),
+        (false, false) => b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1)),
+    }
+}
+
+/// Indices of the `k` first scores under the ranking rule, ascending.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..scores.len() as u32).collect();
     let k = k.min(idx.len());
     if k < idx.len() {
-        let key = |i: &u32| {
-            let s = scores[*i as usize];
-            if s.is_nan() { f32::NEG_INFINITY } else { s }
-        };
-        idx.select_nth_unstable_by(k, |a, b| key(b).total_cmp(&key(a)));
+        idx.select_nth_unstable_by(k, |&a, &b| rank_order((scores[a as usize], a), (scores[b as usize], b)));
         idx.truncate(k);
     }
     idx.sort_unstable();
     idx
 }
 
+/// The first index under the ranking rule (0 for an empty slice).
+pub fn arg_first(values: &[f32]) -> u32 {
+    let mut best = 0u32;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if rank_order((v, i as u32), (values[best as usize], best)) == Ordering::Less {
+            best = i as u32;
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
-    use super::top_k;
+    use super::*;
 
     #[test]
     fn picks_the_largest() {
         assert_eq!(top_k(&[0.1, 5.0, -1.0, 3.0, 2.0], 2), vec![1, 3]);
         assert_eq!(top_k(&[1.0, 2.0], 5), vec![0, 1]);
-        assert_eq!(top_k(&[f32::NAN, 1.0, f32::NEG_INFINITY], 1), vec![1]);
+    }
+
+    #[test]
+    fn nan_ranks_after_every_number_and_ties_go_to_the_lower_index() {
+        assert_eq!(top_k(&[f32::NAN, 1.0, f32::NEG_INFINITY], 2), vec![1, 2]);
+        assert_eq!(top_k(&[f32::NAN, f32::NAN, 0.0], 2), vec![0, 2]);
+        assert_eq!(top_k(&[2.0, 1.0, 2.0, 2.0, 1.0], 2), vec![0, 2]);
+        assert_eq!(top_k(&[-0.0, 0.0, -0.0], 1), vec![0]);
+        // Many ties: the set is the lowest indices, whatever select_nth visits first.
+        let flat = vec![0.5f32; 1000];
+        assert_eq!(top_k(&flat, 10), (0..10).collect::<Vec<u32>>());
+        assert_eq!(arg_first(&[f32::NAN, 3.0, 3.0]), 1);
+        assert_eq!(arg_first(&[f32::NAN, f32::NAN]), 0);
     }
 }
