@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::backend::Backend;
+use crate::backend::cpu::Cpu;
 use crate::engine::{self, EngineConfig};
 use crate::error::{Error, Result};
 use crate::kv::KvFormat;
@@ -20,29 +22,36 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::pin::check_quick;
 use crate::weights::{Checkpoint, WeightsSource, finite, verify};
 
-pub struct App {
-    pub model: Model,
+pub struct App<B: Backend = Cpu> {
+    pub model: Model<B>,
     pub tokenizer: Tokenizer,
     pub engine: EngineConfig,
     pub server: ServerConfig,
 }
 
-impl App {
+impl App<Cpu> {
+    /// Everything `kiln serve` needs from `source` on the CPU backend.
+    pub fn open(plan: &Plan, plan_text: &str, source: &WeightsSource) -> Result<App<Cpu>> {
+        App::open_on(Cpu, plan, plan_text, source)
+    }
+
+    /// The model alone on the CPU backend.
+    pub fn model(plan: &Plan, source: &WeightsSource) -> Result<Model<Cpu>> {
+        model_on(Cpu, plan, source)
+    }
+}
+
+impl<B: Backend> App<B> {
     /// Everything `kiln serve` needs from `source`, checked against `plan` (whose text
-    /// `plan_text` is, for /v1/plan) before anything runs.
-    pub fn open(plan: &Plan, plan_text: &str, source: &WeightsSource) -> Result<App> {
+    /// `plan_text` is, for /v1/plan) before anything runs, the model on `backend`.
+    pub fn open_on(backend: B, plan: &Plan, plan_text: &str, source: &WeightsSource) -> Result<App<B>> {
         let Checked { ckpt, tokenizer } = check(plan, source, Tokenizing::Required)?;
         let tokenizer = tokenizer.expect("a required tokenizer is checked");
-        let model = Model::load(plan, &ckpt)?;
+        let model = load(backend, plan, &ckpt)?;
         let engine = engine_config(plan);
         let mut server = server_config(plan, plan_text, &ckpt, &model, &engine);
         server.token = api_token(plan)?;
         Ok(App { model, tokenizer, engine, server })
-    }
-
-    /// The model alone (the CLI's logits and generate), after the same checks.
-    pub fn model(plan: &Plan, source: &WeightsSource) -> Result<Model> {
-        Model::load(plan, &check(plan, source, Tokenizing::IfPresent)?.ckpt)
     }
 
     /// Starts the engine thread; returns the request context the HTTP server runs on.
@@ -51,6 +60,22 @@ impl App {
         let (engine, join) = engine::spawn(Arc::new(self.model), self.engine, metrics.clone());
         (ServerContext::new(self.tokenizer, engine, metrics, self.server), join)
     }
+}
+
+/// The model alone (the CLI's logits and generate) on `backend`, after the same checks.
+pub fn model_on<B: Backend>(backend: B, plan: &Plan, source: &WeightsSource) -> Result<Model<B>> {
+    load(backend, plan, &check(plan, source, Tokenizing::IfPresent)?.ckpt)
+}
+
+/// Binds (and on a device, uploads) the checked weights, saying how long it took.
+fn load<B: Backend>(backend: B, plan: &Plan, ckpt: &Checkpoint) -> Result<Model<B>> {
+    let started = std::time::Instant::now();
+    let on = backend.describe();
+    let model = Model::load_on(backend, plan, ckpt)?;
+    log::info("weights_loaded", format!("weights bound on {on} in {:.1} s", started.elapsed().as_secs_f64()))
+        .field("backend", on)
+        .emit();
+    Ok(model)
 }
 
 /// A weights source that passed every check serving needs.
@@ -184,7 +209,7 @@ fn server_config(
     plan: &Plan,
     plan_text: &str,
     ckpt: &Checkpoint,
-    model: &Model,
+    model: &Model<impl Backend>,
     engine: &EngineConfig,
 ) -> ServerConfig {
     let s = &plan.server;

@@ -28,6 +28,9 @@ pub enum Error {
     /// A GPU (or the emulated device) refused a call: the device and what failed.
     #[error("{device}: {message}")]
     Device { device: String, message: String },
+    /// A GPU appliance found no device to run on (never a silent fall back to the CPU).
+    #[error("no GPU to run on: {0}")]
+    NoDevice(String),
     /// A command line that cannot be carried out.
     #[error("{0}")]
     Usage(String),

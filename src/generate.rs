@@ -1,12 +1,18 @@
 //! Plain generation for one sequence: prefill the prompt, then decode token by token with
 //! the KV cache. (The serving engine batches many sequences; this is the CLI path.)
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sample::Sampler;
 
 /// Up to `max_tokens` new tokens after `prompt`.
-pub fn generate(model: &Model, prompt: &[u32], max_tokens: usize, sampler: &mut Sampler) -> Result<Vec<u32>> {
+pub fn generate<B: Backend>(
+    model: &Model<B>,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampler: &mut Sampler,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         return Err(Error::Usage("--tokens: the prompt is empty".into()));
     }
@@ -22,7 +28,7 @@ pub fn generate(model: &Model, prompt: &[u32], max_tokens: usize, sampler: &mut 
     let mut hidden = model.forward(prompt, &mut cache, None)?;
     let mut out = Vec::with_capacity(max_tokens);
     while out.len() < max_tokens {
-        let next = sampler.sample(&model.logits(&hidden[hidden.len() - d..]));
+        let next = sampler.sample(&model.lm_head(&hidden[hidden.len() - d..])?);
         out.push(next);
         if out.len() == max_tokens {
             break;

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use kiln::app::App;
+use kiln::app::{self, App};
+use kiln::backend::{Backend, Selected, select};
 use kiln::baked;
 use kiln::bench::{self, BenchConfig};
-use kiln::deploy::{self, EXIT_WEIGHTS};
+use kiln::deploy::{self, EXIT_NO_DEVICE, EXIT_WEIGHTS};
 use kiln::generate::generate;
 use kiln::log::{self, LogFormat};
 use kiln::model::Model;
@@ -234,6 +235,7 @@ fn main() -> ExitCode {
             }
             match e {
                 Error::Pin(_) | Error::Checkpoint { .. } => ExitCode::from(EXIT_WEIGHTS),
+                Error::NoDevice(_) => ExitCode::from(EXIT_NO_DEVICE),
                 _ => ExitCode::FAILURE,
             }
         }
@@ -273,21 +275,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             single,
         ),
         Some(Command::Logits { tokens, weights }) => {
-            let model = open_model(weights)?;
-            let hidden = model.forward(&tokens, &mut model.new_cache(), None)?;
-            let logits = model.logits(&hidden);
-            let rows: Vec<&[f32]> = logits.chunks(model.vocab_size()).collect();
-            println!("{}", serde_json::json!({ "logits": rows }));
-            Ok(ExitCode::SUCCESS)
+            let (plan, src) = (baked::plan(), source(weights));
+            match select(plan)? {
+                Selected::Cpu(b) => print_logits(&app::model_on(b, plan, &src)?, &tokens),
+                Selected::Gpu(b) => print_logits(&app::model_on(b, plan, &src)?, &tokens),
+            }
         }
         Some(Command::Generate { tokens, max_tokens, weights, json, temperature, top_p, seed }) => {
             if !(temperature >= 0.0 && temperature.is_finite() && top_p > 0.0 && top_p <= 1.0) {
                 return Err(Error::Usage("--temperature must be >= 0 and --top-p in (0, 1]".into()));
             }
-            let model = open_model(weights)?;
+            let (plan, src) = (baked::plan(), source(weights));
             let params = SamplingParams { temperature, top_p, seed: Some(seed), ..SamplingParams::default() };
             let mut sampler = Sampler::new(params, &tokens);
-            let out = generate(&model, &tokens, max_tokens, &mut sampler)?;
+            let out = match select(plan)? {
+                Selected::Cpu(b) => generate(&app::model_on(b, plan, &src)?, &tokens, max_tokens, &mut sampler)?,
+                Selected::Gpu(b) => generate(&app::model_on(b, plan, &src)?, &tokens, max_tokens, &mut sampler)?,
+            };
             if json {
                 println!("{}", serde_json::json!({ "tokens": out }));
             } else {
@@ -296,6 +300,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Every position's logits as JSON.
+fn print_logits<B: Backend>(model: &Model<B>, tokens: &[u32]) -> Result<ExitCode> {
+    let hidden = model.forward(tokens, &mut model.new_cache(), None)?;
+    let logits = model.lm_head(&hidden)?;
+    let rows: Vec<&[f32]> = logits.chunks(model.vocab_size()).collect();
+    println!("{}", serde_json::json!({ "logits": rows }));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The device this binary drives, with every registry kernel it carries resolved.
@@ -333,10 +346,6 @@ fn ops_bench(buckets: &[u64], reps: usize) -> Result<ExitCode> {
 
 fn source(weights: Option<PathBuf>) -> WeightsSource {
     deploy::source(baked::plan(), weights)
-}
-
-fn open_model(weights: Option<PathBuf>) -> Result<Model> {
-    App::model(baked::plan(), &source(weights))
 }
 
 /// Prompts for `kiln bench spec`: the starts of code the demo model was trained on.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::engine::prompts;
 use common::fixture::*;
 use kiln::engine::{self, CancelFlag, EngineConfig, EngineHandle, Event, GenerationRequest};
 use kiln::kv::KvFormat;
@@ -69,14 +70,6 @@ fn collect(p: Pending) -> (Vec<u32>, usize) {
             Event::Failed(e) => panic!("{e}"),
         }
     }
-}
-
-fn prompts(vocab: u32) -> Vec<Vec<u32>> {
-    [5usize, 17, 40, 3, 60, 23]
-        .iter()
-        .enumerate()
-        .map(|(k, &n)| (0..n).map(|i| ((i * 31 + k * 7 + 1) as u32) % vocab).collect())
-        .collect()
 }
 
 fn alone(name: &str, cfg: EngineConfig, prompt: &[u32], n: usize) -> Vec<u32> {

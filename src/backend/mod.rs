@@ -11,9 +11,11 @@
 mod batch;
 pub mod cpu;
 pub mod gpu;
+mod select;
 
 pub use batch::{Selection, StepBatch};
 pub use cpu::{Route, RouterConfig};
+pub use select::{Selected, select};
 
 use crate::error::Result;
 use crate::kv::{KvFormat, KvGeometry, PageCopy};

@@ -18,3 +18,7 @@ pub use verify::verify;
 /// Exit status when the weights are not what the plan says (sysexits' EX_DATAERR): a
 /// restart cannot fix it, so the systemd unit does not restart on it.
 pub const EXIT_WEIGHTS: u8 = 65;
+
+/// Exit status when a GPU appliance finds no device to run on (sysexits' EX_UNAVAILABLE): it
+/// never falls back to the CPU.
+pub const EXIT_NO_DEVICE: u8 = 69;

@@ -9,9 +9,10 @@ use std::time::Duration;
 use super::EXIT_WEIGHTS;
 use super::lifecycle::{Ended, Stop, serve_until_stopped};
 use super::weights_watch;
-use crate::app::App;
-use crate::error::{Error, Result};
-use crate::plan::{Plan, Target};
+use crate::app::{App, engine_config};
+use crate::backend::{Selected, select};
+use crate::error::Result;
+use crate::plan::Plan;
 use crate::server;
 use crate::signals::Signal;
 use crate::weights::WeightsSource;
@@ -39,31 +40,22 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
 
     super::process::prepare()?;
     let bind = bind.unwrap_or_else(|| plan.server.bind.clone());
-    match plan.appliance.target {
-        Target::Cpu => {}
-        Target::Hip => {
-            let device = crate::device::built_in()?;
-            let symbols: Vec<&'static str> =
-                baked::CODE_OBJECTS.iter().flat_map(|c| c.symbols.iter().copied()).collect();
-            let gpu = crate::device::Gpu::new(device, &symbols)?;
-            log::info(
-                "kernels",
-                format!(
-                    "resolved {} kernels from {} code objects on {}; the forward runs on the CPU backend until the GPU forward lands",
-                    symbols.len(),
-                    baked::CODE_OBJECTS.len(),
-                    gpu.describe()
-                ),
-            )
-            .emit();
+    // The device first: a GPU appliance without its GPU stops here, before any weights load.
+    let selected = select(plan)?;
+    log::info("backend", format!("the forward runs on {}", selected.describe())).emit();
+    let kv_pages = selected.kv_pages(plan, engine_config(plan).kv_pages);
+    let (context, _engine) = match selected {
+        Selected::Cpu(b) => {
+            let mut app = App::open_on(b, plan, baked::PLAN_TEXT, &src)?;
+            app.engine.kv_pages = kv_pages;
+            app.start()
         }
-        Target::Cuda => {
-            return Err(Error::Usage(
-                "appliance.target = cuda builds and checks kernels with nvcc; serving needs a CUDA runtime loader kiln does not have yet".into(),
-            ));
+        Selected::Gpu(b) => {
+            let mut app = App::open_on(b, plan, baked::PLAN_TEXT, &src)?;
+            app.engine.kv_pages = kv_pages;
+            app.start()
         }
-    }
-    let (context, _engine) = App::open(plan, baked::PLAN_TEXT, &src)?.start();
+    };
     let running = server::start(context, &bind)?;
     weights_watch::spawn(plan.weights.pin.clone(), src.clone(), running.context.metrics.clone(), stop_tx)?;
     serving.store(true, Ordering::Release);

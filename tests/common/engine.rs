@@ -18,3 +18,12 @@ pub fn wait_until_idle(h: &EngineHandle) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Six prompts of mixed lengths (5 to 60 tokens) over a vocabulary of `vocab`.
+pub fn prompts(vocab: u32) -> Vec<Vec<u32>> {
+    [5usize, 17, 40, 3, 60, 23]
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| (0..n).map(|i| ((i * 31 + k * 7 + 1) as u32) % vocab).collect())
+        .collect()
+}

@@ -56,6 +56,11 @@ impl GpuBackend {
         }
     }
 
+    /// Whether the device is the emulated one (host memory, no speed).
+    pub fn is_emulated(&self) -> bool {
+        self.gpu.describe().starts_with("emulated")
+    }
+
     /// Weight bytes on the device.
     pub fn uploaded_bytes(&self) -> u64 {
         self.uploaded.load(Ordering::Relaxed)
