@@ -28,7 +28,12 @@ pub fn generate<B: Backend>(
     let mut hidden = model.forward(prompt, &mut cache, None)?;
     let mut out = Vec::with_capacity(max_tokens);
     while out.len() < max_tokens {
-        let next = sampler.sample(&model.lm_head(&hidden[hidden.len() - d..])?);
+        let last = &hidden[hidden.len() - d..];
+        let next = if sampler.is_plain_greedy() {
+            sampler.take_argmax(model.lm_head_argmax(last)?[0])
+        } else {
+            sampler.sample(&model.lm_head(last)?)
+        };
         out.push(next);
         if out.len() == max_tokens {
             break;

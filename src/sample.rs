@@ -85,6 +85,28 @@ impl Sampler {
         self.params.temperature <= 0.0
     }
 
+    /// Greedy with no penalty: the next token is the logits' argmax and nothing else, so the
+    /// backend can pick it where the logits are.
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        self.is_greedy() && p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0
+    }
+
+    /// Records `argmax`, the logits' argmax picked elsewhere (plain greedy only), as this
+    /// step's token.
+    pub fn take_argmax(&mut self, argmax: u32) -> u32 {
+        debug_assert!(self.is_plain_greedy());
+        self.record(argmax);
+        argmax
+    }
+
+    /// Greedy verification of `draft` against the target's argmax picked elsewhere (plain
+    /// greedy only).
+    pub fn verify_argmax(&mut self, argmax: u32, draft: u32) -> Verdict {
+        self.record(argmax);
+        if argmax == draft { Verdict::Accept } else { Verdict::Replace(argmax) }
+    }
+
     /// Picks the next token and records it in the history.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let (token, _) = self.pick(logits);
@@ -367,6 +389,31 @@ mod tests {
         let mut s = Sampler::new(SamplingParams::greedy(), &[]);
         assert_eq!(s.verify(&[0.0, 2.0, 1.0], 1, None), Verdict::Accept);
         assert_eq!(s.verify(&[0.0, 2.0, 1.0], 2, None), Verdict::Replace(1));
+    }
+
+    #[test]
+    fn only_penalty_free_greedy_is_plain() {
+        assert!(Sampler::new(SamplingParams::greedy(), &[]).is_plain_greedy());
+        assert!(!Sampler::new(SamplingParams::default(), &[]).is_plain_greedy());
+        let penalized = [
+            SamplingParams { repetition_penalty: 1.1, ..SamplingParams::greedy() },
+            SamplingParams { presence_penalty: 0.5, ..SamplingParams::greedy() },
+            SamplingParams { frequency_penalty: 0.5, ..SamplingParams::greedy() },
+        ];
+        for p in penalized {
+            assert!(!Sampler::new(p, &[]).is_plain_greedy());
+        }
+    }
+
+    #[test]
+    fn argmax_picked_elsewhere_matches_the_logits_path() {
+        // The same history either way: a later penalty-free pick must not differ.
+        let logits = [0.0, 2.0, 1.0];
+        let (mut a, mut b) = (Sampler::new(SamplingParams::greedy(), &[]), Sampler::new(SamplingParams::greedy(), &[]));
+        assert_eq!(a.sample(&logits), b.take_argmax(1));
+        assert_eq!(a.verify(&logits, 2, None), b.verify_argmax(1, 2));
+        assert_eq!(a.verify(&logits, 1, None), b.verify_argmax(1, 1));
+        assert_eq!(a.generated, b.generated);
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub struct StepBatch {
     pub page_size: usize,
     /// Rows whose logits the step returns, in this order.
     pub logits_rows: Vec<usize>,
+    /// Rows whose greedy token (the logits' first under the ranking rule) the step returns,
+    /// in this order: the logits stay where they were computed.
+    pub argmax_rows: Vec<usize>,
     /// Whether the step returns every row's final-normed hidden state (MTP, tests).
     pub want_hidden: bool,
 }

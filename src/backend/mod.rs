@@ -83,6 +83,9 @@ pub trait Backend: Send + Sync + 'static {
     /// For traces: per token, None (every causal key) or the selected positions, ascending.
     fn read_selection(&self, s: &Self::Selection) -> Result<Selection>;
     fn read_routing(&self, r: &Self::Routing) -> Result<Vec<Route>>;
+    /// Each row's first column under the ranking rule (greedy sampling): only the tokens come
+    /// back to the host, not the rows.
+    fn argmax(&self, t: &Self::Tensor) -> Result<Vec<u32>>;
 
     // ---- ops ----
     /// Rows of `table` [V, D] for the batch's tokens -> [n, D].

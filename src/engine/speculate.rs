@@ -24,9 +24,42 @@ fn at(kv: &SeqKv, len: usize) -> SeqKv {
     v
 }
 
-/// Draft logits [n, V] for MTP outputs [n, D]; None (no drafts) if the backend fails.
-fn draft_logits<B: Backend>(e: &Engine<B>, rows: &[f32]) -> Option<Vec<f32>> {
-    if rows.is_empty() { Some(Vec::new()) } else { e.model.lm_head(rows).ok() }
+/// What lm_head gave for one MTP output row.
+enum Choice {
+    /// The greedy token, picked on the backend (plain greedy requests).
+    Token(u32),
+    /// The logits [V].
+    Logits(Vec<f32>),
+}
+
+impl Choice {
+    /// The drafter's token and the distribution it came from.
+    fn pick(&self, drafter: &mut crate::sample::Sampler) -> (u32, Option<Vec<f32>>) {
+        match self {
+            Choice::Token(t) => (*t, None),
+            Choice::Logits(l) => drafter.pick(l),
+        }
+    }
+}
+
+/// lm_head over MTP outputs [n, D]: the token of rows whose request is plain greedy
+/// (`plain[r]`), the logits of the others. None (no drafts) if the backend fails.
+fn draft_choices<B: Backend>(e: &Engine<B>, rows: &[f32], plain: &[bool]) -> Option<Vec<Choice>> {
+    let d = e.model.shape.hidden_size as usize;
+    let v = e.model.vocab_size();
+    let pick = |want: bool| -> Vec<f32> {
+        rows.chunks(d).zip(plain).filter(|(_, p)| **p == want).flat_map(|(r, _)| r.iter().copied()).collect()
+    };
+    let (greedy, sampled) = (pick(true), pick(false));
+    let tokens = if greedy.is_empty() { Vec::new() } else { e.model.lm_head_argmax(&greedy).ok()? };
+    let logits = if sampled.is_empty() { Vec::new() } else { e.model.lm_head(&sampled).ok()? };
+    let (mut t, mut l) = (tokens.into_iter(), logits.chunks(v).map(<[f32]>::to_vec).collect::<Vec<_>>().into_iter());
+    plain.iter().map(|&p| if p { t.next().map(Choice::Token) } else { l.next().map(Choice::Logits) }).collect()
+}
+
+/// Whether request `i` drafts from greedy tokens alone.
+fn plain<B: Backend>(e: &Engine<B>, i: usize) -> bool {
+    e.running[i].sampler.is_plain_greedy()
 }
 
 pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
@@ -81,13 +114,13 @@ pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
         first.push((*i, out[(row - 1) * d..row * d].to_vec(), want));
     }
     let rows: Vec<f32> = first.iter().flat_map(|(_, o, _)| o.iter().copied()).collect();
-    let Some(logits) = draft_logits(e, &rows) else { return };
-    let v = e.model.vocab_size();
+    let plains: Vec<bool> = first.iter().map(|(i, _, _)| plain(e, *i)).collect();
+    let Some(choices) = draft_choices(e, &rows, &plains) else { return };
     let mut chain: Vec<(usize, Vec<f32>, crate::sample::Sampler)> = Vec::new(); // (index, last output, drafter)
-    for (n, (i, o, want)) in first.into_iter().enumerate() {
+    for ((i, o, want), choice) in first.into_iter().zip(&choices) {
         let s = &mut e.running[i];
         let mut drafter = s.sampler.drafter();
-        let (tok, q) = drafter.pick(&logits[n * v..(n + 1) * v]);
+        let (tok, q) = choice.pick(&mut drafter);
         drafter.record(tok);
         s.drafts = vec![tok];
         s.draft_probs = vec![q];
@@ -116,12 +149,13 @@ pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
         }
         let hidden: Vec<f32> = active.iter().flat_map(|&c| chain[c].1.iter().copied()).collect();
         let Ok(out) = e.model.mtp_step(0, &batch, &hidden, &mut e.store, layer) else { break };
-        let Some(logits) = draft_logits(e, &out) else { break };
+        let plains: Vec<bool> = active.iter().map(|&c| plain(e, chain[c].0)).collect();
+        let Some(choices) = draft_choices(e, &out, &plains) else { break };
         for (n, &c) in active.iter().enumerate() {
             let o = out[n * d..(n + 1) * d].to_vec();
             let (i, _, drafter) = &mut chain[c];
             let s = &mut e.running[*i];
-            let (tok, q) = drafter.pick(&logits[n * v..(n + 1) * v]);
+            let (tok, q) = choices[n].pick(drafter);
             drafter.record(tok);
             s.drafts.push(tok);
             s.draft_probs.push(q);

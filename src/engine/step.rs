@@ -251,24 +251,27 @@ impl<B: Backend> Engine<B> {
             return;
         }
 
-        // A decoding request's drafts ride after its pending token. Logits are computed for
-        // the rows that sample: a verified request's every row, a request whose pending
-        // tokens all run this step its last row.
+        // A decoding request's drafts ride after its pending token. The rows that sample are
+        // a verified request's every row and a request's last row once its pending tokens all
+        // run this step. A plain greedy request without logprobs needs only each row's argmax,
+        // picked where the logits are; the others get their logits rows.
         let mut batch = StepBatch::new(self.table.page_size);
         batch.want_hidden = self.spec_depth() > 0;
-        let mut logit_rows: Vec<std::ops::Range<usize>> = Vec::new(); // per plan entry, into the logits
+        let mut picks: Vec<(bool, std::ops::Range<usize>)> = Vec::new(); // per plan entry: (argmax?, rows)
         for &(i, n) in &plan {
             let s = &self.running[i];
             let own = &s.tokens[s.kv.len..s.kv.len + n - s.drafts.len()];
             let tokens: Vec<u32> = own.iter().chain(&s.drafts).copied().collect();
             let rows = batch.push(&s.kv, &tokens);
-            let first = batch.logits_rows.len();
+            let argmax = s.sampler.is_plain_greedy() && s.req.logprobs.is_none();
+            let list = if argmax { &mut batch.argmax_rows } else { &mut batch.logits_rows };
+            let first = list.len();
             if !s.drafts.is_empty() {
-                batch.logits_rows.extend(rows);
+                list.extend(rows);
             } else if s.pending() == n {
-                batch.logits_rows.push(rows.end - 1);
+                list.push(rows.end - 1);
             }
-            logit_rows.push(first..batch.logits_rows.len());
+            picks.push((argmax, first..list.len()));
         }
         let out = match self.model.step(&batch, &mut self.store, None) {
             Ok(out) => out,
@@ -286,14 +289,18 @@ impl<B: Backend> Engine<B> {
 
         let (d, v) = (self.model.shape.hidden_size as usize, self.model.vocab_size());
         let mut row = 0;
-        for (&(i, n), lr) in plan.iter().zip(&logit_rows) {
+        for (&(i, n), (argmax, r)) in plan.iter().zip(&picks) {
             let hidden = if out.hidden.is_empty() { &[][..] } else { &out.hidden[row * d..(row + n) * d] };
             row += n;
-            let logits = &out.logits[lr.start * v..lr.end * v];
-            if self.running[i].drafts.is_empty() {
-                self.advance_plain(i, n, hidden, logits);
+            let picked = if *argmax {
+                Picked::Argmax(&out.argmax[r.clone()])
             } else {
-                self.advance_speculative(i, hidden, logits);
+                Picked::Logits(out.logits[r.start * v..r.end * v].chunks(v).collect())
+            };
+            if self.running[i].drafts.is_empty() {
+                self.advance_plain(i, n, hidden, &picked);
+            } else {
+                self.advance_speculative(i, hidden, &picked);
             }
         }
         if self.spec_depth() > 0 {
@@ -311,9 +318,9 @@ impl<B: Backend> Engine<B> {
     }
 
     /// A prompt chunk or a single decode token of running request `i`: `hidden` its hidden
-    /// states [n, D] (empty without speculation), `logits` [V] when its pending tokens are
-    /// all computed.
-    fn advance_plain(&mut self, i: usize, n: usize, hidden: &[f32], logits: &[f32]) {
+    /// states [n, D] (empty without speculation), `picked` its last row's logits or argmax
+    /// when its pending tokens are all computed.
+    fn advance_plain(&mut self, i: usize, n: usize, hidden: &[f32], picked: &Picked) {
         let spec = self.spec_depth() > 0;
         let seq = &mut self.running[i];
         seq.kv.len += n;
@@ -324,25 +331,28 @@ impl<B: Backend> Engine<B> {
             self.table.commit(&mut seq.kv, &seq.tokens);
         }
         if seq.pending() == 0 {
-            let token = self.running[i].sampler.sample(logits);
-            self.emit(i, token, logits);
+            let token = picked.sample(&mut self.running[i].sampler, 0);
+            self.emit(i, token, picked.logits(0));
         }
     }
 
-    /// Verification of running request `i`'s drafts: `hidden` [1 + drafts, D] and `logits`
-    /// [1 + drafts, V] are those of its pending token and each draft. Accepts the longest
+    /// Verification of running request `i`'s drafts: `hidden` [1 + drafts, D] and `picked`
+    /// (1 + drafts rows) are those of its pending token and each draft. Accepts the longest
     /// agreeing prefix plus one token from the model, and rolls the rejected drafts' KV back.
-    fn advance_speculative(&mut self, i: usize, hidden: &[f32], logits: &[f32]) {
-        let (d, v) = (self.model.shape.hidden_size as usize, self.model.vocab_size());
+    fn advance_speculative(&mut self, i: usize, hidden: &[f32], picked: &Picked) {
+        let d = self.model.shape.hidden_size as usize;
         let seq = &mut self.running[i];
         let start = seq.kv.len;
         let drafts = std::mem::take(&mut seq.drafts);
         let probs = std::mem::take(&mut seq.draft_probs);
-        let logits: Vec<&[f32]> = logits.chunks(v).collect();
         let mut out = Vec::with_capacity(drafts.len() + 1);
         let mut accepted = 0;
         for (k, &draft) in drafts.iter().enumerate() {
-            match seq.sampler.verify(logits[k], draft, probs[k].as_deref()) {
+            let verdict = match picked {
+                Picked::Logits(l) => seq.sampler.verify(l[k], draft, probs[k].as_deref()),
+                Picked::Argmax(a) => seq.sampler.verify_argmax(a[k], draft),
+            };
+            match verdict {
                 crate::sample::Verdict::Accept => {
                     out.push((draft, k));
                     accepted += 1;
@@ -355,7 +365,7 @@ impl<B: Backend> Engine<B> {
         }
         if accepted == drafts.len() {
             // Every draft stood: the model's own next token comes free.
-            let t = seq.sampler.sample(logits[drafts.len()]);
+            let t = picked.sample(&mut seq.sampler, drafts.len());
             out.push((t, drafts.len()));
         }
         self.metrics.speculated(drafts.len(), accepted);
@@ -380,13 +390,13 @@ impl<B: Backend> Engine<B> {
             if self.running[i].finish.is_some() {
                 break;
             }
-            self.emit(i, t, logits[k]);
+            self.emit(i, t, picked.logits(k));
         }
     }
 
-    /// Delivers a sampled token of running request `i` (`logits` it came from): counts,
-    /// latencies, stop and length checks, the event.
-    fn emit(&mut self, i: usize, token: u32, logits: &[f32]) {
+    /// Delivers a sampled token of running request `i` (the logits it came from, when they
+    /// came back): counts, latencies, stop and length checks, the event.
+    fn emit(&mut self, i: usize, token: u32, logits: Option<&[f32]>) {
         let context = self.model.shape.max_position_embeddings as usize;
         let seq = &mut self.running[i];
         seq.generated += 1;
@@ -404,7 +414,8 @@ impl<B: Backend> Engine<B> {
             seq.finish = Some(FinishReason::Stop);
             return;
         }
-        let logprob = seq.req.logprobs.map(|n| logprobs(logits, token, n));
+        // Requests that ask for logprobs always get their logits rows back.
+        let logprob = seq.req.logprobs.and_then(|n| logits.map(|l| logprobs(l, token, n)));
         if seq.req.events.send(Event::Token { id: token, logprob }).is_err() {
             seq.finish = Some(FinishReason::Abort);
             return;
@@ -453,5 +464,30 @@ impl<B: Backend> Engine<B> {
 
     fn report(&self) {
         self.metrics.set_queue(self.running.len(), self.waiting.len(), self.table.usage());
+    }
+}
+
+/// What a step gave back for one request's sampling rows.
+enum Picked<'a> {
+    /// Each row's logits [V].
+    Logits(Vec<&'a [f32]>),
+    /// Each row's greedy token, picked on the backend (plain greedy requests).
+    Argmax(&'a [u32]),
+}
+
+impl Picked<'_> {
+    /// The request's token from row `k`.
+    fn sample(&self, sampler: &mut crate::sample::Sampler, k: usize) -> u32 {
+        match self {
+            Picked::Logits(l) => sampler.sample(l[k]),
+            Picked::Argmax(a) => sampler.take_argmax(a[k]),
+        }
+    }
+
+    fn logits(&self, k: usize) -> Option<&[f32]> {
+        match self {
+            Picked::Logits(l) => Some(l[k]),
+            Picked::Argmax(_) => None,
+        }
     }
 }

@@ -39,6 +39,8 @@ pub struct Trace {
 pub struct StepOutput {
     /// [R, V] for the batch's logits_rows, in that order.
     pub logits: Vec<f32>,
+    /// The greedy token of each of the batch's argmax_rows, in that order.
+    pub argmax: Vec<u32>,
     /// [N, D] final-normed hidden states when the batch asked for them.
     pub hidden: Vec<f32>,
 }
@@ -164,8 +166,14 @@ impl<B: Backend> Model<B> {
             let rows = b.gather(&h, &step.logits_rows)?;
             b.download(&b.linear(&rows, self.weights.lm_head(), self.act_quant)?)?
         };
+        let argmax = if step.argmax_rows.is_empty() {
+            Vec::new()
+        } else {
+            let rows = b.gather(&h, &step.argmax_rows)?;
+            b.argmax(&b.linear(&rows, self.weights.lm_head(), self.act_quant)?)?
+        };
         let hidden = if step.want_hidden { b.download(&h)? } else { Vec::new() };
-        Ok(StepOutput { logits, hidden })
+        Ok(StepOutput { logits, argmax, hidden })
     }
 
     /// lm_head over final-normed hidden states [n, D] (host rows) -> logits [n, V].
@@ -173,6 +181,14 @@ impl<B: Backend> Model<B> {
         let b = &self.backend;
         let x = b.upload(hidden.to_vec(), self.hidden_size())?;
         b.download(&b.linear(&x, self.weights.lm_head(), self.act_quant)?)
+    }
+
+    /// lm_head's greedy token for each final-normed hidden row [n, D] (host rows); only the
+    /// tokens come back.
+    pub fn lm_head_argmax(&self, hidden: &[f32]) -> Result<Vec<u32>> {
+        let b = &self.backend;
+        let x = b.upload(hidden.to_vec(), self.hidden_size())?;
+        b.argmax(&b.linear(&x, self.weights.lm_head(), self.act_quant)?)
     }
 
     fn dims(&self) -> MlaDims {

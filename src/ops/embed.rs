@@ -7,7 +7,7 @@ use rand::Rng;
 
 use super::plain::{Init, Read, setup};
 use super::{Case, OpDecl, Output, rng_for, uniform};
-use crate::backend::gpu::launch::{self, Dense};
+use crate::backend::gpu::launch::{self, Dense, Matrix, WeightView};
 use crate::plan::{KernelVariant, OpShape};
 use crate::weights::Linear;
 
@@ -48,7 +48,15 @@ fn case(v: &'static KernelVariant, format: Dense, vocab: usize, d: usize, n: usi
         setup: setup(
             vec![Init::U8(bytes), Init::I32(tokens), Init::ZeroF32(n * d)],
             vec![(2, Read::Floats)],
-            Arc::new(move |gpu, b| launch::embed(gpu, format, &b[0], vocab, &b[1], &b[2], n, d)),
+            Arc::new(move |gpu, b| {
+                launch::embed(
+                    gpu,
+                    Matrix { view: WeightView::Dense { format, w: &b[0] }, n: vocab, k: d },
+                    &b[1],
+                    &b[2],
+                    n,
+                )
+            }),
         ),
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::plain::{Init, Read, setup};
 use super::{Case, OpDecl, Output, counts, rng_for, uniform};
 use crate::backend::cpu::matmul;
-use crate::backend::gpu::launch::{self, Dense, Groups, LinearKernel, WeightView};
+use crate::backend::gpu::launch::{self, Dense, Groups, LinearKernel, Matrix, WeightView};
 use crate::plan::{KernelVariant, OpShape};
 use crate::weights::Linear;
 
@@ -70,12 +70,12 @@ fn case(v: &'static KernelVariant, n: usize, k: usize, grouped: Option<()>, per_
             vec![Init::U8(w_bytes), Init::F32(xs), Init::I32(offsets), Init::ZeroF32(m * n)],
             vec![(3, Read::Floats)],
             Arc::new(move |gpu, b| {
-                let w = WeightView::Dense { format, w: &b[0] };
+                let w = Matrix { view: WeightView::Dense { format, w: &b[0] }, n, k };
                 let groups = match grouped {
                     Some(()) => Groups::Many { offsets: &b[2], groups: g, m, most: m },
                     None => Groups::One { m },
                 };
-                launch::linear(gpu, LinearKernel::WavePerRow, w, &b[1], &groups, &b[3], n, k)
+                launch::linear(gpu, LinearKernel::WavePerRow, w, &b[1], &groups, &b[3])
             }),
         ),
     }

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use super::{Case, OpDecl, Output, Prepared, counts, rng_for, uniform};
 use crate::backend::cpu::matmul;
-use crate::backend::gpu::launch::{self, Groups, LinearKernel, WeightBufs};
+use crate::backend::gpu::launch::{self, Groups, LinearKernel, Matrix, WeightBufs};
 use crate::device::{Buffer, Gpu};
 use crate::error::Result;
 use crate::plan::{KernelVariant, OpShape};
@@ -136,7 +136,7 @@ impl Prepared for Bufs {
         } else {
             Groups::Many { offsets: &self.offsets, groups: self.experts, m: self.rows, most: self.most }
         };
-        launch::linear(gpu, kernel, self.w.view(), x, &groups, &self.y, self.n, self.k)
+        launch::linear(gpu, kernel, Matrix { view: self.w.view(), n: self.n, k: self.k }, x, &groups, &self.y)
     }
 
     fn output(&self) -> Result<Output> {

@@ -153,6 +153,10 @@ impl Backend for Cpu {
         Ok(r.clone())
     }
 
+    fn argmax(&self, t: &Rows) -> Result<Vec<u32>> {
+        Ok(t.data.chunks(t.width.max(1)).map(super::arg_first).collect())
+    }
+
     fn embed(&self, table: &Linear, b: &CpuBatch) -> Result<Rows> {
         let d = table.cols;
         let mut h = vec![0.0f32; b.step.len() * d]; // [N, D]

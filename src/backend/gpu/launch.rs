@@ -102,6 +102,15 @@ pub enum WeightView<'a> {
     Mxfp4 { codes: &'a Buffer, scales: &'a Buffer },
 }
 
+/// A weight matrix on the device: its buffers and each group's shape [n, k] (a stack of
+/// groups for grouped linears, one for the rest).
+#[derive(Clone, Copy)]
+pub struct Matrix<'a> {
+    pub view: WeightView<'a>,
+    pub n: usize,
+    pub k: usize,
+}
+
 /// x [rows, d] -> y [rows, d]: x * rsqrt(mean(x^2) + eps) * w.
 pub fn rms_norm(gpu: &Gpu, x: &Buffer, w: &Buffer, y: &Buffer, rows: usize, d: usize, eps: f32) -> Result<()> {
     const K: &str = "kiln_rmsnorm_f32";
@@ -138,16 +147,11 @@ pub fn layer_norm(
 }
 
 /// table [V, d] rows for tokens [n] -> y [n, d].
-pub fn embed(
-    gpu: &Gpu,
-    format: Dense,
-    table: &Buffer,
-    vocab: usize,
-    tokens: &Buffer,
-    y: &Buffer,
-    n: usize,
-    d: usize,
-) -> Result<()> {
+pub fn embed(gpu: &Gpu, table: Matrix, tokens: &Buffer, y: &Buffer, n: usize) -> Result<()> {
+    let (vocab, d) = (table.n, table.k);
+    let WeightView::Dense { format, w: table } = table.view else {
+        return Err(Error::Usage("an MXFP4 embedding table has no kernel".into()));
+    };
     let k = match format {
         Dense::Bf16 => "kiln_embed_bf16",
         Dense::F32 => "kiln_embed_f32",
@@ -306,16 +310,9 @@ impl Groups<'_> {
 }
 
 /// y [M, n] = x [M, k] W_g^T per group g of rows; W holds the groups' [n, k] matrices.
-pub fn linear(
-    gpu: &Gpu,
-    kernel: LinearKernel,
-    w: WeightView,
-    x: &Buffer,
-    groups: &Groups,
-    y: &Buffer,
-    n: usize,
-    k: usize,
-) -> Result<()> {
+pub fn linear(gpu: &Gpu, kernel: LinearKernel, w: Matrix, x: &Buffer, groups: &Groups, y: &Buffer) -> Result<()> {
+    let (n, k) = (w.n, w.k);
+    let w = w.view;
     let (g, m) = (groups.count(), groups.rows());
     if let Some(o) = groups.offsets() {
         i32s(o, g + 1, "offsets", "linear")?;

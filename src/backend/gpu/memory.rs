@@ -1,7 +1,7 @@
 //! What the GPU backend keeps in device memory: activations, weights in their stored format,
 //! the paged KV store, a step's batch tables, selections and routings.
 
-use super::launch::{Dense, WeightBufs};
+use super::launch::{Dense, Matrix, WeightBufs};
 use crate::backend::StepBatch;
 use crate::device::{Buffer, Gpu};
 use crate::error::{Error, Result};
@@ -42,6 +42,11 @@ impl DeviceWeight {
 
     pub fn is_mxfp4(&self) -> bool {
         matches!(self.bufs, WeightBufs::Mxfp4 { .. })
+    }
+
+    /// Borrowed for a launch, shape [rows, cols].
+    pub fn matrix(&self) -> Matrix<'_> {
+        Matrix { view: self.bufs.view(), n: self.rows, k: self.cols }
     }
 }
 

@@ -115,7 +115,7 @@ impl GpuBackend {
         let x = q.as_ref().unwrap_or(x);
         let y = self.rows(x.n, w.rows)?;
         let kernel = self.linear_kernel(w.family, tokens)?;
-        launch::linear(&self.gpu, kernel, w.bufs.view(), &x.buf, groups, &y.buf, w.rows, w.cols)?;
+        launch::linear(&self.gpu, kernel, w.matrix(), &x.buf, groups, &y.buf)?;
         Ok(y)
     }
 
@@ -327,12 +327,18 @@ impl Backend for GpuBackend {
             .collect())
     }
 
+    fn argmax(&self, t: &DeviceRows) -> Result<Vec<u32>> {
+        let out = self.gpu.zeros::<i32>(t.n)?; // [n]
+        launch::sample_greedy(&self.gpu, &t.buf, &out, t.n, t.width)?;
+        let mut v: Vec<i32> = out.read()?;
+        v.truncate(t.n);
+        Ok(v.into_iter().map(|x| x as u32).collect())
+    }
+
     fn embed(&self, table: &DeviceWeight, b: &DeviceBatch) -> Result<DeviceRows> {
-        let format = table.dense_format().ok_or_else(|| usage("an MXFP4 embedding table".into()))?;
-        let WeightBufs::Dense { w, .. } = &table.bufs else { unreachable!("dense checked above") };
         let n = b.step.len();
         let y = self.rows(n, table.cols)?;
-        launch::embed(&self.gpu, format, w, table.rows, &b.tokens, &y.buf, n, table.cols)?;
+        launch::embed(&self.gpu, table.matrix(), &b.tokens, &y.buf, n)?;
         Ok(y)
     }
 
