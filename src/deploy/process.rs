@@ -6,16 +6,18 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use crate::error::Result;
 use crate::log::{self, LogFormat};
 
-pub fn prepare() -> Result<()> {
-    raise_open_files();
-    crate::weights::fault::install(log::format() == LogFormat::Json)
+/// Returns the open-files limit the process now runs under (None if it cannot be read).
+pub fn prepare() -> Result<Option<u64>> {
+    let files = raise_open_files();
+    crate::weights::fault::install(log::format() == LogFormat::Json)?;
+    Ok(files)
 }
 
 /// Raises the soft open-files limit to the hard one and logs both.
-fn raise_open_files() {
+fn raise_open_files() -> Option<u64> {
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         log::warn("open_files", "cannot read the open-files limit").emit();
-        return;
+        return None;
     };
     let raised = soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok();
     let now = if raised { hard } else { soft };
@@ -24,4 +26,5 @@ fn raise_open_files() {
         .field("was", soft)
         .field("hard", hard)
         .emit();
+    Some(now)
 }

@@ -38,7 +38,7 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
         let _ = to_stop.send(Stop::Signal(s));
     })?;
 
-    super::process::prepare()?;
+    let open_files = super::process::prepare()?;
     let bind = bind.unwrap_or_else(|| plan.server.bind.clone());
     // The device first: a GPU appliance without its GPU stops here, before any weights load.
     let selected = select(plan)?;
@@ -48,11 +48,13 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
         Selected::Cpu(b) => {
             let mut app = App::open_on(b, plan, baked::PLAN_TEXT, &src)?;
             app.engine.kv_pages = kv_pages;
+            fit_connections(&mut app.server.transport, open_files);
             app.start()
         }
         Selected::Gpu(b) => {
             let mut app = App::open_on(b, plan, baked::PLAN_TEXT, &src)?;
             app.engine.kv_pages = kv_pages;
+            fit_connections(&mut app.server.transport, open_files);
             app.start()
         }
     };
@@ -71,6 +73,24 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
         Ended::Forced => ExitCode::FAILURE,
         Ended::WeightsMismatch => ExitCode::from(EXIT_WEIGHTS),
     })
+}
+
+/// Caps client connections below the open-files limit, saying so when it lowers the plan's.
+fn fit_connections(t: &mut server::Transport, open_files: Option<u64>) {
+    let planned = t.max_connections;
+    if let Some(limit) = open_files
+        && let Some(cap) = t.fit_open_files(limit)
+    {
+        log::warn(
+            "connections_capped",
+            format!(
+                "server.max_connections = {planned} does not fit the open-files limit {limit}: at most {cap} \
+                 connections (the rest of the files stay for the weights checks and /metrics)"
+            ),
+        )
+        .field("max_connections", cap)
+        .emit();
+    }
 }
 
 /// `--weights DIR`, else the model built into the binary, else the plan's weights.path.

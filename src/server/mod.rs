@@ -66,6 +66,23 @@ pub struct Transport {
     pub write_timeout: Duration,
 }
 
+/// Open files the process keeps for itself beyond client connections and probes: the
+/// weights files the background checks open, /proc reads for /metrics, the runtime's own.
+pub const RESERVED_FILES: usize = 32;
+
+impl Transport {
+    /// Lowers max_connections so that clients never take the files the process needs for
+    /// itself under an open-files limit of `limit` (a background weights check failing on
+    /// EMFILE would stop the server). Returns the lowered cap when it lowered it.
+    pub fn fit_open_files(&mut self, limit: u64) -> Option<usize> {
+        let room = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(RESERVED_FILES + PROBE_SLOTS).max(1);
+        (room < self.max_connections).then(|| {
+            self.max_connections = room;
+            room
+        })
+    }
+}
+
 /// Everything a request handler needs.
 pub struct ServerContext {
     pub tokenizer: Arc<Tokenizer>,
@@ -210,4 +227,32 @@ pub fn start(ctx: Arc<ServerContext>, bind: &str) -> Result<Running> {
         })
         .map_err(|e| Error::Usage(format!("cannot start the HTTP thread: {e}")))?;
     Ok(Running { addr, context, stop, thread })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(max_connections: usize) -> Transport {
+        let t = Duration::from_secs(1);
+        Transport {
+            max_connections,
+            max_header_bytes: 1,
+            max_headers: 1,
+            header_timeout: t,
+            body_timeout: t,
+            idle_timeout: t,
+            write_timeout: t,
+        }
+    }
+
+    #[test]
+    fn connections_leave_the_process_its_files() {
+        let mut t = transport(1024);
+        assert_eq!(t.fit_open_files(1 << 20), None);
+        assert_eq!(t.max_connections, 1024);
+        assert_eq!(t.fit_open_files(1024), Some(1024 - RESERVED_FILES - PROBE_SLOTS));
+        let mut tiny = transport(1024);
+        assert_eq!(tiny.fit_open_files(10), Some(1), "a limit below the reserve still serves one");
+    }
 }
