@@ -17,6 +17,7 @@ pub mod app;
 pub mod backend;
 pub mod baked;
 pub mod bench;
+pub mod compare;
 pub mod deploy;
 pub mod device;
 pub mod engine;

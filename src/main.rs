@@ -76,6 +76,20 @@ enum Command {
         #[arg(long)]
         weights: Option<PathBuf>,
     },
+    /// Run a checkpoint on this binary's GPU backend and on the CPU backend and compare: max
+    /// |dlogit| at every position (and against HF's with a golden.safetensors beside it) and
+    /// greedy continuations. Exit 0 when within the golden tolerance and equal, 1 otherwise.
+    Compare {
+        /// Model directory; the plan is derived from it as `kiln plan init` would.
+        #[arg(long)]
+        weights: PathBuf,
+        /// Token ids, comma-separated (default: golden.safetensors' input_ids, else a fixed pattern).
+        #[arg(long, value_delimiter = ',')]
+        tokens: Option<Vec<u32>>,
+        /// Greedy tokens to continue on each backend.
+        #[arg(long, default_value_t = 16)]
+        greedy: usize,
+    },
     /// Continue a prompt of token ids (greedy unless --temperature is given).
     Generate {
         #[arg(long, value_delimiter = ',', required = true)]
@@ -139,9 +153,13 @@ enum OpsWhat {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
-    /// The baked plan's kernel map timed at its shapes: GB/s, and that over the device's copy
-    /// bandwidth measured in the same run.
+    /// The baked plan's kernel map (or --plan's) timed at its shapes: GB/s, and that over the
+    /// device's copy bandwidth measured in the same run and its reported peak.
     Bench {
+        /// Time this plan file's kernel map instead of the baked plan's (e.g. GLM-5.2's per-rank
+        /// shapes on a validation device).
+        #[arg(long)]
+        plan: Option<PathBuf>,
         /// Token buckets to time (default: each row's smallest and largest).
         #[arg(long, value_delimiter = ',')]
         buckets: Vec<u64>,
@@ -261,7 +279,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Plan { action: Some(PlanAction::Kernels { file }), .. }) => deploy::default_kernel_map(&file),
         Some(Command::Verify { weights, full }) => deploy::verify(baked::plan(), &source(weights), full),
         Some(Command::Ops { what: OpsWhat::Check { only } }) => ops_check(&only),
-        Some(Command::Ops { what: OpsWhat::Bench { buckets, reps } }) => ops_bench(&buckets, reps),
+        Some(Command::Ops { what: OpsWhat::Bench { plan, buckets, reps } }) => {
+            ops_bench(plan.as_deref(), &buckets, reps)
+        }
         Some(Command::Bench { what: BenchWhat::Spec { depths, tokens, weights } }) => {
             bench_spec(&depths, tokens, weights)
         }
@@ -280,6 +300,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Selected::Cpu(b) => print_logits(&app::model_on(b, plan, &src)?, &tokens),
                 Selected::Gpu(b) => print_logits(&app::model_on(b, plan, &src)?, &tokens),
             }
+        }
+        Some(Command::Compare { weights, tokens, greedy }) => {
+            let c = kiln::compare::compare(&weights, tokens, greedy)?;
+            print!("{}", c.report(&weights));
+            Ok(if c.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Some(Command::Generate { tokens, max_tokens, weights, json, temperature, top_p, seed }) => {
             if !(temperature >= 0.0 && temperature.is_finite() && top_p > 0.0 && top_p <= 1.0) {
@@ -313,7 +338,7 @@ fn print_logits<B: Backend>(model: &Model<B>, tokens: &[u32]) -> Result<ExitCode
 
 /// The device this binary drives, with every registry kernel it carries resolved.
 fn ops_gpu() -> Result<kiln::device::Gpu> {
-    let device = kiln::device::built_in()?;
+    let device = kiln::device::built_in().map_err(|e| Error::NoDevice(e.to_string()))?;
     let symbols: Vec<&'static str> = plan::all_symbols().into_iter().filter(|s| device.kernel(s).is_ok()).collect();
     kiln::device::Gpu::new(device, &symbols)
 }
@@ -333,14 +358,25 @@ fn ops_check(only: &[String]) -> Result<ExitCode> {
     Ok(if rows.iter().all(|r| r.passed()) && !rows.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn ops_bench(buckets: &[u64], reps: usize) -> Result<ExitCode> {
+fn ops_bench(file: Option<&std::path::Path>, buckets: &[u64], reps: usize) -> Result<ExitCode> {
+    let from_file = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+            let p = plan::check(&text).map_err(|problems| {
+                Error::Usage(format!("{}: {}", f.display(), plan::render_problems(plan::IN_PLAN, &problems)))
+            })?;
+            Some(p)
+        }
+        None => None,
+    };
     let gpu = ops_gpu()?;
-    let plan = baked::plan();
+    let plan = from_file.as_ref().unwrap_or_else(|| baked::plan());
     eprintln!("kiln ops bench: {} on {}", plan.appliance.name, gpu.describe());
     let copy = kiln::ops::bench::copy_bandwidth(&gpu, 64 << 20)?;
     let buckets = (!buckets.is_empty()).then_some(buckets);
     let rows = kiln::ops::bench::bench(&gpu, plan, buckets, reps)?;
-    print!("{}", kiln::ops::bench::table(&rows, copy));
+    let peak = gpu.device.peak_bandwidth().map(|b| b / 1e9);
+    print!("{}", kiln::ops::bench::table(&rows, copy, peak));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,8 +1,10 @@
-//! A hip appliance built with `--features emulated-hip` runs its whole forward through the GPU
-//! backend on the emulated HIP device (its kernel map choosing the variants), for the CLI and
-//! for serving: the demo model's logits match the CPU appliance's, seeded generation gives
-//! the same tokens, and a served streaming request the same text. Without the feature, the
-//! same plan refuses to start rather than run on the CPU.
+//! GPU builds of the appliance. A hip appliance built with `--features emulated-hip` runs its
+//! whole forward through the GPU backend on the emulated HIP device (its kernel map choosing
+//! the variants), for the CLI and for serving: the demo model's logits match the CPU
+//! appliance's, seeded generation gives the same tokens, and a served streaming request the
+//! same text. Without the feature, the same plan refuses to start rather than run on the CPU.
+//! `kiln compare` checks a checkpoint the binary was not built for; a `cuda` build without an
+//! NVIDIA GPU names what is missing.
 
 mod common;
 
@@ -110,4 +112,65 @@ fn a_hip_appliance_without_its_gpu_refuses_to_start() {
     assert!(!stderr.contains("serving"), "{stderr}");
     let out = Command::new(&bin).args(["logits", "--tokens", "1,2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn kiln_compare_checks_any_checkpoint_on_both_backends() {
+    let Some(emu) = emulated_binary() else { return };
+    let fixture = common::repo_path("tests/fixtures/share_mxfp4");
+    let fixture = fixture.to_str().unwrap();
+    // A checkpoint the binary was not built for, its plan derived from it, against the CPU
+    // and HF's logits beside it.
+    let report = stdout_of(&emu, &["compare", "--weights", fixture, "--greedy", "6"]);
+    assert!(report.contains("vs HF: GPU"), "{report}");
+    assert!(report.contains("greedy 6 tokens: same"), "{report}");
+    assert!(report.trim_end().ends_with("PASS"), "{report}");
+
+    let out = Command::new(&emu).args(["compare", "--weights", fixture, "--tokens", "1,99999"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--tokens: id 99999 is past the vocabulary"), "{stderr}");
+
+    // A binary that drives no GPU has nothing to compare.
+    let cpu = std::path::Path::new(env!("CARGO_BIN_EXE_kiln"));
+    let out = Command::new(cpu).args(["compare", "--weights", fixture]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("drives no GPU"), "{stderr}");
+}
+
+#[test]
+fn a_cuda_build_without_an_nvidia_gpu_says_what_is_missing() {
+    // The NVIDIA validation device loads libcuda at start-up and links nothing, so it builds
+    // on any machine; here it must stop with exit 69 naming what is missing.
+    let bin = common::plan_build::build_kiln(&common::repo_path("plan/tiny.toml"), "tiny-cuda", &["cuda"])
+        .unwrap_or_else(|e| panic!("a cuda build needs no CUDA toolkit, yet: {e}"));
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("SKIPPED: this machine has an NVIDIA GPU");
+        return;
+    }
+    let run = |modules: Option<&std::path::Path>, args: &[&str]| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(args).env_remove("KILN_CUDA_MODULES");
+        if let Some(m) = modules {
+            cmd.env("KILN_CUDA_MODULES", m);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = run(None, &["ops", "check"]);
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("no kernels to load"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("norm.cubin"), b"not a cubin").unwrap();
+    for args in [&["ops", "check"][..], &["serve", "--bind", "127.0.0.1:0"], &["logits", "--tokens", "1,2"]] {
+        let (code, stderr) = run(Some(dir.path()), args);
+        assert_eq!(code, Some(69), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot load the CUDA driver") || stderr.contains("no NVIDIA GPU"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("serving"), "{stderr}");
+    }
 }

@@ -15,7 +15,7 @@ mod select;
 
 pub use batch::{Selection, StepBatch};
 pub use cpu::{Route, RouterConfig};
-pub use select::{Selected, select};
+pub use select::{Selected, gpu_backend, select};
 
 use crate::error::Result;
 use crate::kv::{KvFormat, KvGeometry, PageCopy};

@@ -5,6 +5,7 @@
 //!   ([`Error::NoDevice`]); there is never a silent fall back to the CPU.
 //! - built with `--features emulated-hip`: the GPU backend on the emulated HIP device, for any
 //!   plan, so every checkpoint can be run through the GPU path and compared with the CPU.
+//! - built with `--features cuda`: the same on an NVIDIA GPU (the validation device).
 //! - otherwise the CPU backend for `appliance.target = cpu`, and an error for a GPU target
 //!   this binary cannot drive.
 
@@ -44,7 +45,7 @@ impl Selected {
 }
 
 pub fn select(plan: &Plan) -> Result<Selected> {
-    if cfg!(feature = "emulated-hip") && !cfg!(feature = "hip") {
+    if (cfg!(feature = "emulated-hip") || cfg!(feature = "cuda")) && !cfg!(feature = "hip") {
         return gpu(plan);
     }
     match plan.appliance.target {
@@ -67,11 +68,15 @@ pub fn select(plan: &Plan) -> Result<Selected> {
     }
 }
 
-/// The GPU backend on the device this binary drives, every kernel it carries resolved.
 fn gpu(plan: &Plan) -> Result<Selected> {
+    gpu_backend(plan).map(Selected::Gpu)
+}
+
+/// The GPU backend on the device this binary drives, every kernel it carries resolved.
+pub fn gpu_backend(plan: &Plan) -> Result<GpuBackend> {
     let device = crate::device::built_in().map_err(|e| Error::NoDevice(e.to_string()))?;
     let symbols: Vec<&'static str> =
         crate::plan::all_symbols().into_iter().filter(|s| device.kernel(s).is_ok()).collect();
     let gpu = crate::device::Gpu::new(device, &symbols)?;
-    Ok(Selected::Gpu(GpuBackend::new(Arc::new(gpu), plan)))
+    Ok(GpuBackend::new(Arc::new(gpu), plan))
 }

@@ -6,13 +6,17 @@
 //! - [`emulated::EmulatedDevice`]: the same kernel sources compiled by g++ against HIP-CPU,
 //!   AMD's HIP runtime for CPUs, loaded as a shared library. It proves indexing, reductions,
 //!   barriers and layouts on any machine; it says nothing about speed.
+//! - [`cuda::CudaDevice`] (feature `cuda`): an NVIDIA GPU through the CUDA driver, the same
+//!   sources built by nvcc; where a GPU is lent for validation and no AMD one is.
 //!
-//! Both take kernel arguments the way hipModuleLaunchKernel does: an array with one pointer
+//! All take kernel arguments the way hipModuleLaunchKernel does: an array with one pointer
 //! per kernel parameter, pointing at the parameter's value ([`KernelArgs`]).
 
 mod args;
 mod buffer;
 mod built_in;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 #[cfg(not(target_feature = "crt-static"))]
 pub mod emulated;
 #[cfg(feature = "hip")]
@@ -85,6 +89,15 @@ impl KernelFn {
 pub trait Device: Send + Sync {
     /// For logs and reports, e.g. "AMD Instinct MI300X (gfx942)".
     fn describe(&self) -> String;
+    /// Threads per wave (warp): what a kernel's KILN_WAVE is on this device, so that a
+    /// wave-per-row launch gives each row one wave.
+    fn wave(&self) -> u32 {
+        64
+    }
+    /// Peak memory bandwidth in bytes/s as the device reports it, if it does.
+    fn peak_bandwidth(&self) -> Option<f64> {
+        None
+    }
     /// Resolves a kernel by its extern "C" name, once, at start-up.
     fn kernel(&self, symbol: &str) -> Result<KernelFn>;
     fn alloc(&self, bytes: usize) -> Result<u64>;
@@ -135,6 +148,11 @@ impl Gpu {
 
     pub fn describe(&self) -> String {
         self.device.describe()
+    }
+
+    /// Threads per wave on this device.
+    pub fn wave(&self) -> usize {
+        self.device.wave() as usize
     }
 
     /// A device copy of `v`.

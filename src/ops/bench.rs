@@ -72,23 +72,32 @@ pub fn bench(gpu: &Gpu, plan: &Plan, buckets: Option<&[u64]>, reps: usize) -> Re
     Ok(rows)
 }
 
-pub fn table(rows: &[BenchRow], copy_gb_s: f64) -> String {
+/// The bench rows; `peak_gb_s` is the device's reported peak, when it reports one.
+pub fn table(rows: &[BenchRow], copy_gb_s: f64, peak_gb_s: Option<f64>) -> String {
+    let w = rows.iter().map(|r| r.op.len()).max().unwrap_or(0).max(12);
     let mut s = format!(
-        "{:<12} {:<28} {:>6} {:>11} {:>9} {:>8}  shape\n",
-        "op", "kernel", "tokens", "us/launch", "GB/s", "of copy"
+        "{:<w$} {:<28} {:>6} {:>11} {:>9} {:>8} {:>8}  shape\n",
+        "op", "kernel", "tokens", "us/launch", "GB/s", "of copy", "of peak"
     );
     for r in rows {
+        let of_peak = peak_gb_s.map_or("-".to_string(), |p| format!("{:.1}%", 100.0 * r.gb_s / p));
         s.push_str(&format!(
-            "{:<12} {:<28} {:>6} {:>11.1} {:>9.2} {:>7.1}%  {}\n",
+            "{:<w$} {:<28} {:>6} {:>11.1} {:>9.2} {:>7.1}% {:>8}  {}\n",
             r.op,
             r.kernel,
             r.tokens,
             r.micros,
             r.gb_s,
             100.0 * r.gb_s / copy_gb_s,
+            of_peak,
             r.shape
         ));
     }
     s.push_str(&format!("device copy bandwidth (read + write): {copy_gb_s:.2} GB/s, measured in this run\n"));
+    if let Some(p) = peak_gb_s {
+        s.push_str(&format!(
+            "device peak memory bandwidth: {p:.0} GB/s (memory clock x bus width, as the driver reports)\n"
+        ));
+    }
     s
 }

@@ -43,7 +43,16 @@ fn checks(v: &'static KernelVariant) -> Vec<Case> {
 }
 
 fn at(v: &'static KernelVariant, shape: &OpShape, tokens: usize) -> Case {
-    let OpShape::Experts { experts, n, k } = *shape else { panic!("experts at {shape}") };
+    let (experts, n, k) = match *shape {
+        OpShape::Experts { experts, n, k } => (experts, n, k),
+        // A dense MXFP4 linear: one matrix, every token its row.
+        OpShape::Linear { n, k } => {
+            let g =
+                Geometry { n: n as usize, k: k as usize, per_expert: vec![tokens.max(1)], act_quant: false, one: true };
+            return case(v, g);
+        }
+        _ => panic!("moe.mxfp4 at {shape}: the registry gives this family expert or linear shapes"),
+    };
     // Under uniform routing a step's tokens x top-k spread over the experts; the bench gives
     // `tokens` rows to as many experts as it takes, at least one row each.
     let used = tokens.clamp(1, experts as usize);

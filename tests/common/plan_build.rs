@@ -27,7 +27,11 @@ pub fn build_kiln(plan: &Path, name: &str, features: &[&str]) -> Result<PathBuf,
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
+    // Copied aside and renamed into place: another test of this process may be running the
+    // binary under this name, and a running executable cannot be overwritten (ETXTBSY).
     let dest = bin_dir.join(format!("kiln-{name}"));
-    std::fs::copy(target.join("debug/kiln"), &dest).map_err(|e| e.to_string())?;
+    let fresh = bin_dir.join(format!(".kiln-{name}.{}", std::process::id()));
+    std::fs::copy(target.join("debug/kiln"), &fresh).map_err(|e| e.to_string())?;
+    std::fs::rename(&fresh, &dest).map_err(|e| e.to_string())?;
     Ok(dest)
 }

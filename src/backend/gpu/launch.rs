@@ -15,11 +15,8 @@ use crate::kv::KvFormat;
 
 /// Threads per block of the one-thread-per-element kernels and the row kernels.
 const BLOCK: usize = 256;
-/// The wave (AMD) or warp size the kernels are compiled for on AMD targets and the emulated
-/// device; on CUDA a 64-thread group is two warps, which the wave-per-row kernels also
-/// handle since they only reduce within a wave.
-pub const WAVE: usize = 64;
-/// Output rows per block of the wave-per-row linear kernels (one wave each).
+/// Output rows per block of the wave-per-row linear kernels (one wave each: 64 threads on AMD
+/// and the emulated device, 32 on CUDA, `Gpu::wave`).
 const ROWS_PER_BLOCK: usize = 4;
 /// The MXFP4 tile kernel's output tile: weight rows x tokens.
 const TILE_N: usize = 64;
@@ -318,7 +315,7 @@ pub fn linear(gpu: &Gpu, kernel: LinearKernel, w: Matrix, x: &Buffer, groups: &G
         i32s(o, g + 1, "offsets", "linear")?;
     }
     let grouped_args = |a: KernelArgs| a.buf(x).buf_or_null(groups.offsets()).buf(y).int(n).int(k).int(m);
-    let wave = Launch::new(Dim3::xy(grid(n, ROWS_PER_BLOCK), count(g)), Dim3::x((ROWS_PER_BLOCK * WAVE) as u32));
+    let wave = Launch::new(Dim3::xy(grid(n, ROWS_PER_BLOCK), count(g)), Dim3::x((ROWS_PER_BLOCK * gpu.wave()) as u32));
     match w {
         WeightView::Dense { format, w } => {
             let sym = match format {
@@ -732,7 +729,7 @@ pub fn moe_dispatch(gpu: &Gpu, d: &Dispatch) -> Result<()> {
     let args = KernelArgs::new().buf(d.counts).buf(d.offsets).buf(d.cursor).int(d.experts);
     // SAFETY: kiln_moe_offsets(const int* counts, int* offsets, int* cursor, int experts); one
     // thread.
-    unsafe { gpu.launch("kiln_moe_offsets", Launch::new(Dim3::x(1), Dim3::x(WAVE as u32)), args)? };
+    unsafe { gpu.launch("kiln_moe_offsets", Launch::new(Dim3::x(1), Dim3::x(gpu.wave() as u32)), args)? };
     let args = KernelArgs::new().buf(d.idx).buf(d.cursor).buf(d.pos).int(nk);
     // SAFETY: kiln_moe_place(const int* idx, int* cursor, int* pos, int nk).
     unsafe { gpu.launch("kiln_moe_place", flat(nk), args) }
