@@ -1,35 +1,44 @@
-// The MoE router: fp32 logits, sigmoid, correction bias used only to choose, group-limited
-// top-k, renormalized and scaled weights. CPU twin: backend::cpu::route (src/ops/router.rs).
+// The MoE router in two launches: fp32 logits spread over the GPU, then per token the sigmoid,
+// the correction bias used only to choose, group-limited top-k, renormalized and scaled
+// weights. CPU twin: backend::cpu::route (src/ops/router.rs).
 #include "compat.h"
 
 #define KILN_ROUTER_MAX_EXPERTS 1024
 
-// x [T, D] f32, w [E, D] f32, bias [E] f32 -> idx [T, k] int32 (ascending), weights [T, k] f32.
-// One block per token (256 threads); E <= 1024, k <= 16, E % groups == 0.
-KILN_EXPORT void kiln_router_sigmoid_topk(const float* __restrict__ x, const float* __restrict__ w,
-                                          const float* __restrict__ bias, int* __restrict__ idx,
-                                          float* __restrict__ weights, int d, int e, int k, int groups,
-                                          int keep_groups, int normalize, float scaling) {
+// x [T, D] f32, w [E, D] f32 -> logits [T, E] f32. One wave per (token, expert), lanes split D,
+// so the router matrix is read by the whole GPU rather than by one block per token.
+// Grid: (ceil(E / waves per block), T); block: a whole number of waves.
+KILN_EXPORT void kiln_router_logits(const float* __restrict__ x, const float* __restrict__ w,
+                                    float* __restrict__ logits, int d, int e) {
+    const int lane = threadIdx.x % KILN_WAVE;
+    const int j = blockIdx.x * (blockDim.x / KILN_WAVE) + threadIdx.x / KILN_WAVE;
+    const float* xt = x + (size_t)blockIdx.y * d;
+    float acc = 0.0f;
+    if (j < e)
+        for (int c = lane; c < d; c += KILN_WAVE) acc += xt[c] * w[(size_t)j * d + c];
+    acc = kiln_wave_sum(acc);  // every lane reaches the shuffles, past-the-end waves too
+    if (j < e && lane == 0) logits[(size_t)blockIdx.y * e + j] = acc;
+}
+
+// logits [T, E] f32, bias [E] f32 -> idx [T, k] int32 (ascending), weights [T, k] f32.
+// One block per token (256 threads); E <= 1024, k <= 16, E % groups == 0, groups <= 64.
+KILN_EXPORT void kiln_router_select(const float* __restrict__ logits, const float* __restrict__ bias,
+                                    int* __restrict__ idx, float* __restrict__ weights, int e, int k, int groups,
+                                    int keep_groups, int normalize, float scaling) {
     __shared__ float score[KILN_ROUTER_MAX_EXPERTS];
     __shared__ float choice[KILN_ROUTER_MAX_EXPERTS];
     __shared__ float best_v[32];
     __shared__ int best_i[32];
     __shared__ int picked[16];
     __shared__ unsigned char taken[KILN_ROUTER_MAX_EXPERTS];
-    for (int j = threadIdx.x; j < e; j += blockDim.x) taken[j] = 0;
-    const float* xt = x + (size_t)blockIdx.x * d;
-    // Logits: one wave per expert at a time, lanes split D.
     const int lane = threadIdx.x % KILN_WAVE, wave = threadIdx.x / KILN_WAVE;
     const int waves = blockDim.x / KILN_WAVE;
-    for (int j = wave; j < e; j += waves) {
-        float acc = 0.0f;
-        for (int c = lane; c < d; c += KILN_WAVE) acc += xt[c] * w[(size_t)j * d + c];
-        acc = kiln_wave_sum(acc);
-        if (lane == 0) {
-            const float s = 1.0f / (1.0f + __expf(-acc));
-            score[j] = s;
-            choice[j] = s + bias[j];
-        }
+    const float* lt = logits + (size_t)blockIdx.x * e;
+    for (int j = threadIdx.x; j < e; j += blockDim.x) {
+        taken[j] = 0;
+        const float s = 1.0f / (1.0f + __expf(-lt[j]));
+        score[j] = s;
+        choice[j] = s + bias[j];
     }
     __syncthreads();
     if (groups > 1) {

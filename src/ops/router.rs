@@ -52,13 +52,14 @@ fn case(v: &'static KernelVariant, c: RouterConfig, d: usize, t: usize) -> Case 
     Case {
         variant: v,
         shape,
-        bytes: 4 * (t * d + c.experts * d + c.experts + 2 * t * c.top_k),
+        bytes: 4 * (t * d + c.experts * d + c.experts + 2 * t * c.experts + 2 * t * c.top_k),
         expected: Output::Many(vec![Output::Indices(idx), Output::Floats(weights)]),
         setup: Box::new(move |gpu| {
             Ok(Box::new(Bufs {
                 x: gpu.upload(&x)?,
                 w: gpu.upload(&w)?,
                 bias: gpu.upload(&bias)?,
+                logits: gpu.zeros::<f32>(t * c.experts)?,
                 idx: gpu.zeros::<i32>(t * c.top_k)?,
                 weights: gpu.zeros::<f32>(t * c.top_k)?,
                 c,
@@ -73,6 +74,7 @@ struct Bufs {
     x: Buffer,       // [T, D] f32
     w: Buffer,       // [E, D] f32
     bias: Buffer,    // [E] f32
+    logits: Buffer,  // [T, E] f32 scratch
     idx: Buffer,     // [T, k] i32
     weights: Buffer, // [T, k] f32
     c: RouterConfig,
@@ -82,7 +84,15 @@ struct Bufs {
 
 impl Prepared for Bufs {
     fn launch(&self, gpu: &Gpu) -> Result<()> {
-        launch::router(gpu, &self.x, &self.w, &self.bias, &self.idx, &self.weights, self.t, self.d, &self.c)
+        let b = launch::RouterBufs {
+            x: &self.x,
+            w: &self.w,
+            bias: &self.bias,
+            logits: &self.logits,
+            idx: &self.idx,
+            weights: &self.weights,
+        };
+        launch::router(gpu, &b, self.t, self.d, &self.c)
     }
 
     fn output(&self) -> Result<Output> {

@@ -65,7 +65,7 @@ pub const REGISTRY: &[KernelVariant] = &[
         name: "router.sigmoid_topk",
         op: "router",
         source: "router.hip",
-        symbols: &["kiln_router_sigmoid_topk"],
+        symbols: &["kiln_router_logits", "kiln_router_select"],
         archs: ALL_ARCHES,
         max_bucket: u64::MAX,
     },

@@ -659,47 +659,57 @@ pub fn expand_v(gpu: &Gpu, kv_b: &KvB, o_lat: &Buffer, out: &Buffer, n: usize) -
     unsafe { gpu.launch(sym, flat(n * kv_b.heads * kv_b.v), args) }
 }
 
-/// x [T, d], router [E, d], bias [E] -> idx [T, k] (ascending), weights [T, k].
-#[allow(clippy::too_many_arguments)]
-pub fn router(
-    gpu: &Gpu,
-    x: &Buffer,
-    w: &Buffer,
-    bias: &Buffer,
-    idx: &Buffer,
-    weights: &Buffer,
-    t: usize,
-    d: usize,
-    s: &RouterConfig,
-) -> Result<()> {
-    const K: &str = "kiln_router_sigmoid_topk";
+/// The router's buffers for T tokens of width d over E experts.
+pub struct RouterBufs<'a> {
+    /// [T, d] f32
+    pub x: &'a Buffer,
+    /// [E, d] f32
+    pub w: &'a Buffer,
+    /// [E] f32
+    pub bias: &'a Buffer,
+    /// [T, E] f32 scratch
+    pub logits: &'a Buffer,
+    /// [T, k] i32, ascending
+    pub idx: &'a Buffer,
+    /// [T, k] f32
+    pub weights: &'a Buffer,
+}
+
+/// Router logits over the whole GPU, then each token's experts and weights.
+pub fn router(gpu: &Gpu, b: &RouterBufs, t: usize, d: usize, s: &RouterConfig) -> Result<()> {
+    const K: &str = "kiln_router_select";
     if s.experts > 1024 || s.top_k > 16 || s.groups > 64 || s.groups == 0 || s.experts % s.groups != 0 {
         return Err(Error::Device {
             device: "launch".into(),
             message: format!("{K}: {} experts, top {}, {} groups beyond the kernel", s.experts, s.top_k, s.groups),
         });
     }
-    f32s(x, t * d, "x", K)?;
-    f32s(w, s.experts * d, "w", K)?;
-    f32s(bias, s.experts, "bias", K)?;
-    i32s(idx, t * s.top_k, "idx", K)?;
-    f32s(weights, t * s.top_k, "weights", K)?;
+    f32s(b.x, t * d, "x", K)?;
+    f32s(b.w, s.experts * d, "w", K)?;
+    f32s(b.bias, s.experts, "bias", K)?;
+    f32s(b.logits, t * s.experts, "logits", K)?;
+    i32s(b.idx, t * s.top_k, "idx", K)?;
+    f32s(b.weights, t * s.top_k, "weights", K)?;
+    let waves = ROWS_PER_BLOCK;
+    let grid = Launch::new(Dim3::xy(grid(s.experts, waves), count(t)), Dim3::x((waves * gpu.wave()) as u32));
+    let args = KernelArgs::new().buf(b.x).buf(b.w).buf(b.logits).int(d).int(s.experts);
+    // SAFETY: kiln_router_logits(const float* x, const float* w, float* logits, int d, int e);
+    // one wave per (expert, token), blockIdx.y the token; sizes checked above.
+    unsafe { gpu.launch("kiln_router_logits", grid, args)? };
     let args = KernelArgs::new()
-        .buf(x)
-        .buf(w)
-        .buf(bias)
-        .buf(idx)
-        .buf(weights)
-        .int(d)
+        .buf(b.logits)
+        .buf(b.bias)
+        .buf(b.idx)
+        .buf(b.weights)
         .int(s.experts)
         .int(s.top_k)
         .int(s.groups)
         .int(s.keep_groups)
         .i32(i32::from(s.normalize))
         .f32(s.scaling);
-    // SAFETY: kiln_router_sigmoid_topk(const float* x, const float* w, const float* bias, int*
-    // idx, float* weights, int d, int e, int k, int groups, int keep_groups, int normalize,
-    // float scaling); one block per token; limits checked above.
+    // SAFETY: kiln_router_select(const float* logits, const float* bias, int* idx, float*
+    // weights, int e, int k, int groups, int keep_groups, int normalize, float scaling); one
+    // block per token; limits checked above.
     unsafe { gpu.launch(K, per_row(t), args) }
 }
 

@@ -581,7 +581,16 @@ impl Backend for GpuBackend {
         let n = x.n;
         let (idx, weights) = (self.gpu.zeros::<i32>(n * c.top_k)?, self.gpu.zeros::<f32>(n * c.top_k)?);
         let c = RouterConfig { groups: c.groups.max(1), ..*c };
-        launch::router(&self.gpu, &x.buf, &router.buf, &bias.buf, &idx, &weights, n, x.width, &c)?;
+        let logits = self.gpu.zeros::<f32>(n * c.experts)?; // [n, E]
+        let bufs = launch::RouterBufs {
+            x: &x.buf,
+            w: &router.buf,
+            bias: &bias.buf,
+            logits: &logits,
+            idx: &idx,
+            weights: &weights,
+        };
+        launch::router(&self.gpu, &bufs, n, x.width, &c)?;
         Ok(DeviceRouting { idx, weights, n, k: c.top_k })
     }
 
