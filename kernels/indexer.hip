@@ -71,7 +71,7 @@ __device__ inline uint32_t kiln_float_key(float f) {
 
 // Top-k of each row: radix select of the k-th largest key (4 passes of 8 bits over a
 // 256-bin histogram), then every index above it and ties in index order (the ranking rule of
-// compat.h). Rows with at most
+// compat.h), placed by a block prefix sum. Rows with at most
 // k finite entries keep them all. scores [T, stride], lens [T] -> idx [T, k] (unused = -1),
 // in no particular order. Grid: T; block: 256.
 KILN_EXPORT void kiln_topk_f32(const float* __restrict__ scores, const int* __restrict__ lens,
@@ -80,6 +80,7 @@ KILN_EXPORT void kiln_topk_f32(const float* __restrict__ scores, const int* __re
     __shared__ uint32_t prefix_s;
     __shared__ int remaining_s;
     __shared__ int count_s;
+    __shared__ int scan[1024];  // one per thread (blockDim.x <= 1024)
     const int t = blockIdx.x, n = lens[t];
     const float* row = scores + (size_t)t * stride;
     int* out = idx + (size_t)t * k;
@@ -118,9 +119,25 @@ KILN_EXPORT void kiln_topk_f32(const float* __restrict__ scores, const int* __re
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         if (kiln_float_key(row[i]) > prefix) out[atomicAdd(&count_s, 1)] = i;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int c = count_s;
-        for (int i = 0; i < n && c < k; ++i)
-            if (kiln_float_key(row[i]) == prefix) out[c++] = i;
+    // The ties, lowest indices first: the row in chunks of one entry per thread, each tie's
+    // place in its chunk from a block prefix sum, until the top-k is full. `placed` and the
+    // loop bounds are the same in every thread, so every thread reaches every barrier.
+    const int base = count_s;
+    int placed = 0;
+    for (int start = 0; start < n && base + placed < k; start += blockDim.x) {
+        const int i = start + threadIdx.x;
+        const int tie = i < n && kiln_float_key(row[i]) == prefix;
+        scan[threadIdx.x] = tie;
+        __syncthreads();
+        for (int off = 1; off < blockDim.x; off <<= 1) {  // inclusive Hillis-Steele scan
+            const int add = threadIdx.x >= off ? scan[threadIdx.x - off] : 0;
+            __syncthreads();
+            scan[threadIdx.x] += add;
+            __syncthreads();
+        }
+        const int rank = base + placed + scan[threadIdx.x] - tie;
+        if (tie && rank < k) out[rank] = i;
+        placed += scan[blockDim.x - 1];
+        __syncthreads();  // every thread has read scan before the next chunk writes it
     }
 }

@@ -21,14 +21,18 @@ struct Geometry {
     page: usize,
     topk: usize,
     lens: Vec<usize>,
+    /// Zero queries: every score ties, so the top-k is decided by the tie rule alone.
+    flat: bool,
 }
 
 fn checks(v: &'static KernelVariant) -> Vec<Case> {
     vec![
-        case(v, Geometry { heads: 3, dim: 32, page: 16, topk: 10, lens: vec![40, 7] }),
-        case(v, Geometry { heads: 5, dim: 20, page: 8, topk: 16, lens: vec![300, 16, 17] }),
+        case(v, Geometry { heads: 3, dim: 32, page: 16, topk: 10, lens: vec![40, 7], flat: false }),
+        case(v, Geometry { heads: 5, dim: 20, page: 8, topk: 16, lens: vec![300, 16, 17], flat: false }),
         // GLM-5.2: 32 heads x 128, top-2048 of 5000 keys.
-        case(v, Geometry { heads: 32, dim: 128, page: 64, topk: 2048, lens: vec![5000] }),
+        case(v, Geometry { heads: 32, dim: 128, page: 64, topk: 2048, lens: vec![5000], flat: false }),
+        // All ties, over several chunks of the block: the lowest indices win.
+        case(v, Geometry { heads: 2, dim: 16, page: 16, topk: 300, lens: vec![700, 40], flat: true }),
     ]
 }
 
@@ -37,19 +41,27 @@ fn at(v: &'static KernelVariant, shape: &OpShape, tokens: usize) -> Case {
     let topk = topk as usize;
     case(
         v,
-        Geometry { heads: heads as usize, dim: dim as usize, page: page as usize, topk, lens: vec![4 * topk; tokens] },
+        Geometry {
+            heads: heads as usize,
+            dim: dim as usize,
+            page: page as usize,
+            topk,
+            lens: vec![4 * topk; tokens],
+            flat: false,
+        },
     )
 }
 
 fn case(v: &'static KernelVariant, g: Geometry) -> Case {
     let format = kv_format_of(v);
-    let Geometry { heads: hi, dim: di, page, topk, ref lens } = g;
+    let Geometry { heads: hi, dim: di, page, topk, ref lens, flat } = g;
     let t = lens.len();
-    let shape = format!("heads={hi} dim={di} topk={topk} page={page} lens={}", counts(lens));
+    let shape =
+        format!("heads={hi} dim={di} topk={topk} page={page} lens={}{}", counts(lens), if flat { " ties" } else { "" });
     let mut rng = rng_for(v.op, &shape);
     let geometry = KvGeometry { latent: 4, rope: 2, index: di, indexed: vec![true] };
     let cache = PagedCache::random(format, geometry, page, lens, &mut rng);
-    let q = uniform(&mut rng, t * hi * di, 1.0); // [T, Hi, Di]
+    let q = if flat { vec![0.0; t * hi * di] } else { uniform(&mut rng, t * hi * di, 1.0) }; // [T, Hi, Di]
     let w = uniform(&mut rng, t * hi, 0.2); // [T, Hi]
     let dot_scale = 1.0 / (di as f32).sqrt();
     let stride = lens.iter().copied().max().unwrap_or(0);
