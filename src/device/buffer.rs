@@ -44,19 +44,11 @@ impl Buffer {
         Ok(b)
     }
 
-    /// `n` zeroed elements of T, written from a bounded host chunk (a KV store of many GB
-    /// must not need as much host memory to clear).
+    /// `n` zeroed elements of T.
     pub fn zeroed<T: Element>(device: &Arc<dyn Device>, n: usize) -> Result<Buffer> {
-        const CHUNK: usize = 64 << 20;
         let bytes = n * std::mem::size_of::<T>();
         let b = Buffer::alloc(device, bytes)?;
-        let zeros = vec![0u8; bytes.min(CHUNK)];
-        let mut at = 0;
-        while at < bytes {
-            let len = (bytes - at).min(CHUNK);
-            device.upload(b.ptr + at as u64, &zeros[..len])?;
-            at += len;
-        }
+        device.zero(b.ptr, bytes)?;
         Ok(b)
     }
 

@@ -40,6 +40,7 @@ struct Api {
     htod: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
     dtoh: unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult,
     dtod: unsafe extern "C" fn(u64, u64, usize) -> CuResult,
+    memset_d8: unsafe extern "C" fn(u64, u8, usize) -> CuResult,
     #[allow(clippy::type_complexity)]
     launch: unsafe extern "C" fn(
         Ptr,
@@ -223,6 +224,7 @@ fn resolve(lib: &libloading::Library) -> Result<Api> {
         htod: sym(lib, "cuMemcpyHtoD_v2")?,
         dtoh: sym(lib, "cuMemcpyDtoH_v2")?,
         dtod: sym(lib, "cuMemcpyDtoD_v2")?,
+        memset_d8: sym(lib, "cuMemsetD8_v2")?,
         launch: sym(lib, "cuLaunchKernel")?,
         error_string: sym(lib, "cuGetErrorString")?,
     })
@@ -277,6 +279,12 @@ impl Device for CudaDevice {
         // SAFETY: dst addresses at least src.len() device bytes; the copy from pageable
         // memory has consumed `src` when it returns.
         self.check(unsafe { (self.api.htod)(dst, src.as_ptr() as *const c_void, src.len()) }, "cuMemcpyHtoD")
+    }
+
+    fn zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        self.current()?;
+        // SAFETY: dst addresses at least `bytes` device bytes; on the default stream, in order.
+        self.check(unsafe { (self.api.memset_d8)(dst, 0, bytes) }, "cuMemsetD8")
     }
 
     fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {

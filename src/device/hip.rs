@@ -142,6 +142,12 @@ impl Device for HipDevice {
         self.synchronize()
     }
 
+    fn zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        // SAFETY: dst addresses at least `bytes` device bytes; queued on the one stream.
+        let code = unsafe { hip::hipMemsetAsync(dst as *mut c_void, 0, bytes, self.stream()) };
+        check(code, "hipMemsetAsync")
+    }
+
     fn download(&self, src: u64, dst: &mut [u8]) -> Result<()> {
         // SAFETY: src addresses at least dst.len() device bytes; synchronized before return.
         unsafe {

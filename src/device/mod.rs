@@ -104,6 +104,19 @@ pub trait Device: Send + Sync {
     /// Frees what `alloc` returned.
     fn free(&self, ptr: u64);
     fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
+    /// Zeroes `bytes` at `dst`, in stream order. A GPU fills on the device, without a host
+    /// transfer or a wait; the default writes zeros from a bounded host chunk.
+    fn zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        const CHUNK: usize = 64 << 20;
+        let zeros = vec![0u8; bytes.min(CHUNK)];
+        let mut at = 0;
+        while at < bytes {
+            let len = (bytes - at).min(CHUNK);
+            self.upload(dst + at as u64, &zeros[..len])?;
+            at += len;
+        }
+        Ok(())
+    }
     fn download(&self, src: u64, dst: &mut [u8]) -> Result<()>;
     /// Device-to-device copy (also what the bench measures bandwidth against).
     fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
