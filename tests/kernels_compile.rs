@@ -2,8 +2,10 @@
 //!
 //! Every kernels/ source is built for gfx90a (Debian's hipcc) and gfx940 (clang-19 with
 //! Debian's device libraries). A gfx90a plan builds and `kiln plan` lists its code objects; a
-//! gfx950 plan fails the build saying what its toolchain needs. Without those toolchains the
-//! tests say they skipped, unless KILN_REQUIRE_HIP=1 (as .ci/run sets), which makes them fail.
+//! gfx950 plan fails the build saying what its toolchain needs. compat.h's CUDA branch is
+//! compiled too: clang-19 to PTX for sm_90 against a stand-in runtime header, since nvcc is
+//! not installable here. Without those toolchains the tests say they skipped, unless
+//! KILN_REQUIRE_HIP=1 (as .ci/run sets), which makes them fail.
 
 mod common;
 
@@ -96,4 +98,43 @@ fn a_gfx950_plan_says_what_its_toolchain_needs() {
     )
     .expect_err("a gfx950 build without ROCm 7 must fail");
     assert!(err.contains("gfx950 (MI355X) needs ROCm 7 (LLVM 20) on the build host"), "{err}");
+}
+
+#[test]
+fn every_kernel_compiles_through_the_cuda_branch_of_compat_h() {
+    if !toolchains_present() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let stub = common::repo_path("tests/support/cuda");
+    let mut failures = Vec::new();
+    for source in kiln::plan::all_sources() {
+        let src = common::repo_path("kernels").join(source);
+        let ptx = out.path().join(format!("{source}.ptx"));
+        let run = Command::new("clang-19")
+            .args(["-x", "cuda", "--cuda-device-only", "--cuda-gpu-arch=sm_90", "-nocudainc", "-nocudalib"])
+            .args(["-D__CUDACC__", "-Xclang", "-target-feature", "-Xclang", "+ptx80", "-O1", "-S"])
+            .arg("-I")
+            .arg(&stub)
+            .arg("-I")
+            .arg(src.parent().unwrap())
+            .arg(&src)
+            .arg("-o")
+            .arg(&ptx)
+            .output()
+            .unwrap();
+        if !run.status.success() {
+            failures.push(format!("{source}: {}", String::from_utf8_lossy(&run.stderr)));
+            continue;
+        }
+        let text = std::fs::read_to_string(&ptx).unwrap();
+        for v in kiln::plan::REGISTRY.iter().filter(|v| v.source == source) {
+            for sym in v.symbols {
+                if !text.contains(&format!(".entry {sym}(")) {
+                    failures.push(format!("{source}: no kernel entry {sym} in the PTX"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
