@@ -4,16 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::EXIT_WEIGHTS;
 use super::lifecycle::{Ended, Stop, serve_until_stopped};
 use super::weights_watch;
 use crate::app::{App, engine_config};
-use crate::backend::{Selected, select};
+use crate::backend::{Backend, Selected, select};
 use crate::error::Result;
 use crate::plan::Plan;
-use crate::server;
+use crate::server::{self, ServerContext};
 use crate::signals::Signal;
 use crate::weights::WeightsSource;
 use crate::{baked, log, signals};
@@ -45,18 +46,8 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
     log::info("backend", format!("the forward runs on {}", selected.describe())).emit();
     let kv_pages = selected.kv_pages(plan, engine_config(plan).kv_pages);
     let (context, _engine) = match selected {
-        Selected::Cpu(b) => {
-            let mut app = App::open_on(b, plan, baked::PLAN_TEXT, &src)?;
-            app.engine.kv_pages = kv_pages;
-            fit_connections(&mut app.server.transport, open_files);
-            app.start()
-        }
-        Selected::Gpu(b) => {
-            let mut app = App::open_on(b, plan, baked::PLAN_TEXT, &src)?;
-            app.engine.kv_pages = kv_pages;
-            fit_connections(&mut app.server.transport, open_files);
-            app.start()
-        }
+        Selected::Cpu(b) => start(App::open_on(b, plan, baked::PLAN_TEXT, &src)?, kv_pages, open_files),
+        Selected::Gpu(b) => start(App::open_on(b, plan, baked::PLAN_TEXT, &src)?, kv_pages, open_files),
     };
     let running = server::start(context, &bind)?;
     weights_watch::spawn(plan.weights.pin.clone(), src.clone(), running.context.metrics.clone(), stop_tx)?;
@@ -73,6 +64,18 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
         Ended::Forced => ExitCode::FAILURE,
         Ended::WeightsMismatch => ExitCode::from(EXIT_WEIGHTS),
     })
+}
+
+/// The engine and server of `app`, with the backend's KV pages and connections that fit the
+/// open-files limit.
+fn start<B: Backend>(
+    mut app: App<B>,
+    kv_pages: usize,
+    open_files: Option<u64>,
+) -> (Arc<ServerContext>, JoinHandle<()>) {
+    app.engine.kv_pages = kv_pages;
+    fit_connections(&mut app.server.transport, open_files);
+    app.start()
 }
 
 /// Caps client connections below the open-files limit, saying so when it lowers the plan's.

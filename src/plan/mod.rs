@@ -12,6 +12,7 @@ mod memory;
 mod model;
 mod pin;
 mod quant;
+mod registry;
 mod serving;
 mod validate;
 pub use validate::validate;
@@ -21,13 +22,13 @@ use serde::{Deserialize, Serialize};
 pub use appliance::{Appliance, Device, Target};
 pub use inventory::{StoredFormat, WeightGroup, weight_inventory};
 pub use kernels::{
-    KernelEntry, KernelMap, KernelVariant, OpShape, REGISTRY, RequiredOp, all_sources, all_symbols, buckets_up_to,
-    default_entries, linear_family, required_ops, source_symbols, variant,
+    KernelEntry, KernelMap, OpShape, RequiredOp, buckets_up_to, default_entries, linear_family, required_ops,
 };
 pub use memory::{ClassBytes, FP8_SCALE_GROUP, KvLayout, MemoryReport, kv_layout, memory_report};
 pub use model::{IndexerType, LayerKind, MlpKind, ModelShape};
 pub use pin::{PinnedFile, WeightsPin, is_digest};
 pub use quant::{ActivationQuant, ModuleClass, MtpQuantRules, QuantRules, WeightFormat, Weights};
+pub use registry::{KernelVariant, REGISTRY, all_sources, all_symbols, source_symbols, variant};
 pub use serving::{Auth, KvCache, KvDtype, Parallel, Server, SpecMethod, Speculative, transport_defaults};
 
 /// One deployment, exactly as written in plan/NAME.toml.

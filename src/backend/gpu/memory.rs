@@ -1,7 +1,7 @@
 //! What the GPU backend keeps in device memory: activations, weights in their stored format,
 //! the paged KV store, a step's batch tables, selections and routings.
 
-use super::launch::{Dense, Matrix, WeightBufs};
+use super::launch::{Matrix, WeightBufs};
 use crate::backend::StepBatch;
 use crate::device::{Buffer, Gpu};
 use crate::error::{Error, Result};
@@ -33,13 +33,6 @@ pub struct DeviceWeight {
 }
 
 impl DeviceWeight {
-    pub fn dense_format(&self) -> Option<Dense> {
-        match self.bufs {
-            WeightBufs::Dense { format, .. } => Some(format),
-            WeightBufs::Mxfp4 { .. } => None,
-        }
-    }
-
     pub fn is_mxfp4(&self) -> bool {
         matches!(self.bufs, WeightBufs::Mxfp4 { .. })
     }

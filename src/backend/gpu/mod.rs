@@ -10,10 +10,11 @@
 mod choice;
 pub mod launch;
 mod memory;
+mod upload;
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 pub use choice::KernelChoice;
@@ -21,15 +22,14 @@ pub use memory::{
     DeviceBatch, DeviceExperts, DeviceKvStore, DeviceRouting, DeviceRows, DeviceSelection, DeviceVector, DeviceWeight,
 };
 
-use launch::{Attention, Columns, Dense, Dispatch, Groups, KvB, LinearKernel, Paged, Tables, WeightBufs};
+use launch::{Attention, Columns, Dispatch, Groups, KvB, LinearKernel, Paged, Tables};
 
 use super::{Backend, MlaDims, MlpLinears, Route, RouterConfig, Selection, StepBatch};
-use crate::device::{Buffer, Gpu};
+use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kv::{KvFormat, KvGeometry, PageCopy};
-use crate::log;
-use crate::plan::{Plan, linear_family};
-use crate::weights::{Linear, Stored};
+use crate::plan::Plan;
+use crate::weights::Linear;
 
 pub struct GpuBackend {
     pub gpu: Arc<Gpu>,
@@ -59,27 +59,6 @@ impl GpuBackend {
     /// Whether the device is the emulated one (host memory, no speed).
     pub fn is_emulated(&self) -> bool {
         self.gpu.describe().starts_with("emulated")
-    }
-
-    /// Weight bytes on the device.
-    pub fn uploaded_bytes(&self) -> u64 {
-        self.uploaded.load(Ordering::Relaxed)
-    }
-
-    fn upload_bytes(&self, bytes: &[u8]) -> Result<Buffer> {
-        let b = self.gpu.upload(bytes)?;
-        let total = self.uploaded.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
-        let mut last = self.last_progress.lock().unwrap_or_else(|e| e.into_inner());
-        if last.elapsed().as_secs() >= PROGRESS_EVERY_S {
-            *last = Instant::now();
-            log::info(
-                "weights_upload",
-                format!("weights: {} copied to {}", crate::plan::gb(total as f64), self.gpu.describe()),
-            )
-            .field("bytes", total)
-            .emit();
-        }
-        Ok(b)
     }
 
     fn rows(&self, n: usize, width: usize) -> Result<DeviceRows> {
@@ -117,86 +96,6 @@ impl GpuBackend {
         let kernel = self.linear_kernel(w.family, tokens)?;
         launch::linear(&self.gpu, kernel, w.matrix(), &x.buf, groups, &y.buf)?;
         Ok(y)
-    }
-
-    fn weight_bufs(&self, w: &Linear) -> Result<(WeightBufs, &'static str)> {
-        Ok(match w.stored() {
-            Stored::Mxfp4 { codes, scales } => (
-                WeightBufs::Mxfp4 { codes: self.upload_bytes(codes)?, scales: self.upload_bytes(scales)? },
-                linear_family(crate::plan::WeightFormat::Mxfp4),
-            ),
-            Stored::Dense { dtype: safetensors::Dtype::BF16, bytes } => (
-                WeightBufs::Dense { format: Dense::Bf16, w: self.upload_bytes(bytes)? },
-                linear_family(crate::plan::WeightFormat::Bf16),
-            ),
-            Stored::Dense { dtype: safetensors::Dtype::F32, bytes } => (
-                WeightBufs::Dense { format: Dense::F32, w: self.upload_bytes(bytes)? },
-                linear_family(crate::plan::WeightFormat::F32),
-            ),
-            // Other float formats (f16, fp8) have no kernel of their own: widened once here.
-            Stored::Dense { .. } => {
-                let f = w.to_f32();
-                let bytes: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (
-                    WeightBufs::Dense { format: Dense::F32, w: self.upload_bytes(&bytes)? },
-                    linear_family(crate::plan::WeightFormat::F32),
-                )
-            }
-        })
-    }
-
-    /// Several [rows, cols] weights of one format as one [G, rows, cols] weight.
-    fn stacked(&self, ws: &[&Linear]) -> Result<DeviceWeight> {
-        let first = ws.first().ok_or_else(|| usage("no experts to upload".into()))?;
-        let (rows, cols) = (first.rows, first.cols);
-        if ws.iter().any(|w| w.rows != rows || w.cols != cols || w.is_mxfp4() != first.is_mxfp4()) {
-            return Err(usage("experts of one layer differ in shape or format".into()));
-        }
-        let (bufs, family) = match first.stored() {
-            Stored::Mxfp4 { .. } => {
-                let (mut codes, mut scales) = (Vec::new(), Vec::new());
-                for w in ws {
-                    if let Stored::Mxfp4 { codes: c, scales: s } = w.stored() {
-                        codes.extend_from_slice(c);
-                        scales.extend_from_slice(s);
-                    }
-                }
-                (
-                    WeightBufs::Mxfp4 { codes: self.upload_bytes(&codes)?, scales: self.upload_bytes(&scales)? },
-                    linear_family(crate::plan::WeightFormat::Mxfp4),
-                )
-            }
-            Stored::Dense { dtype, .. } => {
-                let same = ws.iter().all(|w| matches!(w.stored(), Stored::Dense { dtype: d, .. } if d == dtype));
-                let mut all = Vec::new();
-                let format = if same && dtype == safetensors::Dtype::BF16 {
-                    for w in ws {
-                        if let Stored::Dense { bytes, .. } = w.stored() {
-                            all.extend_from_slice(bytes);
-                        }
-                    }
-                    Dense::Bf16
-                } else if same && dtype == safetensors::Dtype::F32 {
-                    for w in ws {
-                        if let Stored::Dense { bytes, .. } = w.stored() {
-                            all.extend_from_slice(bytes);
-                        }
-                    }
-                    Dense::F32
-                } else {
-                    for w in ws {
-                        all.extend(w.to_f32().iter().flat_map(|v| v.to_le_bytes()));
-                    }
-                    Dense::F32
-                };
-                let family = match format {
-                    Dense::Bf16 => linear_family(crate::plan::WeightFormat::Bf16),
-                    Dense::F32 => linear_family(crate::plan::WeightFormat::F32),
-                };
-                (WeightBufs::Dense { format, w: self.upload_bytes(&all)? }, family)
-            }
-        };
-        Ok(DeviceWeight { bufs, rows, cols, family })
     }
 
     fn check_width(&self, what: &str, x: &DeviceRows, width: usize) -> Result<()> {
