@@ -5,6 +5,8 @@
 
 use rayon::prelude::*;
 
+use super::kernels::{decode_range, row_dots};
+use super::matmul::row_ref;
 use super::{
     HostKvStore, KeySet, Route, RouterConfig, dot, latent_attention, layer_norm_rows, matmul, rms_norm_rows,
     rope::rotate, route, score_slots, silu_mul, softmax, top_k,
@@ -276,12 +278,17 @@ impl Backend for Cpu {
     fn absorb_query(&self, q: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {
         let (n, h, r) = (q.n(), d.heads, d.latent);
         let stride = d.nope + d.rope;
-        // Per head [n, r]: each row of the key half decoded once and applied to every token.
+        // Per head [n, r]: each row of the key half decoded once (into a row of scratch) and
+        // applied to every token.
         let per_head: Vec<Vec<f32>> = par_map(h, n * d.nope * r, |head| {
             let mut out = vec![0.0f32; n * r];
-            let mut wk = vec![0.0f32; r];
+            let mut wk = vec![0.0f32; r]; // [r]
             for dn in 0..d.nope {
-                kv_b.row_into(head * (d.nope + d.v) + dn, &mut wk);
+                let row = head * (d.nope + d.v) + dn;
+                match row_ref(kv_b, row) {
+                    Some(rr) => decode_range(rr, 0, &mut wk),
+                    None => kv_b.row_into(row, &mut wk),
+                }
                 for t in 0..n {
                     let qv = q.data[(t * h + head) * stride + dn];
                     for (a, b) in out[t * r..(t + 1) * r].iter_mut().zip(&wk) {
@@ -324,17 +331,25 @@ impl Backend for Cpu {
 
     fn expand_values(&self, o_lat: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {
         let (n, h, r, dv) = (o_lat.n(), d.heads, d.latent, d.v);
-        // Per head [n, v]: each row of the value half decoded once.
+        // Per head [n, v]: each row of the value half read in place by the kernels against
+        // every token's latent.
         let per_head: Vec<Vec<f32>> = par_map(h, n * dv * r, |head| {
-            let mut out = vec![0.0f32; n * dv];
-            let mut wv = vec![0.0f32; r];
-            for j in 0..dv {
-                kv_b.row_into(head * (d.nope + dv) + d.nope + j, &mut wv);
-                for t in 0..n {
-                    out[t * dv + j] = dot(&wv, &o_lat.data[(t * h + head) * r..(t * h + head + 1) * r]);
+            let lat: Vec<f32> = (0..n).flat_map(|t| o_lat.row(t)[head * r..(head + 1) * r].iter().copied()).collect(); // [n, r]
+            let mut out_t = vec![0.0f32; dv * n]; // [v, n]
+            let mut decoded = vec![0.0f32; r]; // [r], for formats the kernels do not read
+            for (j, o) in out_t.chunks_mut(n).enumerate() {
+                let row = head * (d.nope + dv) + d.nope + j;
+                match row_ref(kv_b, row) {
+                    Some(rr) => row_dots(rr, &lat, r, o),
+                    None => {
+                        kv_b.row_into(row, &mut decoded);
+                        for (t, y) in o.iter_mut().enumerate() {
+                            *y = dot(&decoded, &lat[t * r..(t + 1) * r]);
+                        }
+                    }
                 }
             }
-            out
+            (0..n * dv).map(|i| out_t[(i % dv) * n + i / dv]).collect()
         });
         Ok(interleave_heads(&per_head, n, dv))
     }

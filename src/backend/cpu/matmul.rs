@@ -1,12 +1,21 @@
-//! y = x W^T against a weight kept in its checkpoint format (bf16, f32, MXFP4, ...).
+//! y = x W^T against a weight kept in its checkpoint format (bf16, f32, MXFP4, ...): each
+//! weight row goes through the SIMD kernels in its stored format, against a block of tokens
+//! at a time, so no matrix (nor row) is expanded to f32 in memory and a row read from memory
+//! serves every token of the call.
 
 use rayon::prelude::*;
 
+use super::kernels::{RowRef, dot, row_dots};
 use super::quantize_mxfp4_activations;
-use crate::weights::Linear;
+use crate::weights::{Linear, Stored};
+use safetensors::Dtype;
 
-/// Rows of W decoded and applied per rayon task.
+/// Weight rows per rayon task: small enough that a decode step's matrices split evenly over
+/// the threads, large enough that a task outlives its scheduling.
 const ROW_BLOCK: usize = 16;
+/// Tokens per pass over a task's rows: that many activation rows (at most 64 x 4 KiB for a
+/// hidden size of 1024) stay in L2 while the task's weight rows are applied to them.
+const TOKEN_BLOCK: usize = 64;
 /// Below this many multiply-adds the threads cost more than they save.
 const PARALLEL_MIN_WORK: usize = 1 << 16;
 
@@ -15,8 +24,8 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32> {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(x.len(), n * cols, "matmul: x is not [{n}, {cols}]");
-    if n == 0 {
-        return Vec::new();
+    if n == 0 || rows == 0 {
+        return vec![0.0; n * rows];
     }
     let quantized;
     let x = if quantize_input && w.is_mxfp4() {
@@ -25,15 +34,26 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
     } else {
         x
     };
-    // out_t [rows, n]: each task owns whole rows, decodes each once and applies it to every
-    // token, so a weight row is read once per call whatever n is.
+    // out_t [rows, n]: each task owns whole rows.
     let mut out_t = vec![0.0f32; rows * n];
     let block = |(b, chunk): (usize, &mut [f32])| {
-        let mut row = vec![0.0f32; cols];
-        for (i, o) in chunk.chunks_mut(n).enumerate() {
-            w.row_into(b * ROW_BLOCK + i, &mut row);
-            for (t, y) in o.iter_mut().enumerate() {
-                *y = dot(&row, &x[t * cols..(t + 1) * cols]);
+        let mut decoded = Vec::new(); // [cols], only for formats the kernels do not read
+        for t0 in (0..n).step_by(TOKEN_BLOCK) {
+            let tb = TOKEN_BLOCK.min(n - t0);
+            let xs = &x[t0 * cols..(t0 + tb) * cols];
+            for (i, o) in chunk.chunks_mut(n).enumerate() {
+                let r = b * ROW_BLOCK + i;
+                let o = &mut o[t0..t0 + tb];
+                match row_ref(w, r) {
+                    Some(rr) => row_dots(rr, xs, cols, o),
+                    None => {
+                        decoded.resize(cols, 0.0);
+                        w.row_into(r, &mut decoded);
+                        for (t, y) in o.iter_mut().enumerate() {
+                            *y = dot(&decoded, &xs[t * cols..(t + 1) * cols]);
+                        }
+                    }
+                }
             }
         }
     };
@@ -54,21 +74,17 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
     out
 }
 
-/// Dot product with eight independent accumulators (vectorizes; order differs from a
-/// plain loop only in rounding).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
+/// Row `r` of `w` in a format the kernels read in place; None for f16 and fp8, which are
+/// decoded a row at a time instead.
+pub fn row_ref(w: &Linear, r: usize) -> Option<RowRef<'_>> {
+    let c = w.cols;
+    match w.stored() {
+        Stored::Mxfp4 { codes, scales } => {
+            let (cb, sb) = (c.div_ceil(2), c.div_ceil(32));
+            Some(RowRef::Mxfp4 { codes: &codes[r * cb..(r + 1) * cb], scales: &scales[r * sb..(r + 1) * sb] })
         }
+        Stored::Dense { dtype: Dtype::BF16, bytes } => Some(RowRef::Bf16(&bytes[r * c * 2..(r + 1) * c * 2])),
+        Stored::Dense { dtype: Dtype::F32, bytes } => Some(RowRef::F32(&bytes[r * c * 4..(r + 1) * c * 4])),
+        Stored::Dense { .. } => None,
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
 }

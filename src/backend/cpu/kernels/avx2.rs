@@ -1,0 +1,175 @@
+//! AVX2 + FMA kernels: 8 lanes; an MXFP4 block of 32 is four permutes of the 8 magnitudes
+//! (scaled) with the sign bit moved into place. Tiles of at most 4 tokens keep two
+//! accumulators per token in the 16 registers.
+
+use std::arch::x86_64::*;
+
+use super::{E2M1_SIGNED, RowRef, mxfp4_tail};
+use crate::weights::decode::e8m0;
+
+/// x [T, cols] (T = out.len() <= TILE) against one weight row -> out [T].
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the row holds `cols` elements and x holds out.len() rows of `cols`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
+    let mut t0 = 0;
+    for tile in [4usize, 2, 1] {
+        while out.len() - t0 >= tile {
+            let (xs, o) = (&x[t0 * cols..], &mut out[t0..t0 + tile]);
+            // SAFETY: the caller's guarantees, for the tokens t0..t0 + tile.
+            unsafe {
+                match (w, tile) {
+                    (RowRef::Mxfp4 { codes, scales }, 4) => mxfp4::<4>(codes, scales, xs, cols, o),
+                    (RowRef::Mxfp4 { codes, scales }, 2) => mxfp4::<2>(codes, scales, xs, cols, o),
+                    (RowRef::Mxfp4 { codes, scales }, _) => mxfp4::<1>(codes, scales, xs, cols, o),
+                    (RowRef::Bf16(b), 4) => dense::<4, true>(b, xs, cols, o),
+                    (RowRef::Bf16(b), 2) => dense::<2, true>(b, xs, cols, o),
+                    (RowRef::Bf16(b), _) => dense::<1, true>(b, xs, cols, o),
+                    (RowRef::F32(b), 4) => dense::<4, false>(b, xs, cols, o),
+                    (RowRef::F32(b), 2) => dense::<2, false>(b, xs, cols, o),
+                    (RowRef::F32(b), _) => dense::<1, false>(b, xs, cols, o),
+                }
+            }
+            t0 += tile;
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+/// Eight E2M1 codes (one per lane) through the scaled magnitude table, sign from bit 3.
+#[target_feature(enable = "avx2,fma")]
+fn e2m1x8(codes: __m128i, table: __m256) -> __m256 {
+    let idx = _mm256_cvtepu8_epi32(codes);
+    let mag = _mm256_permutevar8x32_ps(table, idx);
+    let sign = _mm256_and_si256(_mm256_slli_epi32(idx, 28), _mm256_set1_epi32(i32::MIN));
+    _mm256_xor_ps(mag, _mm256_castsi256_ps(sign))
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mxfp4<const T: usize>(codes: &[u8], scales: &[u8], x: &[f32], cols: usize, out: &mut [f32]) {
+    // SAFETY: the first 8 entries of E2M1_SIGNED are the magnitudes.
+    let mags = unsafe { _mm256_loadu_ps(E2M1_SIGNED.as_ptr()) };
+    let nib = _mm_set1_epi8(0x0F);
+    let mut acc0 = [_mm256_setzero_ps(); T];
+    let mut acc1 = [_mm256_setzero_ps(); T];
+    let xp = x.as_ptr();
+    for g in 0..cols / 32 {
+        let table = _mm256_mul_ps(mags, _mm256_set1_ps(e8m0(scales[g])));
+        // SAFETY: block g's 16 code bytes are inside the row (g < cols / 32).
+        let b = unsafe { _mm_loadu_si128(codes.as_ptr().add(16 * g).cast()) };
+        let lo = _mm_and_si128(b, nib);
+        let hi = _mm_and_si128(_mm_srli_epi16(b, 4), nib);
+        let (u0, u1) = (_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi));
+        let w0 = e2m1x8(u0, table);
+        let w1 = e2m1x8(_mm_srli_si128(u0, 8), table);
+        let w2 = e2m1x8(u1, table);
+        let w3 = e2m1x8(_mm_srli_si128(u1, 8), table);
+        for t in 0..T {
+            // SAFETY: token t's block g lies within x.
+            unsafe {
+                let p = xp.add(t * cols + 32 * g);
+                acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(p), acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(p.add(8)), acc1[t]);
+                acc0[t] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(p.add(16)), acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(p.add(24)), acc1[t]);
+            }
+        }
+    }
+    for t in 0..T {
+        let xt = &x[t * cols..(t + 1) * cols];
+        out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + mxfp4_tail(codes, scales, xt, cols);
+    }
+}
+
+/// 8 weights at element `c` of a dense row: bf16 widened by a shift, or f32 as stored.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn load8<const BF16: bool>(w: &[u8], c: usize) -> __m256 {
+    // SAFETY: the caller keeps c + 8 <= cols.
+    unsafe {
+        if BF16 {
+            let h = _mm_loadu_si128(w.as_ptr().add(2 * c).cast());
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        } else {
+            _mm256_loadu_ps(w.as_ptr().add(4 * c).cast())
+        }
+    }
+}
+
+fn scalar<const BF16: bool>(w: &[u8], c: usize) -> f32 {
+    if BF16 {
+        f32::from_bits(u32::from(u16::from_le_bytes([w[2 * c], w[2 * c + 1]])) << 16)
+    } else {
+        f32::from_le_bytes([w[4 * c], w[4 * c + 1], w[4 * c + 2], w[4 * c + 3]])
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dense<const T: usize, const BF16: bool>(w: &[u8], x: &[f32], cols: usize, out: &mut [f32]) {
+    let mut acc0 = [_mm256_setzero_ps(); T];
+    let mut acc1 = [_mm256_setzero_ps(); T];
+    let xp = x.as_ptr();
+    let mut c = 0;
+    // SAFETY (all loads below): c + 16 <= cols, or c + 8 <= cols for the half step, and
+    // t < T rows of x.
+    while c + 16 <= cols {
+        let (w0, w1) = unsafe { (load8::<BF16>(w, c), load8::<BF16>(w, c + 8)) };
+        for t in 0..T {
+            unsafe {
+                let p = xp.add(t * cols + c);
+                acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(p), acc0[t]);
+                acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(p.add(8)), acc1[t]);
+            }
+        }
+        c += 16;
+    }
+    if c + 8 <= cols {
+        let w0 = unsafe { load8::<BF16>(w, c) };
+        for t in 0..T {
+            unsafe { acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(t * cols + c)), acc0[t]) };
+        }
+        c += 8;
+    }
+    for t in 0..T {
+        let mut tail = 0.0f32;
+        for i in c..cols {
+            tail += scalar::<BF16>(w, i) * x[t * cols + i];
+        }
+        out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + tail;
+    }
+}
+
+/// a . b, a.len() == b.len().
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut c = 0;
+    // SAFETY (loads): c + 16 <= n, or c + 8 <= n for the half step.
+    while c + 16 <= n {
+        unsafe {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c)), _mm256_loadu_ps(b.as_ptr().add(c)), acc0);
+            acc1 =
+                _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c + 8)), _mm256_loadu_ps(b.as_ptr().add(c + 8)), acc1);
+        }
+        c += 16;
+    }
+    if c + 8 <= n {
+        unsafe { acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(c)), _mm256_loadu_ps(b.as_ptr().add(c)), acc0) };
+        c += 8;
+    }
+    let mut tail = 0.0f32;
+    for i in c..n {
+        tail += a[i] * b[i];
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + tail
+}

@@ -1,0 +1,167 @@
+//! Dot-product kernels over weights in their stored format: one weight row against a tile of
+//! activation rows, the row decoded into registers a block at a time and never into memory.
+//!
+//! Three instruction sets, chosen once at run time (the release binary runs on any x86-64):
+//! AVX-512F (16 lanes, a 16-entry E2M1 table in one register), AVX2 + FMA (8 lanes), and a
+//! portable path that is also the reference the others are tested against. `KILN_CPU_ISA`
+//! (`avx512`, `avx2` or `portable`) picks a lower one than the CPU has, for comparisons.
+//!
+//! Every token's arithmetic is the same whatever tile it falls in (its own accumulators, the
+//! same block order, the same final reduction), so a request's numbers do not depend on what
+//! else is in its batch.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod portable;
+
+use std::sync::OnceLock;
+
+/// A weight row's stored bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum RowRef<'a> {
+    /// MXFP4: `codes` [cols/2] (low nibble = even element), E8M0 `scales` [cols/32].
+    Mxfp4 { codes: &'a [u8], scales: &'a [u8] },
+    /// bf16 [cols], little-endian.
+    Bf16(&'a [u8]),
+    /// f32 [cols], little-endian.
+    F32(&'a [u8]),
+}
+
+/// The instruction set the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Every instruction set this CPU can run, lowest first.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                v.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+
+    /// The best this CPU has, capped by `KILN_CPU_ISA` when that names a lower one.
+    pub fn current() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = *Isa::available().last().expect("portable is always there");
+            match std::env::var("KILN_CPU_ISA").ok().as_deref() {
+                Some("portable") => Isa::Portable,
+                Some("avx2") => best.min(Isa::Avx2),
+                _ => best,
+            }
+        })
+    }
+}
+
+/// Activation rows handled together per pass over a weight row: enough for the weight block
+/// in registers to be reused, few enough that the accumulators stay in registers.
+const TILE: usize = 8;
+
+/// One weight row's dot products with each of n activation rows: x [n, cols] -> out [n].
+pub fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
+    row_dots_on(Isa::current(), w, x, cols, out)
+}
+
+/// `row_dots` on a given instruction set (tests compare them); `isa` must be available.
+pub fn row_dots_on(isa: Isa, w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
+    let n = out.len();
+    assert!(x.len() >= n * cols, "row_dots: x holds {} values, not [{n}, {cols}]", x.len());
+    match w {
+        RowRef::Mxfp4 { codes, scales } => {
+            assert!(codes.len() >= cols.div_ceil(2) && scales.len() >= cols.div_ceil(32), "row_dots: short MXFP4 row")
+        }
+        RowRef::Bf16(b) => assert!(b.len() >= cols * 2, "row_dots: short bf16 row"),
+        RowRef::F32(b) => assert!(b.len() >= cols * 4, "row_dots: short f32 row"),
+    }
+    for (t0, o) in (0..n).step_by(TILE).zip(out.chunks_mut(TILE)) {
+        let xs = &x[t0 * cols..(t0 + o.len()) * cols];
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; the
+            // slices were checked against cols above.
+            Isa::Avx512 => unsafe { avx512::row_dots(w, xs, cols, o) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, for AVX2 and FMA.
+            Isa::Avx2 => unsafe { avx2::row_dots(w, xs, cols, o) },
+            _ => portable::row_dots(w, xs, cols, o),
+        }
+    }
+}
+
+/// a . b over f32 slices of the same length.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    match Isa::current() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in row_dots_on.
+        Isa::Avx512 => unsafe { avx512::dot(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in row_dots_on.
+        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        _ => portable::dot(a, b),
+    }
+}
+
+/// Elements [c0, c0 + out.len()) of a weight row as f32 (c0 a multiple of 32 for MXFP4).
+pub fn decode_range(w: RowRef<'_>, c0: usize, out: &mut [f32]) {
+    match w {
+        RowRef::Mxfp4 { codes, scales } => crate::weights::decode::mxfp4_row(&codes[c0 / 2..], &scales[c0 / 32..], out),
+        RowRef::Bf16(b) => {
+            for (o, c) in out.iter_mut().zip(b[c0 * 2..].chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }
+        RowRef::F32(b) => {
+            for (o, c) in out.iter_mut().zip(b[c0 * 4..].chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+    }
+}
+
+/// E2M1 values by 4-bit code (bit 3 the sign), the table the SIMD paths permute.
+const E2M1_SIGNED: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
+
+/// The tail of an MXFP4 row past its last whole block of 32: elements [32 * blocks, cols)
+/// against x, summed in element order.
+fn mxfp4_tail(codes: &[u8], scales: &[u8], x: &[f32], cols: usize) -> f32 {
+    let start = cols / 32 * 32;
+    if start == cols {
+        return 0.0;
+    }
+    let s = crate::weights::decode::e8m0(scales[cols / 32]);
+    let mut sum = 0.0f32;
+    for (i, xv) in x[start..cols].iter().enumerate() {
+        let b = codes[(start + i) / 2];
+        let code = if (start + i) % 2 == 0 { b & 0x0F } else { b >> 4 };
+        sum += E2M1_SIGNED[code as usize] * s * xv;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+//! Every instruction set against the portable path and an f64 reference, on sizes that leave
+//! tails (odd columns, a single block, partial tiles), and each token's result independent of
+//! the tile it was computed in.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::weights::decode::{e2m1, e8m0};
+
+const COLS: [usize; 11] = [1, 7, 16, 31, 32, 33, 48, 64, 100, 257, 1024];
+const TOKENS: [usize; 7] = [1, 2, 3, 5, 8, 9, 17];
+
+struct Row {
+    bytes: Vec<u8>,
+    scales: Vec<u8>,
+    values: Vec<f64>, // [cols], the row decoded exactly
+}
+
+impl Row {
+    fn as_ref(&self, kind: &str) -> RowRef<'_> {
+        match kind {
+            "mxfp4" => RowRef::Mxfp4 { codes: &self.bytes, scales: &self.scales },
+            "bf16" => RowRef::Bf16(&self.bytes),
+            _ => RowRef::F32(&self.bytes),
+        }
+    }
+}
+
+fn random_row(kind: &str, cols: usize, rng: &mut ChaCha8Rng) -> Row {
+    match kind {
+        "mxfp4" => {
+            let bytes: Vec<u8> = (0..cols.div_ceil(2)).map(|_| rng.random()).collect();
+            let scales: Vec<u8> = (0..cols.div_ceil(32)).map(|_| rng.random_range(120..134)).collect();
+            let values = (0..cols)
+                .map(|c| {
+                    let b = bytes[c / 2];
+                    let code = if c % 2 == 0 { b & 0x0F } else { b >> 4 };
+                    f64::from(e2m1(code)) * f64::from(e8m0(scales[c / 32]))
+                })
+                .collect();
+            Row { bytes, scales, values }
+        }
+        "bf16" => {
+            let v: Vec<half::bf16> = (0..cols).map(|_| half::bf16::from_f32(rng.random_range(-2.0..2.0))).collect();
+            Row {
+                bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                scales: Vec::new(),
+                values: v.iter().map(|x| f64::from(x.to_f32())).collect(),
+            }
+        }
+        _ => {
+            let v: Vec<f32> = (0..cols).map(|_| rng.random_range(-2.0..2.0)).collect();
+            Row {
+                bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                scales: Vec::new(),
+                values: v.iter().map(|&x| f64::from(x)).collect(),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_isa_matches_the_reference_on_odd_sizes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for kind in ["mxfp4", "bf16", "f32"] {
+        for cols in COLS {
+            let row = random_row(kind, cols, &mut rng);
+            for n in TOKENS {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let want: Vec<f64> = (0..n)
+                    .map(|t| row.values.iter().zip(&x[t * cols..]).map(|(w, &v)| w * f64::from(v)).sum())
+                    .collect();
+                let bound: Vec<f64> = (0..n)
+                    .map(|t| row.values.iter().zip(&x[t * cols..]).map(|(w, &v)| (w * f64::from(v)).abs()).sum())
+                    .collect();
+                let mut portable = vec![0.0f32; n];
+                row_dots_on(Isa::Portable, row.as_ref(kind), &x, cols, &mut portable);
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; n];
+                    row_dots_on(isa, row.as_ref(kind), &x, cols, &mut got);
+                    for t in 0..n {
+                        // f32 accumulation error: a few ulps of the sum of |products|.
+                        let tol = 1e-6 * bound[t] * (cols as f64).sqrt().max(1.0) + 1e-30;
+                        let (g, p) = (f64::from(got[t]), f64::from(portable[t]));
+                        assert!(
+                            (g - want[t]).abs() <= tol && (g - p).abs() <= 2.0 * tol,
+                            "{kind} {} cols {cols} n {n} token {t}: got {g}, portable {p}, exact {}",
+                            isa.name(),
+                            want[t]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_token_gets_the_same_bits_in_any_tile() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for kind in ["mxfp4", "bf16", "f32"] {
+        let cols = 100;
+        let row = random_row(kind, cols, &mut rng);
+        let x: Vec<f32> = (0..17 * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for isa in Isa::available() {
+            let mut all = vec![0.0f32; 17];
+            row_dots_on(isa, row.as_ref(kind), &x, cols, &mut all);
+            for t in 0..17 {
+                let mut alone = [0.0f32];
+                row_dots_on(isa, row.as_ref(kind), &x[t * cols..(t + 1) * cols], cols, &mut alone);
+                assert_eq!(alone[0].to_bits(), all[t].to_bits(), "{kind} {} token {t}", isa.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_scales_and_zero_rows_propagate_as_the_decoder_does() {
+    let codes = [0x22u8; 16];
+    let x = [1.0f32; 32];
+    for isa in Isa::available() {
+        let mut out = [0.0f32];
+        row_dots_on(isa, RowRef::Mxfp4 { codes: &codes, scales: &[0xFF] }, &x, 32, &mut out);
+        assert!(out[0].is_nan(), "{}: a NaN scale must give NaN", isa.name());
+        row_dots_on(isa, RowRef::Mxfp4 { codes: &[0u8; 16], scales: &[127] }, &x, 32, &mut out);
+        assert_eq!(out[0], 0.0, "{}", isa.name());
+    }
+}
+
+#[test]
+fn dot_matches_on_every_length() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for n in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200] {
+        let a: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let b: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let want: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+        assert!((f64::from(portable::dot(&a, &b)) - want).abs() < 1e-5, "portable n {n}");
+        assert!((f64::from(dot(&a, &b)) - want).abs() < 1e-5, "dispatched n {n}");
+    }
+}
+
+#[test]
+fn decode_range_gives_the_row_from_any_block() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for kind in ["mxfp4", "bf16", "f32"] {
+        for cols in [32, 96, 300] {
+            let row = random_row(kind, cols, &mut rng);
+            for c0 in (0..cols).step_by(32) {
+                let mut out = vec![f32::NAN; cols - c0];
+                decode_range(row.as_ref(kind), c0, &mut out);
+                for (i, v) in out.iter().enumerate() {
+                    assert_eq!(f64::from(*v), row.values[c0 + i], "{kind} cols {cols} at {}", c0 + i);
+                }
+            }
+        }
+    }
+}
