@@ -209,6 +209,32 @@ enum BenchWhat {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// CPU decode in-process: per forward width (1 = plain decode, 1 + depth = a verification
+    /// step), tok/s, bytes read, GB/s and the share of the read bandwidth measured in the same run.
+    Decode {
+        /// Model directory (config.json + safetensors; the plan comes from it), else the baked
+        /// plan's model.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Prompt tokens cached before decoding starts.
+        #[arg(long, default_value_t = 128)]
+        context: usize,
+        /// Timed forwards per width.
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        /// Tokens per forward, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        widths: Vec<usize>,
+    },
+    /// CPU prefill in-process: one prompt through one forward, best of `--reps`.
+    Prefill {
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, default_value_t = 512)]
+        prompt: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// Single-stream decode speed and MTP acceptance at each draft depth, in-process on the
     /// baked plan's model (greedy; every depth writes the same text).
     Spec {
@@ -281,6 +307,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Ops { what: OpsWhat::Check { only } }) => ops_check(&only),
         Some(Command::Ops { what: OpsWhat::Bench { plan, buckets, reps } }) => {
             ops_bench(plan.as_deref(), &buckets, reps)
+        }
+        Some(Command::Bench { what: BenchWhat::Decode { weights, context, steps, widths } }) => {
+            bench_forward(weights, bench::forward::Measure::Decode { context, steps, widths })
+        }
+        Some(Command::Bench { what: BenchWhat::Prefill { weights, prompt, reps } }) => {
+            bench_forward(weights, bench::forward::Measure::Prefill { prompt, reps })
         }
         Some(Command::Bench { what: BenchWhat::Spec { depths, tokens, weights } }) => {
             bench_spec(&depths, tokens, weights)
@@ -421,6 +453,26 @@ fn bench_spec(depths: &[usize], tokens: usize, weights: Option<PathBuf>) -> Resu
     );
     let rows = bench::spec_table(&model, &base, &prompts, tokens, depths);
     println!("{}", bench::spec_markdown(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln bench decode` / `prefill` on the CPU backend: the model of `--weights` (its plan
+/// written from its config.json) or the baked plan's.
+fn bench_forward(weights: Option<PathBuf>, what: bench::forward::Measure) -> Result<ExitCode> {
+    let (model, format, name) = match weights {
+        Some(dir) => {
+            let opts = InitOptions { target: Target::Cpu, arch: None, tp: None, dp: None };
+            let plan = init_from_hf(&dir, &opts)?.plan;
+            let ckpt = kiln::weights::Checkpoint::open(&dir)?;
+            (Model::load(&plan, &ckpt)?, kiln::kv::KvFormat::from(plan.kv_cache.dtype), dir.display().to_string())
+        }
+        None => {
+            let plan = baked::plan();
+            let model = app::model_on(kiln::backend::cpu::Cpu, plan, &source(None))?;
+            (model, kiln::kv::KvFormat::from(plan.kv_cache.dtype), plan.appliance.name.clone())
+        }
+    };
+    print!("{}", bench::forward::run(&model, format, &name, &what)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -4,7 +4,9 @@
 //! aggregate output tok/s, TTFT and inter-token latency p50/p95, and the success rate, next to
 //! a single stream measured in the same run.
 
+pub mod bandwidth;
 mod client;
+pub mod forward;
 pub mod soak;
 mod spec;
 

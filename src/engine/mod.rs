@@ -192,7 +192,11 @@ pub fn spawn<B: Backend>(
                 ),
             )
             .emit();
-            step::Engine::new(model, config, metrics, shared, rx, table, store, speculate).run();
+            // The engine thread computes the CPU backend's ops itself, next to the pool's
+            // other workers (a GPU backend's host work is serial and unaffected).
+            crate::backend::cpu::pool::run_as_worker(|| {
+                step::Engine::new(model, config, metrics, shared, rx, table, store, speculate).run()
+            });
         })
         .expect("spawn the engine thread");
     (handle, join)

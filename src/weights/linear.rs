@@ -61,6 +61,14 @@ impl Linear {
         }
     }
 
+    /// Bytes the weight occupies as stored (what reading it once costs).
+    pub fn stored_bytes(&self) -> usize {
+        match self.stored() {
+            Stored::Dense { bytes, .. } => bytes.len(),
+            Stored::Mxfp4 { codes, scales } => codes.len() + scales.len(),
+        }
+    }
+
     pub fn is_mxfp4(&self) -> bool {
         matches!(self.storage, Storage::Mxfp4 { .. })
     }

@@ -10,6 +10,7 @@ mod kv_store;
 mod matmul;
 pub mod moe;
 mod norm;
+pub mod pool;
 mod rope;
 mod router;
 mod topk;

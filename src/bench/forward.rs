@@ -1,0 +1,248 @@
+//! `kiln bench decode` and `kiln bench prefill`: the CPU forward in-process, against the
+//! machine's read bandwidth measured in the same run. Decode is judged by its roofline: the
+//! bytes a step must read (weights it touches, KV entries it attends to) over its time, as a
+//! share of what a streaming read achieves.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::backend::cpu::Cpu;
+use crate::error::{Error, Result};
+use crate::kv::KvFormat;
+use crate::model::weights::{Ffn, LayerWeights, Mlp};
+use crate::model::{Model, SeqCache, Trace};
+
+/// One width of the decode table.
+#[derive(Debug, Clone)]
+pub struct DecodeRow {
+    /// Tokens of one sequence per forward (1 = plain decode, 1 + depth = a verification).
+    pub width: usize,
+    pub step_s: f64,
+    /// Weight and KV bytes one step reads, on average.
+    pub bytes_per_step: f64,
+}
+
+impl DecodeRow {
+    pub fn tok_s(&self) -> f64 {
+        self.width as f64 / self.step_s
+    }
+
+    pub fn gb_s(&self) -> f64 {
+        self.bytes_per_step / self.step_s / 1e9
+    }
+}
+
+/// The prefill measurement.
+#[derive(Debug, Clone)]
+pub struct PrefillRow {
+    pub prompt: usize,
+    /// Best of the repetitions.
+    pub seconds: f64,
+    pub bytes: f64,
+}
+
+/// Prompt ids: a fixed spread over the vocabulary past its first eighth (no special tokens).
+fn prompt(model: &Model<Cpu>, n: usize, salt: usize) -> Vec<u32> {
+    let v = model.vocab_size();
+    (0..n).map(|i| (v / 8 + (i * 7919 + salt * 104_729) % (v - v / 8)) as u32).collect()
+}
+
+/// Decodes `steps` forwards of each width after a prompt of `context` tokens; every row of a
+/// step gets its greedy token (as verification does), and the first is fed back.
+pub fn decode_table(
+    model: &Model<Cpu>,
+    format: KvFormat,
+    context: usize,
+    steps: usize,
+    widths: &[usize],
+) -> Result<Vec<DecodeRow>> {
+    let mut rows = Vec::new();
+    for (k, &width) in widths.iter().enumerate() {
+        let mut cache = model.cache(format, model.kv_geometry());
+        let ids = prompt(model, context, k);
+        let mut next = greedy_step(model, &mut cache, &ids, None)?;
+        let (mut time, mut bytes) = (0.0f64, 0.0f64);
+        for s in 0..steps {
+            // The greedy token, then ids that stand in for drafts.
+            let mut tokens = vec![next];
+            tokens.extend(prompt(model, width - 1, 1000 + s));
+            let positions: Vec<usize> = (cache.len()..cache.len() + width).collect();
+            let mut trace = Trace::default();
+            let t = Instant::now();
+            next = greedy_step(model, &mut cache, &tokens, Some(&mut trace))?;
+            time += t.elapsed().as_secs_f64();
+            bytes += step_bytes(model, format, &trace, &positions);
+        }
+        rows.push(DecodeRow { width, step_s: time / steps as f64, bytes_per_step: bytes / steps as f64 });
+    }
+    Ok(rows)
+}
+
+/// A forward of `tokens` after the cache with every row's greedy token; returns the first.
+fn greedy_step(
+    model: &Model<Cpu>,
+    cache: &mut SeqCache<Cpu>,
+    tokens: &[u32],
+    trace: Option<&mut Trace>,
+) -> Result<u32> {
+    let mut step = cache.step(&model.backend, tokens)?;
+    step.argmax_rows = (0..tokens.len()).collect();
+    let out = model.step(&step, &mut cache.store, trace)?;
+    cache.advance(tokens.len());
+    Ok(out.argmax[0])
+}
+
+/// The prompt through one forward, `reps` times on fresh caches; the best time.
+pub fn prefill(model: &Model<Cpu>, format: KvFormat, n: usize, reps: usize) -> Result<PrefillRow> {
+    let ids = prompt(model, n, 0);
+    let positions: Vec<usize> = (0..n).collect();
+    let (mut best, mut bytes) = (f64::INFINITY, 0.0);
+    for _ in 0..reps.max(1) {
+        let mut cache = model.cache(format, model.kv_geometry());
+        let mut trace = Trace::default();
+        let t = Instant::now();
+        let mut step = cache.step(&model.backend, &ids)?;
+        step.argmax_rows = vec![n - 1];
+        model.step(&step, &mut cache.store, Some(&mut trace))?;
+        best = best.min(t.elapsed().as_secs_f64());
+        bytes = step_bytes(model, format, &trace, &positions);
+    }
+    Ok(PrefillRow { prompt: n, seconds: best, bytes })
+}
+
+fn mlp_bytes(m: &Mlp<Cpu>) -> usize {
+    m.gate.stored_bytes() + m.up.stored_bytes() + m.down.stored_bytes()
+}
+
+/// Bytes of a layer every token reads: attention, indexer, norms, router, dense or shared MLP.
+fn layer_fixed_bytes(l: &LayerWeights<Cpu>) -> usize {
+    let a = &l.attn;
+    let f = |v: &Vec<f32>| v.len() * 4;
+    let mut b = [&a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &a.o].iter().map(|w| w.stored_bytes()).sum::<usize>()
+        + f(&a.q_a_norm)
+        + f(&a.kv_a_norm)
+        + f(&l.input_norm)
+        + f(&l.post_norm);
+    if let Some(ix) = &l.indexer {
+        b += ix.wq_b.stored_bytes() + ix.wk.stored_bytes() + ix.weights_proj.stored_bytes();
+    }
+    b + match &l.ffn {
+        Ffn::Dense(m) => mlp_bytes(m),
+        Ffn::Moe(moe) => f(&moe.router) + f(&moe.bias) + moe.shared.as_ref().map_or(0, mlp_bytes),
+    }
+}
+
+/// What a step of tokens at `positions` (one sequence) reads: the weights it touched (routed
+/// experts counted once per distinct expert, as the MoE reads each once per step), the whole
+/// lm_head, and the KV entries each token attends to or scores.
+fn step_bytes(model: &Model<Cpu>, format: KvFormat, trace: &Trace, positions: &[usize]) -> f64 {
+    let w = &model.weights;
+    let mut bytes = w.lm_head().stored_bytes() + w.norm.len() * 4;
+    bytes += positions.len() * w.embed.stored_bytes() / w.embed.rows.max(1);
+    let geometry = model.kv_geometry();
+    let (mla, index) = (format.mla_bytes(&geometry), format.index_bytes(&geometry));
+    let topk = model.shape.index_topk as usize;
+    for (i, l) in w.layers.iter().enumerate() {
+        bytes += layer_fixed_bytes(l);
+        if let (Ffn::Moe(moe), Some(routes)) = (&l.ffn, trace.experts.get(&i)) {
+            let used: BTreeSet<u32> = routes.iter().flat_map(|r| r.experts.iter().copied()).collect();
+            bytes += used.iter().map(|&e| mlp_linears_bytes(&moe.experts[e as usize])).sum::<usize>();
+        }
+        for &p in positions {
+            bytes += (p + 1).min(topk) * mla;
+            if l.indexer.is_some() && p + 1 > topk {
+                bytes += (p + 1) * index;
+            }
+        }
+    }
+    bytes as f64
+}
+
+fn mlp_linears_bytes(m: &crate::backend::MlpLinears) -> usize {
+    m.gate.stored_bytes() + m.up.stored_bytes() + m.down.stored_bytes()
+}
+
+/// The decode table in markdown, each row against `read_gb_s` and the first row.
+pub fn decode_markdown(rows: &[DecodeRow], read_gb_s: f64) -> String {
+    let base = rows.first().map(|r| r.step_s).unwrap_or(1.0);
+    let mut s = String::from(
+        "| tokens per step | step ms | tok/s | MB read per step | GB/s | of read bandwidth | step cost vs first row |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.2} | {:.1} | {:.1} | {:.2} | {:.0}% | {:.2}x |\n",
+            r.width,
+            r.step_s * 1e3,
+            r.tok_s(),
+            r.bytes_per_step / 1e6,
+            r.gb_s(),
+            100.0 * r.gb_s() / read_gb_s,
+            r.step_s / base
+        ));
+    }
+    s
+}
+
+pub fn prefill_markdown(r: &PrefillRow, read_gb_s: f64) -> String {
+    let gb_s = r.bytes / r.seconds / 1e9;
+    format!(
+        "| prompt tokens | seconds | tok/s | MB read per token | GB/s | of read bandwidth |\n|---|---|---|---|---|---|\n| {} | {:.3} | {:.1} | {:.2} | {:.2} | {:.0}% |\n",
+        r.prompt,
+        r.seconds,
+        r.prompt as f64 / r.seconds,
+        r.bytes / r.prompt as f64 / 1e6,
+        gb_s,
+        100.0 * gb_s / read_gb_s
+    )
+}
+
+/// What `run` measures.
+#[derive(Debug, Clone)]
+pub enum Measure {
+    Decode { context: usize, steps: usize, widths: Vec<usize> },
+    Prefill { prompt: usize, reps: usize },
+}
+
+/// Measures the read bandwidth, then `what`, both on the CPU backend's worker pool; returns
+/// the report (a heading line and a markdown table).
+pub fn run(model: &Model<Cpu>, format: KvFormat, name: &str, what: &Measure) -> Result<String> {
+    let limit = model.shape.max_position_embeddings as usize;
+    let longest = match what {
+        Measure::Decode { context, steps, widths } => {
+            if *context == 0 || widths.contains(&0) {
+                return Err(Error::Usage("--context and every --widths entry must be at least 1".into()));
+            }
+            context + steps.max(&1) * widths.iter().max().unwrap_or(&1)
+        }
+        Measure::Prefill { prompt, .. } if *prompt == 0 => {
+            return Err(Error::Usage("--prompt must be at least 1".into()));
+        }
+        Measure::Prefill { prompt, .. } => *prompt,
+    };
+    if longest > limit {
+        return Err(Error::Usage(format!(
+            "the bench needs {longest} positions; the model has {limit} (model.max_position_embeddings)"
+        )));
+    }
+    crate::backend::cpu::pool::run_as_worker(|| {
+        let read = super::bandwidth::read_gb_s();
+        let head = format!(
+            "{name} on {} ({} kernels), KV {format:?}; streaming read {read:.1} GB/s\n",
+            model.backend.describe(),
+            crate::backend::cpu::kernels::Isa::current().name()
+        );
+        Ok(match what {
+            Measure::Decode { context, steps, widths } => {
+                let rows = decode_table(model, format, *context, (*steps).max(1), widths)?;
+                format!(
+                    "{head}{context} tokens of context, {steps} greedy steps per width\n\n{}",
+                    decode_markdown(&rows, read)
+                )
+            }
+            Measure::Prefill { prompt: n, reps } => {
+                format!("{head}\n{}", prefill_markdown(&prefill(model, format, *n, *reps)?, read))
+            }
+        })
+    })
+}
