@@ -2,6 +2,7 @@
 //! indexed by slot (the page table's addressing). Ops write new tokens' entries and read the
 //! entries they attend to in place; nothing gathers a sequence's history.
 
+use super::kernels::RowsRef;
 use crate::kv::{KvFormat, KvGeometry, PageCopy};
 
 pub struct HostKvStore {
@@ -91,6 +92,18 @@ impl HostKvStore {
     pub fn read_index(&self, layer: usize, slot: usize, key: &mut [f32]) {
         let b = self.index_bytes();
         self.format.decode_index(&self.index[layer][slot * b..(slot + 1) * b], key);
+    }
+
+    /// Indexer keys of `n` consecutive slots from `slot` on, in place, when the kernels read
+    /// the format as it is stored (f32 and bf16; fp8 keys carry a scale and are decoded).
+    pub fn index_rows(&self, layer: usize, slot: usize, n: usize) -> Option<RowsRef<'_>> {
+        let b = self.index_bytes();
+        let bytes = &self.index[layer][slot * b..(slot + n) * b];
+        match self.format {
+            KvFormat::F32 => Some(RowsRef::F32(bytes)),
+            KvFormat::Bf16 => Some(RowsRef::Bf16(bytes)),
+            KvFormat::Fp8E4m3 => None,
+        }
     }
 
     /// A layer's raw MLA entries and indexer keys [slots, bytes per entry], as a device copy

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{RowRef, dot, row_dots};
+use super::kernels::{Acts, Isa, RowRef, RowsRef, block_dots, dot};
 use super::quantize_mxfp4_activations;
 use crate::weights::{Linear, Stored};
 use safetensors::Dtype;
@@ -34,22 +34,22 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
     } else {
         x
     };
+    let acts = Acts::new(Isa::current(), w.is_mxfp4(), x, n, cols);
     // out_t [rows, n]: each task owns whole rows.
     let mut out_t = vec![0.0f32; rows * n];
     let block = |(b, chunk): (usize, &mut [f32])| {
         let mut decoded = Vec::new(); // [cols], only for formats the kernels do not read
         for t0 in (0..n).step_by(TOKEN_BLOCK) {
             let tb = TOKEN_BLOCK.min(n - t0);
-            let xs = &x[t0 * cols..(t0 + tb) * cols];
-            for (i, o) in chunk.chunks_mut(n).enumerate() {
-                let r = b * ROW_BLOCK + i;
-                let o = &mut o[t0..t0 + tb];
-                match row_ref(w, r) {
-                    Some(rr) => row_dots(rr, xs, cols, o),
-                    None => {
+            let xs = &x[t0 * cols..(t0 + tb) * cols]; // plain rows, for the decoded fallback
+            let nrows = chunk.len() / n;
+            match rows_ref(w, b * ROW_BLOCK) {
+                Some(rr) => block_dots(&acts, rr, nrows, t0, tb, &mut chunk[t0..], n),
+                None => {
+                    for (i, o) in chunk.chunks_mut(n).enumerate() {
                         decoded.resize(cols, 0.0);
-                        w.row_into(r, &mut decoded);
-                        for (t, y) in o.iter_mut().enumerate() {
+                        w.row_into(b * ROW_BLOCK + i, &mut decoded);
+                        for (t, y) in o[t0..t0 + tb].iter_mut().enumerate() {
                             *y = dot(&decoded, &xs[t * cols..(t + 1) * cols]);
                         }
                     }
@@ -72,6 +72,19 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
         }
     }
     out
+}
+
+/// Rows of `w` from `r` on, in a format the kernels read in place; None for f16 and fp8.
+fn rows_ref(w: &Linear, r: usize) -> Option<RowsRef<'_>> {
+    let c = w.cols;
+    match w.stored() {
+        Stored::Mxfp4 { codes, scales } => {
+            Some(RowsRef::Mxfp4 { codes: &codes[r * c.div_ceil(2)..], scales: &scales[r * c.div_ceil(32)..] })
+        }
+        Stored::Dense { dtype: Dtype::BF16, bytes } => Some(RowsRef::Bf16(&bytes[r * c * 2..])),
+        Stored::Dense { dtype: Dtype::F32, bytes } => Some(RowsRef::F32(&bytes[r * c * 4..])),
+        Stored::Dense { .. } => None,
+    }
 }
 
 /// Row `r` of `w` in a format the kernels read in place; None for f16 and fp8, which are

@@ -4,10 +4,10 @@
 
 use std::arch::x86_64::*;
 
-use super::{E2M1_SIGNED, RowRef, mxfp4_tail};
-use crate::weights::decode::e8m0;
+use super::{E2M1_SIGNED, RowRef, RowsRef, mxfp4_tail};
 
-/// x [T, cols] (T = out.len() <= TILE) against one weight row -> out [T].
+/// x [T, cols] (T = out.len() <= TILE) against one weight row -> out [T]; for MXFP4, x in
+/// the split layout (`Acts`).
 ///
 /// # Safety
 /// The CPU has AVX-512F; the row holds `cols` elements and x holds out.len() rows of `cols`.
@@ -39,29 +39,77 @@ pub unsafe fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
     }
 }
 
+/// Rows of `w` against x [tb, cols] -> out[r * ostride + t], each row as `row_dots`.
+///
+/// # Safety
+/// The CPU has AVX-512F; w holds nrows rows of `cols`, x holds tb rows of `cols`, and out
+/// reaches (nrows - 1) * ostride + tb.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn block_dots(
+    w: RowsRef<'_>,
+    nrows: usize,
+    x: &[f32],
+    tb: usize,
+    cols: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    for r in 0..nrows {
+        // SAFETY: the caller's guarantees, for row r.
+        unsafe { row_dots(w.row(r, cols), x, cols, &mut out[r * ostride..r * ostride + tb]) };
+    }
+}
+
+/// Sixteen E8M0 scale bytes as f32 (0 is 2^-127, 0xFF NaN, as `e8m0` decodes them).
+#[target_feature(enable = "avx512f")]
+fn e8m0x16(bytes: &[u8; 16]) -> __m512 {
+    // SAFETY: 16 bytes.
+    let s = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) });
+    let bits = _mm512_slli_epi32(s, 23);
+    let bits =
+        _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(s, _mm512_setzero_si512()), _mm512_set1_epi32(1 << 22));
+    let bits = _mm512_mask_mov_epi32(
+        bits,
+        _mm512_cmpeq_epi32_mask(s, _mm512_set1_epi32(0xFF)),
+        _mm512_set1_epi32(0x7FC0_0000),
+    );
+    _mm512_castsi512_ps(bits)
+}
+
+/// One row x T tokens. x is in the split layout (`Acts`): each whole block of 32 as its 16
+/// even elements, then its 16 odd ones, which is the order the two table lookups of a
+/// block's code bytes give. Each token has its own two accumulators and the same block order
+/// whatever T is.
 #[target_feature(enable = "avx512f")]
 unsafe fn mxfp4<const T: usize>(codes: &[u8], scales: &[u8], x: &[f32], cols: usize, out: &mut [f32]) {
     // SAFETY: E2M1_SIGNED is 16 f32.
     let lut = unsafe { _mm512_loadu_ps(E2M1_SIGNED.as_ptr()) };
-    let nib = _mm_set1_epi8(0x0F);
     let mut acc0 = [_mm512_setzero_ps(); T];
     let mut acc1 = [_mm512_setzero_ps(); T];
     let xp = x.as_ptr();
-    for g in 0..cols / 32 {
-        let table = _mm512_mul_ps(lut, _mm512_set1_ps(e8m0(scales[g])));
-        // SAFETY: block g's 16 code bytes are inside the row (g < cols / 32).
-        let b = unsafe { _mm_loadu_si128(codes.as_ptr().add(16 * g).cast()) };
-        let lo = _mm_and_si128(b, nib);
-        let hi = _mm_and_si128(_mm_srli_epi16(b, 4), nib);
-        // Elements 2i and 2i + 1 are byte i's low and high nibbles.
-        let w0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi)), table);
-        let w1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi8(lo, hi)), table);
-        for t in 0..T {
-            // SAFETY: token t's block g lies within x (t < T rows of cols).
-            unsafe {
-                let p = xp.add(t * cols + 32 * g);
-                acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), acc0[t]);
-                acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.add(16)), acc1[t]);
+    let blocks = cols / 32;
+    let mut scale = [0.0f32; 16]; // this group of 16 blocks' scales
+    for g0 in (0..blocks).step_by(16) {
+        let mut raw = [0u8; 16];
+        let m = (blocks - g0).min(16);
+        raw[..m].copy_from_slice(&scales[g0..g0 + m]);
+        // SAFETY: 16 f32.
+        unsafe { _mm512_storeu_ps(scale.as_mut_ptr(), e8m0x16(&raw)) };
+        for (g, &s) in (g0..g0 + m).zip(&scale) {
+            let table = _mm512_mul_ps(lut, _mm512_set1_ps(s));
+            // SAFETY: block g's 16 code bytes are inside the row (g < cols / 32).
+            let b = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(codes.as_ptr().add(16 * g).cast()) });
+            // The permute reads each lane's low 4 bits: byte i's low nibble is element 2i,
+            // and shifted down, its high nibble element 2i + 1.
+            let w_even = _mm512_permutexvar_ps(b, table);
+            let w_odd = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
+            for t in 0..T {
+                // SAFETY: token t's block g lies within x (t < T rows of cols).
+                unsafe {
+                    let p = xp.add(t * cols + 32 * g);
+                    acc0[t] = _mm512_fmadd_ps(w_even, _mm512_loadu_ps(p), acc0[t]);
+                    acc1[t] = _mm512_fmadd_ps(w_odd, _mm512_loadu_ps(p.add(16)), acc1[t]);
+                }
             }
         }
     }

@@ -29,6 +29,32 @@ pub enum RowRef<'a> {
     F32(&'a [u8]),
 }
 
+/// Consecutive rows of one weight, stored bytes from the first of them on.
+#[derive(Debug, Clone, Copy)]
+pub enum RowsRef<'a> {
+    /// codes [rows, cols/2], E8M0 scales [rows, cols/32].
+    Mxfp4 { codes: &'a [u8], scales: &'a [u8] },
+    /// bf16 [rows, cols].
+    Bf16(&'a [u8]),
+    /// f32 [rows, cols].
+    F32(&'a [u8]),
+}
+
+impl<'a> RowsRef<'a> {
+    /// Row `r` of rows `cols` wide.
+    #[inline]
+    pub fn row(self, r: usize, cols: usize) -> RowRef<'a> {
+        match self {
+            RowsRef::Mxfp4 { codes, scales } => {
+                let (cb, sb) = (cols.div_ceil(2), cols.div_ceil(32));
+                RowRef::Mxfp4 { codes: &codes[r * cb..(r + 1) * cb], scales: &scales[r * sb..(r + 1) * sb] }
+            }
+            RowsRef::Bf16(b) => RowRef::Bf16(&b[r * cols * 2..(r + 1) * cols * 2]),
+            RowsRef::F32(b) => RowRef::F32(&b[r * cols * 4..(r + 1) * cols * 4]),
+        }
+    }
+}
+
 /// The instruction set the kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
@@ -79,6 +105,45 @@ impl Isa {
 /// in registers to be reused, few enough that the accumulators stay in registers.
 const TILE: usize = 8;
 
+/// Activation rows x [n, cols] as the kernels read them. For MXFP4 weights on AVX-512 the
+/// kernel wants each whole block of 32 as its 16 even elements and then its 16 odd ones (the
+/// order a block's code bytes decode in without shuffling), so that copy is made once per
+/// matmul here; the elements past the last whole block stay where they are.
+pub struct Acts<'a> {
+    isa: Isa,
+    x: std::borrow::Cow<'a, [f32]>, // [n, cols]
+    pub n: usize,
+    pub cols: usize,
+}
+
+impl<'a> Acts<'a> {
+    /// x [n, cols] for a weight of the given kind on `isa`.
+    pub fn new(isa: Isa, mxfp4: bool, x: &'a [f32], n: usize, cols: usize) -> Acts<'a> {
+        assert!(x.len() >= n * cols, "Acts: x holds {} values, not [{n}, {cols}]", x.len());
+        let x = &x[..n * cols];
+        let x = if mxfp4 && isa == Isa::Avx512 {
+            let mut split = x.to_vec();
+            for (row, src) in split.chunks_mut(cols).zip(x.chunks(cols)) {
+                for (blk, s) in row.chunks_exact_mut(32).zip(src.chunks_exact(32)) {
+                    for i in 0..16 {
+                        blk[i] = s[2 * i];
+                        blk[16 + i] = s[2 * i + 1];
+                    }
+                }
+            }
+            std::borrow::Cow::Owned(split)
+        } else {
+            std::borrow::Cow::Borrowed(x)
+        };
+        Acts { isa, x, n, cols }
+    }
+
+    /// Rows [t0, t0 + len) in the kernel's layout.
+    fn rows(&self, t0: usize, len: usize) -> &[f32] {
+        &self.x[t0 * self.cols..(t0 + len) * self.cols]
+    }
+}
+
 /// One weight row's dot products with each of n activation rows: x [n, cols] -> out [n].
 pub fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
     row_dots_on(Isa::current(), w, x, cols, out)
@@ -86,26 +151,70 @@ pub fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
 
 /// `row_dots` on a given instruction set (tests compare them); `isa` must be available.
 pub fn row_dots_on(isa: Isa, w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
-    let n = out.len();
-    assert!(x.len() >= n * cols, "row_dots: x holds {} values, not [{n}, {cols}]", x.len());
+    let acts = Acts::new(isa, matches!(w, RowRef::Mxfp4 { .. }), x, out.len(), cols);
+    acts_dots(&acts, w, 0, out);
+}
+
+/// One weight row against activation rows [t0, t0 + out.len()) -> out, in tiles of TILE
+/// tokens that share each decoded block of the row.
+pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
+    let cols = acts.cols;
+    assert!(t0 + out.len() <= acts.n, "acts_dots: tokens {t0}..{} of {}", t0 + out.len(), acts.n);
     match w {
         RowRef::Mxfp4 { codes, scales } => {
-            assert!(codes.len() >= cols.div_ceil(2) && scales.len() >= cols.div_ceil(32), "row_dots: short MXFP4 row")
+            assert!(codes.len() >= cols.div_ceil(2) && scales.len() >= cols.div_ceil(32), "short MXFP4 row")
         }
-        RowRef::Bf16(b) => assert!(b.len() >= cols * 2, "row_dots: short bf16 row"),
-        RowRef::F32(b) => assert!(b.len() >= cols * 4, "row_dots: short f32 row"),
+        RowRef::Bf16(b) => assert!(b.len() >= cols * 2, "short bf16 row"),
+        RowRef::F32(b) => assert!(b.len() >= cols * 4, "short f32 row"),
     }
-    for (t0, o) in (0..n).step_by(TILE).zip(out.chunks_mut(TILE)) {
-        let xs = &x[t0 * cols..(t0 + o.len()) * cols];
-        match isa {
+    for (t, o) in (0..out.len()).step_by(TILE).zip(out.chunks_mut(TILE)) {
+        let xs = acts.rows(t0 + t, o.len());
+        match acts.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; the
-            // slices were checked against cols above.
+            // row was checked against cols and xs holds o.len() rows.
             Isa::Avx512 => unsafe { avx512::row_dots(w, xs, cols, o) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2 and FMA.
             Isa::Avx2 => unsafe { avx2::row_dots(w, xs, cols, o) },
             _ => portable::row_dots(w, xs, cols, o),
+        }
+    }
+}
+
+/// `nrows` rows of one weight against activation rows [t0, t0 + tb) ->
+/// out[r * ostride + t]: `acts_dots` for each row, in one call (a decode step's rows are
+/// short, and a call per row costs as much as the row).
+pub fn block_dots(
+    acts: &Acts<'_>,
+    w: RowsRef<'_>,
+    nrows: usize,
+    t0: usize,
+    tb: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    let cols = acts.cols;
+    assert!(t0 + tb <= acts.n, "block_dots: tokens {t0}..{} of {}", t0 + tb, acts.n);
+    assert!(nrows == 0 || out.len() >= (nrows - 1) * ostride + tb, "block_dots: out too short");
+    match w {
+        RowsRef::Mxfp4 { codes, scales } => assert!(
+            codes.len() >= nrows * cols.div_ceil(2) && scales.len() >= nrows * cols.div_ceil(32),
+            "block_dots: short MXFP4 rows"
+        ),
+        RowsRef::Bf16(b) => assert!(b.len() >= nrows * cols * 2, "block_dots: short bf16 rows"),
+        RowsRef::F32(b) => assert!(b.len() >= nrows * cols * 4, "block_dots: short f32 rows"),
+    }
+    let xs = acts.rows(t0, tb);
+    match acts.isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; rows and
+        // buffers were checked above.
+        Isa::Avx512 => unsafe { avx512::block_dots(w, nrows, xs, tb, cols, out, ostride) },
+        _ => {
+            for r in 0..nrows {
+                acts_dots(acts, w.row(r, cols), t0, &mut out[r * ostride..r * ostride + tb]);
+            }
         }
     }
 }

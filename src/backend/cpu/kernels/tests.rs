@@ -156,3 +156,35 @@ fn decode_range_gives_the_row_from_any_block() {
         }
     }
 }
+
+/// Single-thread speed of one pass over 256 MB of weights, one token (not a check: run by
+/// hand with --ignored --nocapture).
+#[test]
+#[ignore]
+fn kernel_read_speed() {
+    let cols = 1024;
+    let rows = (256 << 20) / (cols / 2);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let codes: Vec<u8> = (0..rows * cols / 2).map(|_| rng.random()).collect();
+    let scales: Vec<u8> = (0..rows * cols / 32).map(|_| rng.random_range(120..130)).collect();
+    let bf: Vec<u8> = (0..rows * cols).map(|_| rng.random_range(0..0x3F)).collect();
+    let x: Vec<f32> = (0..cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+    for isa in Isa::available() {
+        let mut out = [0.0f32];
+        let acts = Acts::new(isa, true, &x, 1, cols);
+        let t = std::time::Instant::now();
+        for q in 0..rows {
+            let (c, s) = (&codes[q * cols / 2..(q + 1) * cols / 2], &scales[q * cols / 32..(q + 1) * cols / 32]);
+            acts_dots(&acts, RowRef::Mxfp4 { codes: c, scales: s }, 0, &mut out);
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!("{} mxfp4: {:.1} GB/s", isa.name(), (codes.len() + scales.len()) as f64 / s / 1e9);
+        let acts = Acts::new(isa, false, &x, 1, cols);
+        let t = std::time::Instant::now();
+        for q in 0..bf.len() / (2 * cols) {
+            acts_dots(&acts, RowRef::Bf16(&bf[q * cols * 2..(q + 1) * cols * 2]), 0, &mut out);
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!("{} bf16: {:.1} GB/s", isa.name(), bf.len() as f64 / s / 1e9);
+    }
+}
