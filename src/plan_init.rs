@@ -176,7 +176,7 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
 fn default_tp(plan: &Plan, dp: Option<u32>) -> Option<u32> {
     let count = plan.device.count;
     let most = count / dp.unwrap_or(1).max(1);
-    (1..=most.max(1)).rev().filter(|t| most % t == 0).find(|&t| {
+    (1..=most.max(1)).rev().filter(|t| most.is_multiple_of(*t)).find(|&t| {
         let mut p = plan.clone();
         p.parallel.tp = t;
         p.parallel.dp = dp.unwrap_or(count / t);

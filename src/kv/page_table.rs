@@ -172,7 +172,7 @@ impl PageTable {
             return Ok(None);
         }
         let keep = len.div_ceil(self.page_size);
-        let partial = len % self.page_size != 0;
+        let partial = !len.is_multiple_of(self.page_size);
         let mut copy = None;
         if partial {
             let p = seq.pages[keep - 1];

@@ -86,7 +86,7 @@ impl ModelShape {
         }
         let freq = self.index_topk_freq.max(1);
         let k = (i + 1).saturating_sub(self.index_skip_topk_offset);
-        if k % freq == 0 { IndexerType::Full } else { IndexerType::Shared }
+        if k.is_multiple_of(freq) { IndexerType::Full } else { IndexerType::Shared }
     }
 
     /// The main decoder layers, in order (MTP layers excluded).

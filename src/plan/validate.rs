@@ -49,7 +49,7 @@ impl Rules {
 
     /// `divisor_key = d does not divide key = n`; zero divisors are reported elsewhere.
     fn divides(&mut self, divisor_key: &str, d: u64, key: &str, n: u64) {
-        if d > 0 && n % d != 0 {
+        if d > 0 && !n.is_multiple_of(d) {
             self.push(divisor_key, format!("{divisor_key} = {d} does not divide {key} = {n}"));
         }
     }
@@ -158,7 +158,7 @@ impl Rules {
                 ),
             );
         }
-        if m.qk_rope_head_dim % 2 != 0 {
+        if !m.qk_rope_head_dim.is_multiple_of(2) {
             self.push(
                 "model.qk_rope_head_dim",
                 format!("model.qk_rope_head_dim = {} must be even (RoPE rotates pairs)", m.qk_rope_head_dim),
@@ -360,7 +360,7 @@ impl Rules {
             self.divides("parallel.ep", ep, "model.n_routed_experts", m.n_routed_experts);
             if tp % ep == 0 {
                 let per_expert = tp / ep;
-                if per_expert > 0 && m.moe_intermediate_size % per_expert != 0 {
+                if per_expert > 0 && !m.moe_intermediate_size.is_multiple_of(per_expert) {
                     self.push(
                         "parallel.tp",
                         format!(
@@ -372,7 +372,7 @@ impl Rules {
             }
             if m.n_shared_experts > 0 {
                 let width = m.moe_intermediate_size * m.n_shared_experts;
-                if width % tp != 0 {
+                if !width.is_multiple_of(tp) {
                     self.push(
                         "parallel.tp",
                         format!(
@@ -445,7 +445,7 @@ impl Rules {
         self.positive("server.drain_timeout_s", s.drain_timeout_s);
         if self.positive("server.prefill_chunk_tokens", s.prefill_chunk_tokens) && kv.page_size > 0 {
             let page = u64::from(kv.page_size);
-            if s.prefill_chunk_tokens % page != 0 {
+            if !s.prefill_chunk_tokens.is_multiple_of(page) {
                 self.push(
                     "server.prefill_chunk_tokens",
                     format!(

@@ -5,11 +5,11 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{decode_range, row_dots};
-use super::matmul::row_ref;
+use super::kernels::{Acts, Isa, accumulate_rows, block_dots};
+use super::matmul::rows_ref;
 use super::{
-    HostKvStore, KeySet, Route, RouterConfig, dot, latent_attention, layer_norm_rows, matmul, rms_norm_rows,
-    rope::rotate, route, score_slots, silu_mul, softmax, top_k,
+    HostKvStore, KeySet, Route, RouterConfig, attend_heads, dot, layer_norm_rows, matmul, rms_norm_rows, rope::rotate,
+    route, score_slots, silu_mul, softmax, top_k,
 };
 use crate::backend::{Backend, MlaDims, MlpLinears, Selection, StepBatch};
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ pub struct Rows {
 
 impl Rows {
     pub fn new(data: Vec<f32>, width: usize) -> Rows {
-        debug_assert!(width == 0 || data.len() % width == 0);
+        debug_assert!(width == 0 || data.len().is_multiple_of(width));
         Rows { width, data }
     }
 
@@ -129,7 +129,7 @@ impl Backend for Cpu {
     }
 
     fn upload(&self, rows: Vec<f32>, width: usize) -> Result<Rows> {
-        if width == 0 || rows.len() % width != 0 {
+        if width == 0 || !rows.len().is_multiple_of(width) {
             return Err(shape_error(format!("{} values are not rows of {width}", rows.len())));
         }
         Ok(Rows::new(rows, width))
@@ -278,21 +278,23 @@ impl Backend for Cpu {
     fn absorb_query(&self, q: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {
         let (n, h, r) = (q.n(), d.heads, d.latent);
         let stride = d.nope + d.rope;
-        // Per head [n, r]: each row of the key half decoded once (into a row of scratch) and
-        // applied to every token.
+        // Per head [n, r] = q_nope [n, nope] x (the key half of kv_b: nope rows of r), the
+        // rows read in place and added into every token's output.
         let per_head: Vec<Vec<f32>> = par_map(h, n * d.nope * r, |head| {
             let mut out = vec![0.0f32; n * r];
-            let mut wk = vec![0.0f32; r]; // [r]
-            for dn in 0..d.nope {
-                let row = head * (d.nope + d.v) + dn;
-                match row_ref(kv_b, row) {
-                    Some(rr) => decode_range(rr, 0, &mut wk),
-                    None => kv_b.row_into(row, &mut wk),
-                }
-                for t in 0..n {
-                    let qv = q.data[(t * h + head) * stride + dn];
-                    for (a, b) in out[t * r..(t + 1) * r].iter_mut().zip(&wk) {
-                        *a += qv * b;
+            let first = head * (d.nope + d.v);
+            match rows_ref(kv_b, first) {
+                Some(rows) => accumulate_rows(rows, d.nope, r, &q.data[head * stride..], h * stride, &mut out),
+                None => {
+                    let mut wk = vec![0.0f32; r]; // [r]
+                    for dn in 0..d.nope {
+                        kv_b.row_into(first + dn, &mut wk);
+                        for t in 0..n {
+                            let qv = q.data[(t * h + head) * stride + dn];
+                            for (a, b) in out[t * r..(t + 1) * r].iter_mut().zip(&wk) {
+                                *a += qv * b;
+                            }
+                        }
                     }
                 }
             }
@@ -312,18 +314,11 @@ impl Backend for Cpu {
         d: &MlaDims,
     ) -> Result<Rows> {
         let (h, r) = (d.heads, d.latent);
-        let stride = d.nope + d.rope;
         let keys_each = b.step.positions.iter().max().map_or(0, |p| p + 1);
         let rows = par_map(b.step.len(), keys_each * h * (r + d.rope), |i| {
             let keys = sel.keys(i, b.step.positions[i]);
-            let set = KeySet::read(kv, layer, &b.slots_of(i, &keys));
-            let mut out = vec![0.0f32; h * r];
-            let mut scores = vec![0.0f32; keys.len()];
-            for head in 0..h {
-                let qa = &q_abs.row(i)[head * r..(head + 1) * r];
-                let qr = &q.row(i)[head * stride + d.nope..(head + 1) * stride];
-                latent_attention(qa, qr, &set, d.scale, &mut scores, &mut out[head * r..(head + 1) * r]);
-            }
+            let mut out = vec![0.0f32; h * r]; // [H, r]
+            attend_heads(kv, layer, &b.slots_of(i, &keys), q_abs.row(i), q.row(i), d, &mut out);
             out
         });
         Ok(Rows::new(rows.concat(), h * r))
@@ -336,13 +331,16 @@ impl Backend for Cpu {
         let per_head: Vec<Vec<f32>> = par_map(h, n * dv * r, |head| {
             let lat: Vec<f32> = (0..n).flat_map(|t| o_lat.row(t)[head * r..(head + 1) * r].iter().copied()).collect(); // [n, r]
             let mut out_t = vec![0.0f32; dv * n]; // [v, n]
-            let mut decoded = vec![0.0f32; r]; // [r], for formats the kernels do not read
-            for (j, o) in out_t.chunks_mut(n).enumerate() {
-                let row = head * (d.nope + dv) + d.nope + j;
-                match row_ref(kv_b, row) {
-                    Some(rr) => row_dots(rr, &lat, r, o),
-                    None => {
-                        kv_b.row_into(row, &mut decoded);
+            let first = head * (d.nope + dv) + d.nope;
+            match rows_ref(kv_b, first) {
+                Some(rows) => {
+                    let acts = Acts::new(Isa::current(), kv_b.is_mxfp4(), &lat, n, r);
+                    block_dots(&acts, rows, dv, 0, n, &mut out_t, n);
+                }
+                None => {
+                    let mut decoded = vec![0.0f32; r]; // [r]
+                    for (j, o) in out_t.chunks_mut(n).enumerate() {
+                        kv_b.row_into(first + j, &mut decoded);
                         for (t, y) in o.iter_mut().enumerate() {
                             *y = dot(&decoded, &lat[t * r..(t + 1) * r]);
                         }

@@ -94,6 +94,18 @@ impl HostKvStore {
         self.format.decode_index(&self.index[layer][slot * b..(slot + 1) * b], key);
     }
 
+    /// MLA entries ([latent | rope]) of `n` consecutive slots from `slot` on, in place, when
+    /// the kernels read the format as it is stored (f32 and bf16; fp8 latents carry scales).
+    pub fn mla_rows(&self, layer: usize, slot: usize, n: usize) -> Option<RowsRef<'_>> {
+        let b = self.mla_bytes();
+        let bytes = &self.mla[layer][slot * b..(slot + n) * b];
+        match self.format {
+            KvFormat::F32 => Some(RowsRef::F32(bytes)),
+            KvFormat::Bf16 => Some(RowsRef::Bf16(bytes)),
+            KvFormat::Fp8E4m3 => None,
+        }
+    }
+
     /// Indexer keys of `n` consecutive slots from `slot` on, in place, when the kernels read
     /// the format as it is stored (f32 and bf16; fp8 keys carry a scale and are decoded).
     pub fn index_rows(&self, layer: usize, slot: usize, n: usize) -> Option<RowsRef<'_>> {

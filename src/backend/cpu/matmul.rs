@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{Acts, Isa, RowRef, RowsRef, block_dots, dot};
+use super::kernels::{Acts, Isa, RowsRef, block_dots, dot};
 use super::quantize_mxfp4_activations;
 use crate::weights::{Linear, Stored};
 use safetensors::Dtype;
@@ -75,7 +75,7 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
 }
 
 /// Rows of `w` from `r` on, in a format the kernels read in place; None for f16 and fp8.
-fn rows_ref(w: &Linear, r: usize) -> Option<RowsRef<'_>> {
+pub fn rows_ref(w: &Linear, r: usize) -> Option<RowsRef<'_>> {
     let c = w.cols;
     match w.stored() {
         Stored::Mxfp4 { codes, scales } => {
@@ -83,21 +83,6 @@ fn rows_ref(w: &Linear, r: usize) -> Option<RowsRef<'_>> {
         }
         Stored::Dense { dtype: Dtype::BF16, bytes } => Some(RowsRef::Bf16(&bytes[r * c * 2..])),
         Stored::Dense { dtype: Dtype::F32, bytes } => Some(RowsRef::F32(&bytes[r * c * 4..])),
-        Stored::Dense { .. } => None,
-    }
-}
-
-/// Row `r` of `w` in a format the kernels read in place; None for f16 and fp8, which are
-/// decoded a row at a time instead.
-pub fn row_ref(w: &Linear, r: usize) -> Option<RowRef<'_>> {
-    let c = w.cols;
-    match w.stored() {
-        Stored::Mxfp4 { codes, scales } => {
-            let (cb, sb) = (c.div_ceil(2), c.div_ceil(32));
-            Some(RowRef::Mxfp4 { codes: &codes[r * cb..(r + 1) * cb], scales: &scales[r * sb..(r + 1) * sb] })
-        }
-        Stored::Dense { dtype: Dtype::BF16, bytes } => Some(RowRef::Bf16(&bytes[r * c * 2..(r + 1) * c * 2])),
-        Stored::Dense { dtype: Dtype::F32, bytes } => Some(RowRef::F32(&bytes[r * c * 4..(r + 1) * c * 4])),
         Stored::Dense { .. } => None,
     }
 }

@@ -16,7 +16,7 @@ mod router;
 mod topk;
 
 pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_group};
-pub use attention::{KeySet, latent_attention};
+pub use attention::{KeySet, attend_heads, latent_attention};
 pub use backend::{Cpu, CpuBatch, Rows};
 pub use indexer::{score_row, score_slots};
 pub use kernels::dot;

@@ -172,7 +172,7 @@ impl Backend for GpuBackend {
     }
 
     fn upload(&self, rows: Vec<f32>, width: usize) -> Result<DeviceRows> {
-        if width == 0 || rows.len() % width != 0 {
+        if width == 0 || !rows.len().is_multiple_of(width) {
             return Err(usage(format!("{} values are not rows of {width}", rows.len())));
         }
         Ok(DeviceRows { buf: self.gpu.upload(&rows)?, n: rows.len() / width, width })
@@ -312,7 +312,7 @@ impl Backend for GpuBackend {
         heads: usize,
         offset: usize,
     ) -> Result<()> {
-        if heads == 0 || x.width % heads != 0 {
+        if heads == 0 || !x.width.is_multiple_of(heads) {
             return Err(usage(format!("rope over {heads} heads of rows of {}", x.width)));
         }
         launch::rope(
@@ -372,7 +372,7 @@ impl Backend for GpuBackend {
         dot_scale: f32,
     ) -> Result<DeviceSelection> {
         let (n, hi) = (b.step.len(), w.width);
-        if hi == 0 || q.width % hi != 0 {
+        if hi == 0 || !q.width.is_multiple_of(hi) {
             return Err(usage(format!("indexer queries of {} over {hi} heads", q.width)));
         }
         let stride = b.max_len.max(1);

@@ -2,6 +2,10 @@
 //! (scaled) with the sign bit moved into place. Tiles of at most 4 tokens keep two
 //! accumulators per token in the 16 registers.
 
+// Register tiles are indexed [row][token] in fixed-size loops; iterator chains over several
+// such arrays at once would hide which accumulator meets which load.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use super::{E2M1_SIGNED, RowRef, mxfp4_tail};
@@ -102,14 +106,6 @@ unsafe fn load8<const BF16: bool>(w: &[u8], c: usize) -> __m256 {
     }
 }
 
-fn scalar<const BF16: bool>(w: &[u8], c: usize) -> f32 {
-    if BF16 {
-        f32::from_bits(u32::from(u16::from_le_bytes([w[2 * c], w[2 * c + 1]])) << 16)
-    } else {
-        f32::from_le_bytes([w[4 * c], w[4 * c + 1], w[4 * c + 2], w[4 * c + 3]])
-    }
-}
-
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dense<const T: usize, const BF16: bool>(w: &[u8], x: &[f32], cols: usize, out: &mut [f32]) {
     let mut acc0 = [_mm256_setzero_ps(); T];
@@ -139,7 +135,7 @@ unsafe fn dense<const T: usize, const BF16: bool>(w: &[u8], x: &[f32], cols: usi
     for t in 0..T {
         let mut tail = 0.0f32;
         for i in c..cols {
-            tail += scalar::<BF16>(w, i) * x[t * cols + i];
+            tail += super::dense_scalar::<BF16>(w, i) * x[t * cols + i];
         }
         out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + tail;
     }

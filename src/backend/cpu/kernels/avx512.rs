@@ -1,45 +1,20 @@
 //! AVX-512F kernels: 16 lanes; an MXFP4 block of 32 is two permutes of a 16-entry table that
-//! already carries the block's scale. Two accumulators per token (one per half block, or per
-//! 16-lane half of a 32-element step) hide the FMA latency when a tile is one token.
+//! already carries the block's scale. Register tiles of R rows x T tokens: each activation
+//! load serves R rows, each decoded weight T tokens. Two accumulators per (row, token) (one
+//! per half block, or per 16-lane half of a 32-element step) hide the FMA latency when a tile
+//! is one token, and make a result the same whatever tile it was computed in.
+
+// Register tiles are indexed [row][token] in fixed-size loops; iterator chains over several
+// such arrays at once would hide which accumulator meets which load.
+#![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
 use super::{E2M1_SIGNED, RowRef, RowsRef, mxfp4_tail};
 
-/// x [T, cols] (T = out.len() <= TILE) against one weight row -> out [T]; for MXFP4, x in
-/// the split layout (`Acts`).
-///
-/// # Safety
-/// The CPU has AVX-512F; the row holds `cols` elements and x holds out.len() rows of `cols`.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
-    let mut t0 = 0;
-    for tile in [8usize, 4, 2, 1] {
-        while out.len() - t0 >= tile {
-            let (xs, o) = (&x[t0 * cols..], &mut out[t0..t0 + tile]);
-            // SAFETY: the caller's guarantees, for the tokens t0..t0 + tile.
-            unsafe {
-                match (w, tile) {
-                    (RowRef::Mxfp4 { codes, scales }, 8) => mxfp4::<8>(codes, scales, xs, cols, o),
-                    (RowRef::Mxfp4 { codes, scales }, 4) => mxfp4::<4>(codes, scales, xs, cols, o),
-                    (RowRef::Mxfp4 { codes, scales }, 2) => mxfp4::<2>(codes, scales, xs, cols, o),
-                    (RowRef::Mxfp4 { codes, scales }, _) => mxfp4::<1>(codes, scales, xs, cols, o),
-                    (RowRef::Bf16(b), 8) => dense::<8, true>(b, xs, cols, o),
-                    (RowRef::Bf16(b), 4) => dense::<4, true>(b, xs, cols, o),
-                    (RowRef::Bf16(b), 2) => dense::<2, true>(b, xs, cols, o),
-                    (RowRef::Bf16(b), _) => dense::<1, true>(b, xs, cols, o),
-                    (RowRef::F32(b), 8) => dense::<8, false>(b, xs, cols, o),
-                    (RowRef::F32(b), 4) => dense::<4, false>(b, xs, cols, o),
-                    (RowRef::F32(b), 2) => dense::<2, false>(b, xs, cols, o),
-                    (RowRef::F32(b), _) => dense::<1, false>(b, xs, cols, o),
-                }
-            }
-            t0 += tile;
-        }
-    }
-}
-
-/// Rows of `w` against x [tb, cols] -> out[r * ostride + t], each row as `row_dots`.
+/// Rows of `w` against x [tb, cols] -> out[r * ostride + t]: rows in pairs, tokens in tiles
+/// of 4 (4 tokens of a 1024-wide row are 16 KiB, which stays in L1 beside the weights).
+/// For MXFP4, x is in the split layout (`Acts`).
 ///
 /// # Safety
 /// The CPU has AVX-512F; w holds nrows rows of `cols`, x holds tb rows of `cols`, and out
@@ -54,10 +29,89 @@ pub unsafe fn block_dots(
     out: &mut [f32],
     ostride: usize,
 ) {
-    for r in 0..nrows {
-        // SAFETY: the caller's guarantees, for row r.
-        unsafe { row_dots(w.row(r, cols), x, cols, &mut out[r * ostride..r * ostride + tb]) };
+    let mut r = 0;
+    while r < nrows {
+        // Pairs of rows only when there are tokens to share the pair's activation loads: a
+        // single token's tile runs faster one row at a time.
+        let pair = nrows - r >= 2 && tb >= 2;
+        let mut t = 0;
+        for tile in [4usize, 2, 1] {
+            while tb - t >= tile {
+                let (xs, o) = (&x[t * cols..], &mut out[r * ostride + t..]);
+                // SAFETY: the caller's guarantees, for rows r.. and tokens t..t + tile.
+                unsafe {
+                    if pair {
+                        tile_dots::<2>([w.row(r, cols), w.row(r + 1, cols)], tile, xs, cols, o, ostride);
+                    } else {
+                        tile_dots::<1>([w.row(r, cols)], tile, xs, cols, o, ostride);
+                    }
+                }
+                t += tile;
+            }
+        }
+        r += if pair { 2 } else { 1 };
     }
+}
+
+/// One row against x [n, cols] -> out [n]: `block_dots` of a single row.
+///
+/// # Safety
+/// As `block_dots`, for one row and n = out.len().
+#[target_feature(enable = "avx512f")]
+pub unsafe fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
+    let rows = match w {
+        RowRef::Mxfp4 { codes, scales } => RowsRef::Mxfp4 { codes, scales },
+        RowRef::Bf16(b) => RowsRef::Bf16(b),
+        RowRef::F32(b) => RowsRef::F32(b),
+    };
+    let n = out.len();
+    // SAFETY: the caller's guarantees.
+    unsafe { block_dots(rows, 1, x, n, cols, out, n) }
+}
+
+/// R rows (all of one format) x `t` tokens (4, 2 or 1) -> out[r * ostride + token].
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_dots<const R: usize>(
+    w: [RowRef<'_>; R],
+    t: usize,
+    x: &[f32],
+    cols: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    // SAFETY (every arm): the caller's guarantees.
+    unsafe {
+        match (w[0], t) {
+            (RowRef::Mxfp4 { .. }, _) => {
+                let mut codes = [&[][..]; R];
+                let mut scales = [&[][..]; R];
+                for (i, row) in w.iter().enumerate() {
+                    if let RowRef::Mxfp4 { codes: c, scales: s } = row {
+                        (codes[i], scales[i]) = (c, s);
+                    }
+                }
+                match t {
+                    4 => mxfp4::<R, 4>(codes, scales, x, cols, out, ostride),
+                    2 => mxfp4::<R, 2>(codes, scales, x, cols, out, ostride),
+                    _ => mxfp4::<R, 1>(codes, scales, x, cols, out, ostride),
+                }
+            }
+            (RowRef::Bf16(_), 4) => dense::<R, 4, true>(bytes(w), x, cols, out, ostride),
+            (RowRef::Bf16(_), 2) => dense::<R, 2, true>(bytes(w), x, cols, out, ostride),
+            (RowRef::Bf16(_), _) => dense::<R, 1, true>(bytes(w), x, cols, out, ostride),
+            (RowRef::F32(_), 4) => dense::<R, 4, false>(bytes(w), x, cols, out, ostride),
+            (RowRef::F32(_), 2) => dense::<R, 2, false>(bytes(w), x, cols, out, ostride),
+            (RowRef::F32(_), _) => dense::<R, 1, false>(bytes(w), x, cols, out, ostride),
+        }
+    }
+}
+
+/// The stored bytes of dense rows.
+fn bytes<const R: usize>(w: [RowRef<'_>; R]) -> [&[u8]; R] {
+    w.map(|r| match r {
+        RowRef::Bf16(b) | RowRef::F32(b) => b,
+        RowRef::Mxfp4 { codes, .. } => codes,
+    })
 }
 
 /// Sixteen E8M0 scale bytes as f32 (0 is 2^-127, 0xFF NaN, as `e8m0` decodes them).
@@ -76,46 +130,64 @@ fn e8m0x16(bytes: &[u8; 16]) -> __m512 {
     _mm512_castsi512_ps(bits)
 }
 
-/// One row x T tokens. x is in the split layout (`Acts`): each whole block of 32 as its 16
-/// even elements, then its 16 odd ones, which is the order the two table lookups of a
-/// block's code bytes give. Each token has its own two accumulators and the same block order
-/// whatever T is.
+/// R rows x T tokens of MXFP4. x is in the split layout (`Acts`): each whole block of 32 as
+/// its 16 even elements, then its 16 odd ones, which is the order the two table lookups of a
+/// block's code bytes give.
 #[target_feature(enable = "avx512f")]
-unsafe fn mxfp4<const T: usize>(codes: &[u8], scales: &[u8], x: &[f32], cols: usize, out: &mut [f32]) {
+unsafe fn mxfp4<const R: usize, const T: usize>(
+    codes: [&[u8]; R],
+    scales: [&[u8]; R],
+    x: &[f32],
+    cols: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
     // SAFETY: E2M1_SIGNED is 16 f32.
     let lut = unsafe { _mm512_loadu_ps(E2M1_SIGNED.as_ptr()) };
-    let mut acc0 = [_mm512_setzero_ps(); T];
-    let mut acc1 = [_mm512_setzero_ps(); T];
+    let mut acc0 = [[_mm512_setzero_ps(); T]; R];
+    let mut acc1 = [[_mm512_setzero_ps(); T]; R];
     let xp = x.as_ptr();
     let blocks = cols / 32;
-    let mut scale = [0.0f32; 16]; // this group of 16 blocks' scales
+    let mut scale = [[0.0f32; 16]; R]; // this group of 16 blocks' scales, per row
     for g0 in (0..blocks).step_by(16) {
-        let mut raw = [0u8; 16];
         let m = (blocks - g0).min(16);
-        raw[..m].copy_from_slice(&scales[g0..g0 + m]);
-        // SAFETY: 16 f32.
-        unsafe { _mm512_storeu_ps(scale.as_mut_ptr(), e8m0x16(&raw)) };
-        for (g, &s) in (g0..g0 + m).zip(&scale) {
-            let table = _mm512_mul_ps(lut, _mm512_set1_ps(s));
-            // SAFETY: block g's 16 code bytes are inside the row (g < cols / 32).
-            let b = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(codes.as_ptr().add(16 * g).cast()) });
-            // The permute reads each lane's low 4 bits: byte i's low nibble is element 2i,
-            // and shifted down, its high nibble element 2i + 1.
-            let w_even = _mm512_permutexvar_ps(b, table);
-            let w_odd = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
+        for r in 0..R {
+            let mut raw = [0u8; 16];
+            raw[..m].copy_from_slice(&scales[r][g0..g0 + m]);
+            // SAFETY: 16 f32.
+            unsafe { _mm512_storeu_ps(scale[r].as_mut_ptr(), e8m0x16(&raw)) };
+        }
+        for g in g0..g0 + m {
+            let mut w_even = [_mm512_setzero_ps(); R];
+            let mut w_odd = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let table = _mm512_mul_ps(lut, _mm512_set1_ps(scale[r][g - g0]));
+                // SAFETY: block g's 16 code bytes are inside row r (g < cols / 32).
+                let b = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(codes[r].as_ptr().add(16 * g).cast()) });
+                // The permute reads each lane's low 4 bits: byte i's low nibble is element
+                // 2i, and shifted down, its high nibble element 2i + 1.
+                w_even[r] = _mm512_permutexvar_ps(b, table);
+                w_odd[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
+            }
             for t in 0..T {
                 // SAFETY: token t's block g lies within x (t < T rows of cols).
-                unsafe {
+                let (x0, x1) = unsafe {
                     let p = xp.add(t * cols + 32 * g);
-                    acc0[t] = _mm512_fmadd_ps(w_even, _mm512_loadu_ps(p), acc0[t]);
-                    acc1[t] = _mm512_fmadd_ps(w_odd, _mm512_loadu_ps(p.add(16)), acc1[t]);
+                    (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+                };
+                for r in 0..R {
+                    acc0[r][t] = _mm512_fmadd_ps(w_even[r], x0, acc0[r][t]);
+                    acc1[r][t] = _mm512_fmadd_ps(w_odd[r], x1, acc1[r][t]);
                 }
             }
         }
     }
-    for t in 0..T {
-        let xt = &x[t * cols..(t + 1) * cols];
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t])) + mxfp4_tail(codes, scales, xt, cols);
+    for r in 0..R {
+        for t in 0..T {
+            let xt = &x[t * cols..(t + 1) * cols];
+            out[r * ostride + t] =
+                _mm512_reduce_add_ps(_mm512_add_ps(acc0[r][t], acc1[r][t])) + mxfp4_tail(codes[r], scales[r], xt, cols);
+        }
     }
 }
 
@@ -133,46 +205,99 @@ unsafe fn load16<const BF16: bool>(w: &[u8], c: usize) -> __m512 {
     }
 }
 
-fn scalar<const BF16: bool>(w: &[u8], c: usize) -> f32 {
-    if BF16 {
-        f32::from_bits(u32::from(u16::from_le_bytes([w[2 * c], w[2 * c + 1]])) << 16)
-    } else {
-        f32::from_le_bytes([w[4 * c], w[4 * c + 1], w[4 * c + 2], w[4 * c + 3]])
-    }
-}
-
 #[target_feature(enable = "avx512f")]
-unsafe fn dense<const T: usize, const BF16: bool>(w: &[u8], x: &[f32], cols: usize, out: &mut [f32]) {
-    let mut acc0 = [_mm512_setzero_ps(); T];
-    let mut acc1 = [_mm512_setzero_ps(); T];
+unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
+    w: [&[u8]; R],
+    x: &[f32],
+    cols: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    let mut acc0 = [[_mm512_setzero_ps(); T]; R];
+    let mut acc1 = [[_mm512_setzero_ps(); T]; R];
     let xp = x.as_ptr();
     let mut c = 0;
     // SAFETY (all loads below): c + 32 <= cols, or c + 16 <= cols for the half step, and
     // t < T rows of x.
     while c + 32 <= cols {
-        let (w0, w1) = unsafe { (load16::<BF16>(w, c), load16::<BF16>(w, c + 16)) };
+        let mut w0 = [_mm512_setzero_ps(); R];
+        let mut w1 = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            unsafe { (w0[r], w1[r]) = (load16::<BF16>(w[r], c), load16::<BF16>(w[r], c + 16)) };
+        }
         for t in 0..T {
-            unsafe {
+            let (x0, x1) = unsafe {
                 let p = xp.add(t * cols + c);
-                acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), acc0[t]);
-                acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.add(16)), acc1[t]);
+                (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+            };
+            for r in 0..R {
+                acc0[r][t] = _mm512_fmadd_ps(w0[r], x0, acc0[r][t]);
+                acc1[r][t] = _mm512_fmadd_ps(w1[r], x1, acc1[r][t]);
             }
         }
         c += 32;
     }
     if c + 16 <= cols {
-        let w0 = unsafe { load16::<BF16>(w, c) };
-        for t in 0..T {
-            unsafe { acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp.add(t * cols + c)), acc0[t]) };
+        for r in 0..R {
+            let w0 = unsafe { load16::<BF16>(w[r], c) };
+            for t in 0..T {
+                unsafe { acc0[r][t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp.add(t * cols + c)), acc0[r][t]) };
+            }
         }
         c += 16;
     }
-    for t in 0..T {
-        let mut tail = 0.0f32;
-        for i in c..cols {
-            tail += scalar::<BF16>(w, i) * x[t * cols + i];
+    for r in 0..R {
+        for t in 0..T {
+            let mut tail = 0.0f32;
+            for i in c..cols {
+                tail += super::dense_scalar::<BF16>(w[r], i) * x[t * cols + i];
+            }
+            out[r * ostride + t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[r][t], acc1[r][t])) + tail;
         }
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t])) + tail;
+    }
+}
+
+/// out[t, :] += sum over r of coefs[t * cstride + r] * row r, dense rows only.
+///
+/// # Safety
+/// The CPU has AVX-512F; w holds nrows dense rows of `cols`, out is [n, cols] and coefs
+/// reach (n - 1) * cstride + nrows.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn accumulate_rows(
+    w: RowsRef<'_>,
+    nrows: usize,
+    cols: usize,
+    coefs: &[f32],
+    cstride: usize,
+    out: &mut [f32],
+) {
+    let n = out.len() / cols.max(1);
+    let op = out.as_mut_ptr();
+    for r in 0..nrows {
+        let (bytes, bf16) = match w.row(r, cols) {
+            RowRef::Bf16(b) => (b, true),
+            RowRef::F32(b) => (b, false),
+            RowRef::Mxfp4 { .. } => return,
+        };
+        let mut c = 0;
+        while c + 16 <= cols {
+            // SAFETY: c + 16 <= cols within the row and within each token's row of out.
+            unsafe {
+                let wv = if bf16 { load16::<true>(bytes, c) } else { load16::<false>(bytes, c) };
+                for t in 0..n {
+                    let p = op.add(t * cols + c);
+                    let k = _mm512_set1_ps(coefs[t * cstride + r]);
+                    _mm512_storeu_ps(p, _mm512_fmadd_ps(k, wv, _mm512_loadu_ps(p)));
+                }
+            }
+            c += 16;
+        }
+        for i in c..cols {
+            let v = if bf16 { super::dense_scalar::<true>(bytes, i) } else { super::dense_scalar::<false>(bytes, i) };
+            for t in 0..n {
+                out[t * cols + i] += coefs[t * cstride + r] * v;
+            }
+        }
     }
 }
 

@@ -160,13 +160,7 @@ pub fn row_dots_on(isa: Isa, w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f
 pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
     let cols = acts.cols;
     assert!(t0 + out.len() <= acts.n, "acts_dots: tokens {t0}..{} of {}", t0 + out.len(), acts.n);
-    match w {
-        RowRef::Mxfp4 { codes, scales } => {
-            assert!(codes.len() >= cols.div_ceil(2) && scales.len() >= cols.div_ceil(32), "short MXFP4 row")
-        }
-        RowRef::Bf16(b) => assert!(b.len() >= cols * 2, "short bf16 row"),
-        RowRef::F32(b) => assert!(b.len() >= cols * 4, "short f32 row"),
-    }
+    check_row(&w, cols);
     for (t, o) in (0..out.len()).step_by(TILE).zip(out.chunks_mut(TILE)) {
         let xs = acts.rows(t0 + t, o.len());
         match acts.isa {
@@ -219,6 +213,45 @@ pub fn block_dots(
     }
 }
 
+/// out[t, :] += sum over r < nrows of coef(t, r) * row r of `w`, for t < n, where
+/// coef(t, r) = coefs[t * cstride + r]; out is [n, cols]. (x W for a weight stored as
+/// W's rows: MLA's query absorption through kv_b.) Rows are added in order, so a token's
+/// result does not depend on n.
+pub fn accumulate_rows(w: RowsRef<'_>, nrows: usize, cols: usize, coefs: &[f32], cstride: usize, out: &mut [f32]) {
+    let n = out.len() / cols.max(1);
+    assert!(n == 0 || coefs.len() >= (n - 1) * cstride + nrows, "accumulate_rows: coefs too short");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::current() == Isa::Avx512 && !matches!(w, RowsRef::Mxfp4 { .. }) {
+        for r in 0..nrows {
+            check_row(&w.row(r, cols), cols);
+        }
+        // SAFETY: AVX-512F is current only where the CPU has it; rows checked above, out is
+        // [n, cols] and coefs reach every (t, r).
+        unsafe { avx512::accumulate_rows(w, nrows, cols, coefs, cstride, out) };
+        return;
+    }
+    let mut row = vec![0.0f32; cols]; // [cols], row r decoded
+    for r in 0..nrows {
+        decode_range(w.row(r, cols), 0, &mut row);
+        for (t, o) in out.chunks_mut(cols).enumerate() {
+            let c = coefs[t * cstride + r];
+            for (a, b) in o.iter_mut().zip(&row) {
+                *a += c * b;
+            }
+        }
+    }
+}
+
+fn check_row(w: &RowRef<'_>, cols: usize) {
+    match w {
+        RowRef::Mxfp4 { codes, scales } => {
+            assert!(codes.len() >= cols.div_ceil(2) && scales.len() >= cols.div_ceil(32), "short MXFP4 row")
+        }
+        RowRef::Bf16(b) => assert!(b.len() >= cols * 2, "short bf16 row"),
+        RowRef::F32(b) => assert!(b.len() >= cols * 4, "short f32 row"),
+    }
+}
+
 /// a . b over f32 slices of the same length.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -252,6 +285,16 @@ pub fn decode_range(w: RowRef<'_>, c0: usize, out: &mut [f32]) {
     }
 }
 
+/// Element `c` of a dense row: bf16 (widened by a shift) or f32.
+#[inline]
+fn dense_scalar<const BF16: bool>(w: &[u8], c: usize) -> f32 {
+    if BF16 {
+        f32::from_bits(u32::from(u16::from_le_bytes([w[2 * c], w[2 * c + 1]])) << 16)
+    } else {
+        f32::from_le_bytes([w[4 * c], w[4 * c + 1], w[4 * c + 2], w[4 * c + 3]])
+    }
+}
+
 /// E2M1 values by 4-bit code (bit 3 the sign), the table the SIMD paths permute.
 const E2M1_SIGNED: [f32; 16] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
 
@@ -266,7 +309,7 @@ fn mxfp4_tail(codes: &[u8], scales: &[u8], x: &[f32], cols: usize) -> f32 {
     let mut sum = 0.0f32;
     for (i, xv) in x[start..cols].iter().enumerate() {
         let b = codes[(start + i) / 2];
-        let code = if (start + i) % 2 == 0 { b & 0x0F } else { b >> 4 };
+        let code = if (start + i).is_multiple_of(2) { b & 0x0F } else { b >> 4 };
         sum += E2M1_SIGNED[code as usize] * s * xv;
     }
     sum

@@ -186,5 +186,64 @@ fn kernel_read_speed() {
         }
         let s = t.elapsed().as_secs_f64();
         println!("{} bf16: {:.1} GB/s", isa.name(), bf.len() as f64 / s / 1e9);
+        for n in [2usize, 4] {
+            let x2: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
+            let acts = Acts::new(isa, false, &x2, n, cols);
+            let mut out2 = vec![0.0f32; 16 * n];
+            let t = std::time::Instant::now();
+            for q in (0..bf.len() / (2 * cols)).step_by(16) {
+                block_dots(&acts, RowsRef::Bf16(&bf[q * cols * 2..]), 16, 0, n, &mut out2, n);
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!("{} bf16 x{n} tokens: {:.1} GB/s", isa.name(), bf.len() as f64 / s / 1e9);
+            let acts = Acts::new(isa, true, &x2, n, cols);
+            let t = std::time::Instant::now();
+            for q in (0..rows).step_by(16) {
+                let w = RowsRef::Mxfp4 { codes: &codes[q * cols / 2..], scales: &scales[q * cols / 32..] };
+                block_dots(&acts, w, 16, 0, n, &mut out2, n);
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!("{} mxfp4 x{n} tokens: {:.1} GB/s", isa.name(), (codes.len() + scales.len()) as f64 / s / 1e9);
+        }
+    }
+}
+
+#[test]
+fn accumulate_rows_adds_every_tokens_weighted_rows() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for kind in ["mxfp4", "bf16", "f32"] {
+        for cols in [32, 100, 257] {
+            let (nrows, n, cstride) = (5, 3, 7);
+            let rows: Vec<Row> = (0..nrows).map(|_| random_row(kind, cols, &mut rng)).collect();
+            let mut bytes = Vec::new();
+            let mut scales = Vec::new();
+            for r in &rows {
+                bytes.extend_from_slice(&r.bytes);
+                scales.extend_from_slice(&r.scales);
+            }
+            let w = match kind {
+                "mxfp4" => RowsRef::Mxfp4 { codes: &bytes, scales: &scales },
+                "bf16" => RowsRef::Bf16(&bytes),
+                _ => RowsRef::F32(&bytes),
+            };
+            let coefs: Vec<f32> = (0..n * cstride).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut out = vec![0.5f32; n * cols];
+            accumulate_rows(w, nrows, cols, &coefs, cstride, &mut out);
+            for t in 0..n {
+                for c in 0..cols {
+                    let want: f64 =
+                        0.5 + (0..nrows).map(|r| f64::from(coefs[t * cstride + r]) * rows[r].values[c]).sum::<f64>();
+                    let size: f64 = 0.5
+                        + (0..nrows)
+                            .map(|r| (f64::from(coefs[t * cstride + r]) * rows[r].values[c]).abs())
+                            .sum::<f64>();
+                    assert!(
+                        (f64::from(out[t * cols + c]) - want).abs() <= 1e-6 * size,
+                        "{kind} cols {cols} token {t} col {c}: {} vs {want}",
+                        out[t * cols + c]
+                    );
+                }
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ pub struct RouterBufs<'a> {
 /// Router logits over the whole GPU, then each token's experts and weights.
 pub fn router(gpu: &Gpu, b: &RouterBufs, t: usize, d: usize, s: &RouterConfig) -> Result<()> {
     const K: &str = "kiln_router_select";
-    if s.experts > 1024 || s.top_k > 16 || s.groups > 64 || s.groups == 0 || s.experts % s.groups != 0 {
+    if s.experts > 1024 || s.top_k > 16 || s.groups > 64 || s.groups == 0 || !s.experts.is_multiple_of(s.groups) {
         return Err(refused(format!(
             "{K}: {} experts, top {}, {} groups beyond the kernel",
             s.experts, s.top_k, s.groups
