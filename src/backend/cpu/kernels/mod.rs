@@ -93,9 +93,17 @@ impl Isa {
         *ISA.get_or_init(|| {
             let best = *Isa::available().last().expect("portable is always there");
             match std::env::var("KILN_CPU_ISA").ok().as_deref() {
+                None | Some("") | Some("avx512") => best,
                 Some("portable") => Isa::Portable,
                 Some("avx2") => best.min(Isa::Avx2),
-                _ => best,
+                Some(other) => {
+                    crate::log::warn(
+                        "cpu_isa",
+                        format!("KILN_CPU_ISA={other:?} is not avx512, avx2 or portable; using {}", best.name()),
+                    )
+                    .emit();
+                    best
+                }
             }
         })
     }

@@ -247,3 +247,34 @@ fn accumulate_rows_adds_every_tokens_weighted_rows() {
         }
     }
 }
+
+#[test]
+#[ignore]
+fn kernel_tile_speed() {
+    let cols = 1024;
+    let rows = 64; // 128 KiB of bf16: stays in L2
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let bf: Vec<u8> = (0..rows * cols * 2).map(|_| rng.random_range(0..0x3F)).collect();
+    let codes: Vec<u8> = (0..rows * cols / 2).map(|_| rng.random()).collect();
+    let scales: Vec<u8> = (0..rows * cols / 32).map(|_| rng.random_range(120..130)).collect();
+    for n in [1usize, 2, 4, 8] {
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut out = vec![0.0f32; rows * n];
+        let acts = Acts::new(Isa::current(), false, &x, n, cols);
+        let reps = 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            block_dots(&acts, RowsRef::Bf16(&bf), rows, 0, n, &mut out, n);
+        }
+        let s = t.elapsed().as_secs_f64();
+        let macs = (reps * rows * cols * n) as f64;
+        println!("bf16 n={n}: {:.1} GMAC/s, {:.1} MAC/cycle at 2.6 GHz", macs / s / 1e9, macs / s / 2.6e9);
+        let acts = Acts::new(Isa::current(), true, &x, n, cols);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            block_dots(&acts, RowsRef::Mxfp4 { codes: &codes, scales: &scales }, rows, 0, n, &mut out, n);
+        }
+        let s = t.elapsed().as_secs_f64();
+        println!("mxfp4 n={n}: {:.1} GMAC/s, {:.1} MAC/cycle at 2.6 GHz", macs / s / 1e9, macs / s / 2.6e9);
+    }
+}
