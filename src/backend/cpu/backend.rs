@@ -313,12 +313,22 @@ impl Backend for Cpu {
         sel: &Selection,
         d: &MlaDims,
     ) -> Result<Rows> {
-        let (h, r) = (d.heads, d.latent);
+        let (n, h, r) = (b.step.len(), d.heads, d.latent);
+        let stride = d.nope + d.rope;
         let keys_each = b.step.positions.iter().max().map_or(0, |p| p + 1);
-        let rows = par_map(b.step.len(), keys_each * h * (r + d.rope), |i| {
+        // A token's heads split into groups when there are fewer tokens than threads (a decode
+        // step): each group reads the token's entries again, which costs less than a thread
+        // left idle. Heads never mix, so the grouping does not change a result.
+        let groups = (rayon::current_num_threads() / n.max(1)).clamp(1, h);
+        let per = h.div_ceil(groups);
+        let rows = par_map(n * groups, keys_each * per * (r + d.rope), |task| {
+            let (i, g) = (task / groups, task % groups);
+            let (h0, h1) = ((g * per).min(h), ((g + 1) * per).min(h));
             let keys = sel.keys(i, b.step.positions[i]);
-            let mut out = vec![0.0f32; h * r]; // [H, r]
-            attend_heads(kv, layer, &b.slots_of(i, &keys), q_abs.row(i), q.row(i), d, &mut out);
+            let mut out = vec![0.0f32; (h1 - h0) * r]; // [h1 - h0, r]
+            let part = MlaDims { heads: h1 - h0, ..*d };
+            let (qa, qr) = (&q_abs.row(i)[h0 * r..h1 * r], &q.row(i)[h0 * stride..h1 * stride]);
+            attend_heads(kv, layer, &b.slots_of(i, &keys), qa, qr, &part, &mut out);
             out
         });
         Ok(Rows::new(rows.concat(), h * r))
