@@ -29,13 +29,20 @@ pub unsafe fn block_dots(
     out: &mut [f32],
     ostride: usize,
 ) {
+    // Dense rows against a few tokens (decode, verification, small batches) go one token at
+    // a time over a row that stays in L1: measured on Zen 4 from memory, bf16 against 2
+    // tokens at 18.6 GB/s per core this way and 8-9 GB/s in 2 x 2 register tiles. MXFP4 rows,
+    // whose decoding is the cost, share each decoded block in tiles; so do prefill's many
+    // tokens, whose activations would not stay in L1.
+    let few_dense = tb <= 4 && !matches!(w, RowsRef::Mxfp4 { .. });
+    let tiles: &[usize] = if few_dense { &[1] } else { &[4, 2, 1] };
     let mut r = 0;
     while r < nrows {
         // Pairs of rows only when there are tokens to share the pair's activation loads: a
         // single token's tile runs faster one row at a time.
-        let pair = nrows - r >= 2 && tb >= 2;
+        let pair = nrows - r >= 2 && tb >= 2 && !few_dense;
         let mut t = 0;
-        for tile in [4usize, 2, 1] {
+        for &tile in tiles {
             while tb - t >= tile {
                 let (xs, o) = (&x[t * cols..], &mut out[r * ostride + t..]);
                 // SAFETY: the caller's guarantees, for rows r.. and tokens t..t + tile.
