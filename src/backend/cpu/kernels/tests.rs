@@ -186,7 +186,7 @@ fn kernel_read_speed() {
         }
         let s = t.elapsed().as_secs_f64();
         println!("{} bf16: {:.1} GB/s", isa.name(), bf.len() as f64 / s / 1e9);
-        for n in [2usize, 4] {
+        for n in [2usize, 4, 8, 16] {
             let x2: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
             let acts = Acts::new(isa, false, &x2, n, cols);
             let mut out2 = vec![0.0f32; 16 * n];
