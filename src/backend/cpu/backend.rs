@@ -1,7 +1,8 @@
 //! The CPU backend: the ops of the forward in f32 over weights kept in their checkpoint
-//! format (decoded a row at a time, never whole), with the KV store in host memory. Every
-//! token is computed on its own (no reduction spans tokens), so a request's numbers do not
-//! depend on what else is in its batch.
+//! format (read in place by the kernels of `kernels/`, never expanded), with the KV store in
+//! host memory, its entries also read in place. Every token is computed on its own (no
+//! reduction spans tokens, and the kernels give a token the same arithmetic in any tile), so
+//! a request's numbers do not depend on what else is in its batch.
 
 use rayon::prelude::*;
 

@@ -1,5 +1,6 @@
-//! Dot-product kernels over weights in their stored format: one weight row against a tile of
-//! activation rows, the row decoded into registers a block at a time and never into memory.
+//! Dot-product kernels over weights in their stored format: weight rows against tiles of
+//! activation rows (`block_dots` takes a block of rows per call), each row decoded into
+//! registers a block at a time and never into memory.
 //!
 //! Three instruction sets, chosen once at run time (the release binary runs on any x86-64):
 //! AVX-512F (16 lanes, a 16-entry E2M1 table in one register), AVX2 + FMA (8 lanes), and a
