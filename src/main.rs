@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use kiln::app::{self, App};
+use kiln::app::{self};
 use kiln::backend::{Backend, Selected, select};
 use kiln::baked;
 use kiln::bench::{self, BenchConfig};
@@ -412,140 +412,12 @@ fn ops_bench(file: Option<&std::path::Path>, buckets: &[u64], reps: usize) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
+mod bench_cmd;
+
+use bench_cmd::{bench_forward, bench_serve, bench_soak, bench_spec};
+
 fn source(weights: Option<PathBuf>) -> WeightsSource {
     deploy::source(baked::plan(), weights)
-}
-
-/// Prompts for `kiln bench spec`: the starts of code the demo model was trained on.
-const SPEC_PROMPTS: &[&str] = &[
-    "import os\n\n\ndef list_files(directory):\n",
-    "class Config:\n    def __init__(self, path):\n",
-    "[gMASK]<sop><|user|>\nReturn the absolute value of a number.<|assistant|>\n",
-    "def _read(self, n):\n    \"\"\"Read up to n bytes",
-    "for line in open(path):\n",
-    "[gMASK]<sop><|user|>\nSplit a string on commas.<|assistant|>\n",
-];
-
-fn bench_spec(depths: &[usize], tokens: usize, weights: Option<PathBuf>) -> Result<ExitCode> {
-    let plan = baked::plan();
-    let src = source(weights);
-    let app = App::open(plan, baked::PLAN_TEXT, &src)?;
-    if app.model.weights.mtp.is_empty() {
-        return Err(Error::Usage("the model has no MTP layer to draft with".into()));
-    }
-    let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| app.tokenizer.encode(p, false)).collect::<Result<_>>()?;
-    let page_size = app.engine.page_size;
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64;
-    let base = kiln::engine::EngineConfig {
-        max_running: 1,
-        max_queued: 1,
-        request_timeout: std::time::Duration::from_secs(3600),
-        kv_pages: longest.div_ceil(page_size) * 2,
-        prefix_cache: false,
-        spec_depth: 0,
-        ..app.engine.clone()
-    };
-    let model = std::sync::Arc::new(app.model);
-    eprintln!(
-        "kiln bench spec: {} prompts x {tokens} tokens, greedy, single stream, {}",
-        prompts.len(),
-        src.describe()
-    );
-    let rows = bench::spec_table(&model, &base, &prompts, tokens, depths);
-    println!("{}", bench::spec_markdown(&rows));
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `kiln bench decode` / `prefill` on the CPU backend: the model of `--weights` (its plan
-/// written from its config.json) or the baked plan's.
-fn bench_forward(weights: Option<PathBuf>, what: bench::forward::Measure) -> Result<ExitCode> {
-    let (model, format, name) = match weights {
-        Some(dir) => {
-            let opts = InitOptions { target: Target::Cpu, arch: None, tp: None, dp: None };
-            let plan = init_from_hf(&dir, &opts)?.plan;
-            let ckpt = kiln::weights::Checkpoint::open(&dir)?;
-            (Model::load(&plan, &ckpt)?, kiln::kv::KvFormat::from(plan.kv_cache.dtype), dir.display().to_string())
-        }
-        None => {
-            let plan = baked::plan();
-            let model = app::model_on(kiln::backend::cpu::Cpu, plan, &source(None))?;
-            (model, kiln::kv::KvFormat::from(plan.kv_cache.dtype), plan.appliance.name.clone())
-        }
-    };
-    print!("{}", bench::forward::run(&model, format, &name, &what)?);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench_soak(cfg: kiln::bench::soak::SoakConfig) -> Result<ExitCode> {
-    use kiln::bench::soak;
-    if soak::server_rss(&cfg.addr).is_none() {
-        return Err(Error::Usage(format!("{}: no process_resident_memory_bytes in its /metrics", cfg.addr)));
-    }
-    eprintln!("kiln bench soak: {} mixed requests from {} threads against {}", cfg.requests, cfg.threads, cfg.addr);
-    let report = soak::soak(&cfg);
-    print!("{}", soak::table(&report));
-    if let (Some(warm), Some(end)) = (report.samples.get(1), report.samples.last()) {
-        println!(
-            "server RSS after {} requests: {:.1} MB; after {}: {:.1} MB ({:+.1}%)",
-            warm.requests,
-            warm.rss_bytes as f64 / 1e6,
-            end.requests,
-            end.rss_bytes as f64 / 1e6,
-            100.0 * (end.rss_bytes as f64 / warm.rss_bytes.max(1) as f64 - 1.0)
-        );
-    }
-    println!("requests answered unexpectedly: {}", report.unexpected);
-    if let Some(e) = &report.first_unexpected {
-        println!("first: {e}");
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The served model's vocabulary, from its /v1/plan.
-fn served_vocab(addr: &str) -> Result<u32> {
-    let err = |m: String| Error::Usage(format!("{addr}/v1/plan: {m}"));
-    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| err(e.to_string()))?;
-    use std::io::{Read, Write};
-    write!(conn, "GET /v1/plan HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .map_err(|e| err(e.to_string()))?;
-    let mut text = String::new();
-    conn.read_to_string(&mut text).map_err(|e| err(e.to_string()))?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| err(e.to_string()))?;
-    let plan =
-        plan::parse(v["plan"].as_str().unwrap_or("")).map_err(|p| err(plan::render_problems(plan::IN_PLAN, &p)))?;
-    Ok(plan.model.vocab_size as u32)
-}
-
-fn bench_serve(mut cfg: BenchConfig, single: usize) -> Result<ExitCode> {
-    cfg.vocab = served_vocab(&cfg.addr)?;
-    eprintln!(
-        "kiln bench serve: {} input tokens ({:.0}% shared prefix), {} output tokens, {} requests per rate",
-        cfg.input_len,
-        100.0 * cfg.prefix_ratio,
-        cfg.output_len,
-        cfg.requests
-    );
-    let mut rows = vec![bench::single_stream(&cfg, single)];
-    eprint!("{}", bench::table(&rows));
-    for &rate in &cfg.rates {
-        rows.push(bench::at_rate(&cfg, rate));
-        eprintln!("{}", bench::table(&rows[rows.len() - 1..]).lines().last().unwrap_or(""));
-    }
-    println!("{}", bench::table(&rows));
-    let single_tok_s = rows[0].output_tok_s;
-    if let Some(best) =
-        rows[1..].iter().filter(|r| r.succeeded == r.requests).max_by(|a, b| a.output_tok_s.total_cmp(&b.output_tok_s))
-    {
-        println!(
-            "highest sustained rate {} req/s: {:.1} output tok/s = {:.2}x the single stream ({:.1} tok/s)",
-            best.rate.unwrap_or(0.0),
-            best.output_tok_s,
-            best.output_tok_s / single_tok_s,
-            single_tok_s
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn print_baked(json: bool) {

@@ -112,20 +112,24 @@ pub fn prefill(model: &Model<Cpu>, format: KvFormat, n: usize, reps: usize) -> R
 }
 
 fn mlp_bytes(m: &Mlp<Cpu>) -> usize {
-    m.gate.stored_bytes() + m.up.stored_bytes() + m.down.stored_bytes()
+    linears_bytes(&[&m.gate, &m.up, &m.down])
+}
+
+fn linears_bytes(ws: &[&crate::weights::Linear]) -> usize {
+    ws.iter().map(|w| w.stored_bytes()).sum()
 }
 
 /// Bytes of a layer every token reads: attention, indexer, norms, router, dense or shared MLP.
 fn layer_fixed_bytes(l: &LayerWeights<Cpu>) -> usize {
     let a = &l.attn;
     let f = |v: &Vec<f32>| v.len() * 4;
-    let mut b = [&a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &a.o].iter().map(|w| w.stored_bytes()).sum::<usize>()
+    let mut b = linears_bytes(&[&a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &a.o])
         + f(&a.q_a_norm)
         + f(&a.kv_a_norm)
         + f(&l.input_norm)
         + f(&l.post_norm);
     if let Some(ix) = &l.indexer {
-        b += ix.wq_b.stored_bytes() + ix.wk.stored_bytes() + ix.weights_proj.stored_bytes();
+        b += linears_bytes(&[&ix.wq_b, &ix.wk, &ix.weights_proj]);
     }
     b + match &l.ffn {
         Ffn::Dense(m) => mlp_bytes(m),
@@ -147,7 +151,11 @@ fn step_bytes(model: &Model<Cpu>, format: KvFormat, trace: &Trace, positions: &[
         bytes += layer_fixed_bytes(l);
         if let (Ffn::Moe(moe), Some(routes)) = (&l.ffn, trace.experts.get(&i)) {
             let used: BTreeSet<u32> = routes.iter().flat_map(|r| r.experts.iter().copied()).collect();
-            bytes += used.iter().map(|&e| mlp_linears_bytes(&moe.experts[e as usize])).sum::<usize>();
+            bytes += used
+                .iter()
+                .map(|&e| &moe.experts[e as usize])
+                .map(|x| linears_bytes(&[&x.gate, &x.up, &x.down]))
+                .sum::<usize>();
         }
         for &p in positions {
             bytes += (p + 1).min(topk) * mla;
@@ -157,10 +165,6 @@ fn step_bytes(model: &Model<Cpu>, format: KvFormat, trace: &Trace, positions: &[
         }
     }
     bytes as f64
-}
-
-fn mlp_linears_bytes(m: &crate::backend::MlpLinears) -> usize {
-    m.gate.stored_bytes() + m.up.stored_bytes() + m.down.stored_bytes()
 }
 
 /// The decode table in markdown, each row against `read_gb_s` and the first row.

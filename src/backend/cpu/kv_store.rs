@@ -98,19 +98,18 @@ impl HostKvStore {
     /// the kernels read the format as it is stored (f32 and bf16; fp8 latents carry scales).
     pub fn mla_rows(&self, layer: usize, slot: usize, n: usize) -> Option<RowsRef<'_>> {
         let b = self.mla_bytes();
-        let bytes = &self.mla[layer][slot * b..(slot + n) * b];
-        match self.format {
-            KvFormat::F32 => Some(RowsRef::F32(bytes)),
-            KvFormat::Bf16 => Some(RowsRef::Bf16(bytes)),
-            KvFormat::Fp8E4m3 => None,
-        }
+        self.as_rows(&self.mla[layer][slot * b..(slot + n) * b])
     }
 
-    /// Indexer keys of `n` consecutive slots from `slot` on, in place, when the kernels read
-    /// the format as it is stored (f32 and bf16; fp8 keys carry a scale and are decoded).
+    /// Indexer keys of `n` consecutive slots from `slot` on, in place, likewise (fp8 keys
+    /// carry a scale and are decoded).
     pub fn index_rows(&self, layer: usize, slot: usize, n: usize) -> Option<RowsRef<'_>> {
         let b = self.index_bytes();
-        let bytes = &self.index[layer][slot * b..(slot + n) * b];
+        self.as_rows(&self.index[layer][slot * b..(slot + n) * b])
+    }
+
+    /// Entries of the store's format as kernel rows, where the kernels read it as stored.
+    fn as_rows<'a>(&self, bytes: &'a [u8]) -> Option<RowsRef<'a>> {
         match self.format {
             KvFormat::F32 => Some(RowsRef::F32(bytes)),
             KvFormat::Bf16 => Some(RowsRef::Bf16(bytes)),

@@ -153,12 +153,8 @@ impl<'a> Acts<'a> {
     }
 }
 
-/// One weight row's dot products with each of n activation rows: x [n, cols] -> out [n].
-pub fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
-    row_dots_on(Isa::current(), w, x, cols, out)
-}
-
-/// `row_dots` on a given instruction set (tests compare them); `isa` must be available.
+/// One weight row's dot products with each of n activation rows, x [n, cols] -> out [n], on a
+/// given instruction set (tests compare them); `isa` must be available.
 pub fn row_dots_on(isa: Isa, w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
     let acts = Acts::new(isa, matches!(w, RowRef::Mxfp4 { .. }), x, out.len(), cols);
     acts_dots(&acts, w, 0, out);
