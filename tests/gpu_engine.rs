@@ -6,6 +6,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::engine::prompts;
@@ -33,8 +34,32 @@ fn config(format: KvFormat, pages: usize, chunk: usize, depth: usize) -> EngineC
     }
 }
 
-fn start<B: Backend>(model: &Arc<Model<B>>, cfg: EngineConfig) -> EngineHandle {
-    engine::spawn(model.clone(), cfg, Arc::new(Metrics::default())).0
+/// An engine that is stopped and joined when dropped: its thread frees device memory as it
+/// ends, which must not race the emulated device's teardown at process exit.
+struct Engine {
+    handle: Option<EngineHandle>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = EngineHandle;
+    fn deref(&self) -> &EngineHandle {
+        self.handle.as_ref().expect("running")
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        drop(self.handle.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start<B: Backend>(model: &Arc<Model<B>>, cfg: EngineConfig) -> Engine {
+    let (handle, thread) = engine::spawn(model.clone(), cfg, Arc::new(Metrics::default()));
+    Engine { handle: Some(handle), thread: Some(thread) }
 }
 
 fn submit(h: &EngineHandle, prompt: &[u32], n: usize) -> mpsc::Receiver<Event> {
