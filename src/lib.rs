@@ -9,6 +9,7 @@
 //! - [`backend`]: the ops; the CPU backend is the reference and the embedded default.
 //! - [`model`]: the GLM-DSA forward (MLA, DSA indexer with IndexShare, MoE, MTP) and its cache.
 //! - [`sample`], [`generate`]: choosing tokens; prefill + cached decode of one sequence.
+//! - [`constrain`]: llguidance grammars (JSON schemas, GLM tool calls) that mask sampling.
 //! - [`plan_init`]: writing a plan for an HF model directory.
 //! - [`report`]: what `kiln plan` prints.
 //! - [`log`], [`signals`]: the event log on stderr; SIGTERM/SIGINT/SIGHUP for the server.
@@ -18,6 +19,7 @@ pub mod backend;
 pub mod baked;
 pub mod bench;
 pub mod compare;
+pub mod constrain;
 pub mod deploy;
 pub mod device;
 pub mod engine;

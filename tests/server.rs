@@ -317,29 +317,9 @@ fn bad_requests_get_their_status_and_field() {
     assert_eq!(status, 200);
 }
 
-/// A Python venv with the pinned openai client, made once under target/.
-fn python_with_openai() -> std::path::PathBuf {
-    let venv = common::repo_path("target/pyenv");
-    let python = venv.join("bin/python");
-    let ready = venv.join(".openai-ready");
-    if !ready.exists() {
-        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().map(|s| s.success()).unwrap_or(false);
-        assert!(ok, "python3 -m venv failed: the openai client test needs Python 3");
-        let req = common::repo_path("tools/requirements-client.txt");
-        let out = Command::new(&python).args(["-m", "pip", "install", "-q", "-r"]).arg(&req).output().unwrap();
-        assert!(
-            out.status.success(),
-            "pip install -r tools/requirements-client.txt failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(&ready, "").unwrap();
-    }
-    python
-}
-
 #[test]
 fn official_openai_client() {
-    let python = python_with_openai();
+    let python = common::serve::python_with_openai();
     let s = Server::start();
     let out = Command::new(python).arg(common::repo_path("tests/openai_client.py")).arg(&s.base).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

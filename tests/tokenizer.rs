@@ -1,5 +1,5 @@
-//! The tokenizer and chat template against HF renders (tools/make_chat_fixture.py), and the
-//! streaming detokenizer.
+//! The tokenizer and chat template against HF renders (tools/make_chat_fixture.py; tool
+//! conversations from tools/make_tool_renders.py), and the streaming detokenizer.
 
 mod common;
 
@@ -39,6 +39,19 @@ fn chat_template_renders_like_hf() {
         let text = chat.render(&messages, generation_prompt).unwrap();
         assert_eq!(text, case["text"].as_str().unwrap());
         assert_eq!(tok.encode(&text, false).unwrap(), ids(&case["ids"]), "{text:?}");
+    }
+}
+
+#[test]
+fn tool_conversations_render_like_hf() {
+    let (tok, dir) = fixture();
+    let chat = tok.chat_template().unwrap();
+    for case in json(&dir, "tool_renders.json").as_array().unwrap() {
+        let messages = case["messages"].as_array().unwrap();
+        let tools = case.get("tools").filter(|t| !t.is_null());
+        let kwargs = case["kwargs"].as_object().unwrap();
+        let text = chat.render_with(messages, tools, kwargs, case["add_generation_prompt"].as_bool().unwrap()).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
     }
 }
 

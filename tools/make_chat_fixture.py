@@ -42,19 +42,8 @@ SPECIALS = [
 ]
 VOCAB = 512
 
-# GLM-style: [gMASK]<sop>, then <|role|>\ncontent per message; assistant turns are stripped;
-# unknown roles raise, as HF templates do.
-CHAT_TEMPLATE = (
-    "[gMASK]<sop>"
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'system' %}<|system|>\n{{ message['content'] }}"
-    "{%- elif message['role'] == 'user' %}<|user|>\n{{ message['content'] }}"
-    "{%- elif message['role'] == 'assistant' %}<|assistant|>\n{{ message['content'].strip() }}"
-    "{%- else %}{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
+# GLM-style (tools/glm_chat_template.py): [gMASK]<sop>, then <|role|>\ncontent per message.
+from glm_chat_template import CHAT_TEMPLATE  # noqa: E402
 
 CONVERSATIONS = [
     ([{"role": "user", "content": "Hello!"}], True),

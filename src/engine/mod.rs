@@ -6,6 +6,7 @@
 //! is bounded by the running limit and by free pages; when pages run out mid-decode the most
 //! recently admitted request is preempted (its pages freed, its tokens recomputed later).
 
+pub mod constraint;
 mod request;
 mod speculate;
 mod step;
@@ -16,6 +17,7 @@ use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use constraint::{Constraint, TokenMask};
 pub use request::{CancelFlag, Event, FinishReason, GenerationRequest, Usage};
 
 use crate::backend::Backend;

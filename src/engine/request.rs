@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Instant;
 
+use super::constraint::Constraint;
 use crate::sample::{SamplingParams, TokenLogprob};
 
 /// One generation request, tokenized and validated.
@@ -22,6 +23,8 @@ pub struct GenerationRequest {
     pub arrival: Instant,
     pub events: Sender<Event>,
     pub cancel: CancelFlag,
+    /// A grammar the output must follow (None = free text).
+    pub constraint: Option<Box<dyn Constraint>>,
 }
 
 impl GenerationRequest {
@@ -38,6 +41,7 @@ impl GenerationRequest {
             arrival: Instant::now(),
             events,
             cancel: CancelFlag::default(),
+            constraint: None,
         };
         (req, rx)
     }

@@ -12,10 +12,11 @@
 //! distribution (greedy, or a drafter with an independent random stream), so verification is
 //! exact, and they depend only on the request, so seeded requests repeat.
 
-use super::step::Engine;
+use super::step::{Engine, Seq};
 use crate::backend::Backend;
 use crate::kv::SeqKv;
 use crate::model::StepBatch;
+use crate::sample::Sampler;
 
 /// `kv` as seen from position `len` (same pages).
 fn at(kv: &SeqKv, len: usize) -> SeqKv {
@@ -34,7 +35,7 @@ enum Choice {
 
 impl Choice {
     /// The drafter's token and the distribution it came from.
-    fn pick(&self, drafter: &mut crate::sample::Sampler) -> (u32, Option<Vec<f32>>) {
+    fn pick(&self, drafter: &mut Sampler) -> (u32, Option<Vec<f32>>) {
         match self {
             Choice::Token(t) => (*t, None),
             Choice::Logits(l) => drafter.pick(l),
@@ -59,10 +60,53 @@ fn draft_choices<B: Backend>(e: &Engine<B>, rows: &[f32], plain: &[bool]) -> Opt
 
 /// Whether request `i` drafts from greedy tokens alone.
 fn plain<B: Backend>(e: &Engine<B>, i: usize) -> bool {
-    e.running[i].sampler.is_plain_greedy()
+    let s = &e.running[i];
+    s.sampler.is_plain_greedy() && s.req.constraint.is_none()
 }
 
+/// A draft for `s` from `choice`, within its constraint: the token, the distribution it was
+/// drawn from, and whether a further draft may chain on it. A constrained draft is committed
+/// (and counted, to be rolled back once drafting is over). None: no draft.
+fn pick_draft(s: &mut Seq, choice: &Choice, drafter: &mut Sampler) -> Option<(u32, Option<Vec<f32>>, bool)> {
+    let Choice::Logits(l) = choice else { return Some((choice.pick(drafter).0, None, true)) };
+    match s.constrained(l) {
+        Ok(None) => {
+            let (t, q) = drafter.pick(l);
+            Some((t, q, true))
+        }
+        Ok(Some(m)) => {
+            let (t, q) = drafter.pick(&m);
+            if s.req.stop_token_ids.contains(&t) {
+                return Some((t, q, false));
+            }
+            s.commit(t).ok()?;
+            s.draft_commits += 1;
+            Some((t, q, !s.constraint_complete()))
+        }
+        Err(_) => None,
+    }
+}
+
+/// Drafts for every decoding request; constraints are left as verification expects them, in
+/// the state after the request's last emitted token.
 pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
+    draft_all(e);
+    for s in &mut e.running {
+        let n = std::mem::take(&mut s.draft_commits);
+        if n > 0
+            && let Some(c) = s.req.constraint.as_mut()
+            && c.rollback(n).is_err()
+        {
+            // Verification would start from the wrong state: draft nothing instead.
+            s.drafts.clear();
+            s.draft_probs.clear();
+            let _ = s.req.events.send(super::Event::Failed("the output constraint could not roll back".into()));
+            s.finish = Some(super::FinishReason::Abort);
+        }
+    }
+}
+
+fn draft_all<B: Backend>(e: &mut Engine<B>) {
     let depth = e.spec_depth();
     let d = e.model.shape.hidden_size as usize;
     let context = e.model.shape.max_position_embeddings as usize;
@@ -116,16 +160,16 @@ pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
     let rows: Vec<f32> = first.iter().flat_map(|(_, o, _)| o.iter().copied()).collect();
     let plains: Vec<bool> = first.iter().map(|(i, _, _)| plain(e, *i)).collect();
     let Some(choices) = draft_choices(e, &rows, &plains) else { return };
-    let mut chain: Vec<(usize, Vec<f32>, crate::sample::Sampler)> = Vec::new(); // (index, last output, drafter)
+    let mut chain: Vec<(usize, Vec<f32>, Sampler, bool)> = Vec::new(); // (index, last output, drafter, open)
     for ((i, o, want), choice) in first.into_iter().zip(&choices) {
         let s = &mut e.running[i];
         let mut drafter = s.sampler.drafter();
-        let (tok, q) = choice.pick(&mut drafter);
+        let Some((tok, q, open)) = pick_draft(s, choice, &mut drafter) else { continue };
         drafter.record(tok);
         s.drafts = vec![tok];
         s.draft_probs = vec![q];
-        if want > 1 {
-            chain.push((i, o, drafter));
+        if want > 1 && open {
+            chain.push((i, o, drafter, true));
         }
     }
 
@@ -136,7 +180,7 @@ pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
                 let s = &e.running[chain[c].0];
                 let remaining = s.req.max_tokens.saturating_sub(s.generated);
                 let room = context.saturating_sub(s.tokens.len() + 1);
-                s.drafts.len() == k && k < depth.min(remaining.saturating_sub(1)).min(room)
+                chain[c].3 && s.drafts.len() == k && k < depth.min(remaining.saturating_sub(1)).min(room)
             })
             .collect();
         if active.is_empty() {
@@ -153,12 +197,16 @@ pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
         let Some(choices) = draft_choices(e, &out, &plains) else { break };
         for (n, &c) in active.iter().enumerate() {
             let o = out[n * d..(n + 1) * d].to_vec();
-            let (i, _, drafter) = &mut chain[c];
+            let (i, _, drafter, open) = &mut chain[c];
             let s = &mut e.running[*i];
-            let (tok, q) = choices[n].pick(drafter);
+            let Some((tok, q, more)) = pick_draft(s, &choices[n], drafter) else {
+                *open = false;
+                continue;
+            };
             drafter.record(tok);
             s.drafts.push(tok);
             s.draft_probs.push(q);
+            *open = more;
             chain[c].1 = o;
         }
     }

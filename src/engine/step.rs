@@ -7,13 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use super::constraint::masked;
 use super::speculate;
 use super::{EngineConfig, Event, FinishReason, GenerationRequest, Msg, PoolReport, Shared, Usage};
 use crate::backend::Backend;
 use crate::kv::{PageTable, SeqKv};
 use crate::metrics::Metrics;
 use crate::model::{Model, StepBatch};
-use crate::sample::{Sampler, logprobs};
+use crate::sample::{Sampler, Verdict, logprobs};
 
 /// How long the idle engine waits for work before it beats again.
 const IDLE_WAIT: Duration = Duration::from_millis(50);
@@ -39,6 +40,8 @@ pub(super) struct Seq {
     pub mtp_hidden: Vec<f32>,
     pub drafts: Vec<u32>,
     pub draft_probs: Vec<Option<Vec<f32>>>,
+    /// Drafts committed to the constraint while drafting, rolled back before verification.
+    pub draft_commits: usize,
     pub finish: Option<FinishReason>,
 }
 
@@ -59,6 +62,7 @@ impl Seq {
             mtp_hidden: Vec::new(),
             drafts: Vec::new(),
             draft_probs: Vec::new(),
+            draft_commits: 0,
             finish: None,
         }
     }
@@ -66,6 +70,44 @@ impl Seq {
     /// Tokens whose KV is still to be computed.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.kv.len
+    }
+
+    /// Whether the next token is the logits' argmax and nothing else, so the backend may
+    /// pick it where the logits are.
+    pub fn wants_argmax_only(&self) -> bool {
+        self.sampler.is_plain_greedy() && self.req.logprobs.is_none() && self.req.constraint.is_none()
+    }
+
+    /// `logits` [V] with what the request's constraint forbids masked out; None without one.
+    pub fn constrained(&mut self, logits: &[f32]) -> Result<Option<Vec<f32>>, String> {
+        match self.req.constraint.as_mut() {
+            None => Ok(None),
+            Some(c) => Ok(Some(masked(logits, &c.allowed()?)?)),
+        }
+    }
+
+    /// Advances the constraint past a chosen token; stop tokens end the request instead.
+    pub fn commit(&mut self, token: u32) -> Result<(), String> {
+        match self.req.constraint.as_mut() {
+            Some(c) if !self.req.stop_token_ids.contains(&token) => c.commit(token),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the constraint admits nothing more.
+    pub fn constraint_complete(&self) -> bool {
+        self.req.constraint.as_ref().is_some_and(|c| c.is_complete())
+    }
+
+    /// The request's token from row `k` of `picked`, within its constraint.
+    fn choose(&mut self, picked: &Picked, k: usize) -> Result<u32, String> {
+        let Some(l) = picked.logits(k) else { return Ok(picked.sample(&mut self.sampler, k)) };
+        let token = match self.constrained(l)? {
+            Some(m) => self.sampler.sample(&m),
+            None => self.sampler.sample(l),
+        };
+        self.commit(token)?;
+        Ok(token)
     }
 }
 
@@ -263,7 +305,7 @@ impl<B: Backend> Engine<B> {
             let own = &s.tokens[s.kv.len..s.kv.len + n - s.drafts.len()];
             let tokens: Vec<u32> = own.iter().chain(&s.drafts).copied().collect();
             let rows = batch.push(&s.kv, &tokens);
-            let argmax = s.sampler.is_plain_greedy() && s.req.logprobs.is_none();
+            let argmax = s.wants_argmax_only();
             let list = if argmax { &mut batch.argmax_rows } else { &mut batch.logits_rows };
             let first = list.len();
             if !s.drafts.is_empty() {
@@ -331,9 +373,27 @@ impl<B: Backend> Engine<B> {
             self.table.commit(&mut seq.kv, &seq.tokens);
         }
         if seq.pending() == 0 {
-            let token = picked.sample(&mut self.running[i].sampler, 0);
-            self.emit(i, token, picked.logits(0));
+            match seq.choose(picked, 0) {
+                Ok(token) => self.emit(i, token, picked.logits(0)),
+                Err(e) => self.fail(i, e),
+            }
+            self.finish_if_complete(i);
         }
+    }
+
+    /// A request whose constraint admits nothing more ends with its last token.
+    fn finish_if_complete(&mut self, i: usize) {
+        let seq = &mut self.running[i];
+        if seq.constraint_complete() && matches!(seq.finish, None | Some(FinishReason::Length)) {
+            seq.finish = Some(FinishReason::Stop);
+        }
+    }
+
+    /// Ends running request `i` with an error the client sees.
+    fn fail(&mut self, i: usize, message: String) {
+        let seq = &mut self.running[i];
+        let _ = seq.req.events.send(Event::Failed(message));
+        seq.finish = Some(FinishReason::Abort);
     }
 
     /// Verification of running request `i`'s drafts: `hidden` [1 + drafts, D] and `picked`
@@ -347,26 +407,47 @@ impl<B: Backend> Engine<B> {
         let probs = std::mem::take(&mut seq.draft_probs);
         let mut out = Vec::with_capacity(drafts.len() + 1);
         let mut accepted = 0;
+        // A constrained request verifies each draft against the target's logits masked in
+        // the state its accepted prefix leaves, and ends verification once complete.
+        let mut ended = false;
+        let mut failed = None;
         for (k, &draft) in drafts.iter().enumerate() {
             let verdict = match picked {
-                Picked::Logits(l) => seq.sampler.verify(l[k], draft, probs[k].as_deref()),
+                Picked::Logits(l) => match seq.constrained(l[k]) {
+                    Ok(Some(m)) => seq.sampler.verify(&m, draft, probs[k].as_deref()),
+                    Ok(None) => seq.sampler.verify(l[k], draft, probs[k].as_deref()),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                },
                 Picked::Argmax(a) => seq.sampler.verify_argmax(a[k], draft),
             };
-            match verdict {
-                crate::sample::Verdict::Accept => {
-                    out.push((draft, k));
-                    accepted += 1;
-                }
-                crate::sample::Verdict::Replace(t) => {
-                    out.push((t, k));
-                    break;
-                }
+            let token = match verdict {
+                Verdict::Accept => draft,
+                Verdict::Replace(t) => t,
+            };
+            if let Err(e) = seq.commit(token) {
+                failed = Some(e);
+                break;
+            }
+            out.push((token, k));
+            if verdict != Verdict::Accept {
+                ended = true;
+                break;
+            }
+            accepted += 1;
+            if seq.constraint_complete() {
+                ended = true;
+                break;
             }
         }
-        if accepted == drafts.len() {
+        if !ended && failed.is_none() {
             // Every draft stood: the model's own next token comes free.
-            let t = picked.sample(&mut seq.sampler, drafts.len());
-            out.push((t, drafts.len()));
+            match seq.choose(picked, drafts.len()) {
+                Ok(t) => out.push((t, drafts.len())),
+                Err(e) => failed = Some(e),
+            }
         }
         self.metrics.speculated(drafts.len(), accepted);
         // Valid KV: the pending token and the accepted drafts.
@@ -392,6 +473,12 @@ impl<B: Backend> Engine<B> {
             }
             self.emit(i, t, picked.logits(k));
         }
+        if let Some(e) = failed
+            && self.running[i].finish.is_none()
+        {
+            self.fail(i, e);
+        }
+        self.finish_if_complete(i);
     }
 
     /// Delivers a sampled token of running request `i` (the logits it came from, when they

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc as async_mpsc, oneshot};
 
 use super::ServerContext;
 use super::api_error::ApiError;
-use super::http::{Reply, error, event, event_stream, hold, json as json_reply, read_body, unavailable};
+use super::glm_output::{Delta, OutputParser};
+use super::http::{Reply, clip, error, event, event_stream, hold, json as json_reply, read_body, unavailable};
 use super::params::{Endpoint, Prepared, prepare};
 use crate::engine::{CancelFlag, Event, FinishReason, GenerationRequest, Rejected, Usage};
 use crate::log;
@@ -131,7 +132,7 @@ fn logprobs_json(endpoint: Endpoint, tok: &Tokenizer, lps: &[TokenLogprob], offs
     }
 }
 
-/// How a finished request is reported.
+/// How a finished request is reported ("stop" becomes "tool_calls" when calls were made).
 fn finish_reason(reason: FinishReason, stopped_by_string: bool) -> Result<&'static str, ApiError> {
     match (reason, stopped_by_string) {
         (_, true) | (FinishReason::Stop, _) => Ok("stop"),
@@ -244,6 +245,23 @@ fn run(ctx: &ServerContext, body: &[u8], endpoint: Endpoint, mut client: Client)
     }
     request.logprobs = prep.logprobs;
     request.cancel = client.cancel.clone();
+    if let Some((grammar, field)) = &prep.grammar {
+        let compiled = match &ctx.grammars {
+            Ok(g) => {
+                g.constraint(grammar.clone()).map_err(|e| ApiError::field(field, format!("{field}: {}", clip(&e))))
+            }
+            Err(why) => {
+                Err(ApiError::field(field, format!("{field}: constrained decoding is off for this model: {why}")))
+            }
+        };
+        match compiled {
+            Ok(c) => request.constraint = Some(c),
+            Err(e) => {
+                client.reply(error(&e));
+                return;
+            }
+        }
+    }
     let arrival = request.arrival;
     match ctx.engine.submit(request) {
         Ok(()) => {}
@@ -338,6 +356,42 @@ impl Head {
     }
 }
 
+/// The parser of a chat reply's text (reasoning, tool calls) for `prep`.
+fn output_parser(prep: &Prepared) -> OutputParser {
+    OutputParser::new(prep.tools.clone(), prep.in_reasoning)
+}
+
+/// A whole chat reply's message, and whether it has tool calls.
+fn chat_message(prep: &Prepared, text: &str) -> (Value, bool) {
+    let (content, reasoning, calls) = super::glm_output::whole(output_parser(prep), text);
+    let mut m = json!({"role": "assistant", "content": content});
+    if !reasoning.is_empty() {
+        m["reasoning_content"] = json!(reasoning);
+    }
+    let any = !calls.is_empty();
+    if any {
+        if content.is_empty() {
+            m["content"] = Value::Null;
+        }
+        m["tool_calls"] = Value::Array(calls);
+    }
+    (m, any)
+}
+
+/// A chat stream's deltas for `deltas`, in order (consecutive ones of a kind stay apart).
+fn delta_json(d: Delta) -> Value {
+    match d {
+        Delta::Content(c) => json!({"content": c}),
+        Delta::Reasoning(r) => json!({"reasoning_content": r}),
+        Delta::CallStart { index, id, name } => json!({"tool_calls": [{
+            "index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}
+        }]}),
+        Delta::CallArgs { index, fragment } => {
+            json!({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+        }
+    }
+}
+
 fn whole(
     ctx: &ServerContext,
     prep: &Prepared,
@@ -374,10 +428,14 @@ fn whole(
                         "text_completion",
                         json!({"index": 0, "text": out.text, "logprobs": logprobs, "finish_reason": reason}),
                     ),
-                    Endpoint::Chat => (
-                        "chat.completion",
-                        json!({"index": 0, "message": {"role": "assistant", "content": out.text}, "logprobs": logprobs, "finish_reason": reason}),
-                    ),
+                    Endpoint::Chat => {
+                        let (message, calls) = chat_message(prep, &out.text);
+                        let reason = if calls && reason == "stop" { "tool_calls" } else { reason };
+                        (
+                            "chat.completion",
+                            json!({"index": 0, "message": message, "logprobs": logprobs, "finish_reason": reason}),
+                        )
+                    }
                 };
                 let body = json!({
                     "id": head.id, "object": object, "created": head.created, "model": head.model,
@@ -433,6 +491,22 @@ fn stream(
             return client.left();
         }
     }
+    // Chat text goes through GLM's output parser: reasoning and tool-call deltas.
+    let mut parser = (prep.endpoint == Endpoint::Chat).then(|| output_parser(prep));
+    let delta_choice = |delta: Value, logprobs: Value| json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": null});
+    // The chunks for some released text; the first carries the token's logprobs.
+    let chunks = |parser: &mut Option<OutputParser>, text: &str, lp: Value| -> Vec<Value> {
+        let Some(p) = parser.as_mut() else {
+            return if text.is_empty() && lp.is_null() { vec![] } else { vec![text_choice(text, lp, Value::Null)] };
+        };
+        let mut lp = Some(lp).filter(|l| !l.is_null());
+        let mut out: Vec<Value> =
+            p.push(text).into_iter().map(|d| delta_choice(delta_json(d), lp.take().unwrap_or(Value::Null))).collect();
+        if let Some(lp) = lp {
+            out.push(delta_choice(json!({"content": ""}), lp));
+        }
+        out
+    };
     let mut out = TextOut::new(&ctx.tokenizer, &prep.stop);
     loop {
         match recv(rx) {
@@ -451,12 +525,11 @@ fn stream(
                     }
                     _ => Value::Null,
                 };
-                if text.is_empty() && lp.is_null() {
-                    continue;
-                }
-                if !send(&with_usage(head.chunk(text_choice(&text, lp, Value::Null))).to_string()) {
-                    // The client is gone: free the request now.
-                    return client.left();
+                for choice in chunks(&mut parser, &text, lp) {
+                    if !send(&with_usage(head.chunk(choice)).to_string()) {
+                        // The client is gone: free the request now.
+                        return client.left();
+                    }
                 }
             }
             Event::Failed(msg) => {
@@ -476,8 +549,21 @@ fn stream(
                         return ended(e.code.unwrap_or("error"), Some(usage));
                     }
                 };
-                let last = head.chunk(text_choice(&rest, Value::Null, json!(reason)));
-                if !send(&with_usage(last).to_string()) {
+                let last = match parser.as_mut() {
+                    None => text_choice(&rest, Value::Null, json!(reason)),
+                    Some(p) => {
+                        let mut deltas = p.push(&rest);
+                        deltas.extend(p.finish());
+                        for d in deltas {
+                            if !send(&with_usage(head.chunk(delta_choice(delta_json(d), Value::Null))).to_string()) {
+                                return ended("client_gone", Some(usage));
+                            }
+                        }
+                        let reason = if p.calls() > 0 && reason == "stop" { "tool_calls" } else { reason };
+                        json!({"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason})
+                    }
+                };
+                if !send(&with_usage(head.chunk(last)).to_string()) {
                     return ended("client_gone", Some(usage));
                 }
                 if prep.include_usage {

@@ -9,9 +9,11 @@ mod api_error;
 mod auth;
 mod completion;
 mod connection;
+pub mod glm_output;
 mod http;
 pub mod params;
 mod routes;
+mod tools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +28,7 @@ pub use auth::Token;
 pub use connection::PROBE_SLOTS;
 pub use params::Limits;
 
+use crate::constrain::Grammars;
 use crate::engine::EngineHandle;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -86,6 +89,8 @@ impl Transport {
 /// Everything a request handler needs.
 pub struct ServerContext {
     pub tokenizer: Arc<Tokenizer>,
+    /// Constrained decoding over the tokenizer's vocabulary, or why it is not available.
+    pub grammars: std::result::Result<Grammars, String>,
     pub engine: EngineHandle,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -115,7 +120,12 @@ impl ServerContext {
         metrics: Arc<Metrics>,
         c: ServerConfig,
     ) -> Arc<ServerContext> {
+        let grammars = Grammars::new(&tokenizer, c.limits.vocab);
+        if let Err(e) = &grammars {
+            crate::log::warn("grammars", format!("constrained decoding is off: {e}")).emit();
+        }
         Arc::new(ServerContext {
+            grammars,
             tokenizer: Arc::new(tokenizer),
             engine,
             metrics,

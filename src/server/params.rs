@@ -3,12 +3,15 @@
 
 use std::collections::BTreeSet;
 
+use llguidance::api::TopLevelGrammar;
 use serde_json::{Map, Value};
 
 use super::api_error::ApiError;
 use super::http::clip;
+use super::tools::{ToolChoice, messages as chat_messages, parse_tools, response_format};
+use crate::constrain::ToolSpec;
 use crate::sample::SamplingParams;
-use crate::tokenizer::{ChatMessage, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -40,10 +43,16 @@ pub struct Prepared {
     pub ignore_eos: bool,
     /// Alternatives per token to report; None = no logprobs.
     pub logprobs: Option<usize>,
+    /// Chat: the tools whose calls are parsed out of the output (None: calls are not parsed).
+    pub tools: Option<Vec<ToolSpec>>,
+    /// Chat: the rendered prompt ends inside a think block, so the output starts as reasoning.
+    pub in_reasoning: bool,
+    /// The grammar the output must follow, and the request field it comes from.
+    pub grammar: Option<(TopLevelGrammar, String)>,
 }
 
 /// Fields accepted and deliberately ignored: they do not change what is generated.
-const IGNORED: &[&str] = &["user", "metadata", "store", "service_tier", "parallel_tool_calls"];
+const IGNORED: &[&str] = &["user", "metadata", "store", "service_tier"];
 const COMMON: &[&str] = &[
     "model",
     "stream",
@@ -65,7 +74,16 @@ const COMMON: &[&str] = &[
     "logprobs",
 ];
 const COMPLETIONS: &[&str] = &["prompt", "echo", "best_of", "suffix"];
-const CHAT: &[&str] = &["messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice", "response_format"];
+const CHAT: &[&str] = &[
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "chat_template_kwargs",
+];
 const MAX_TOP_LOGPROBS: u64 = 20;
 const MIN_REPETITION_PENALTY: f64 = 0.01;
 const MAX_STOP_STRINGS: usize = 16;
@@ -144,13 +162,6 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], tok: &Tokenizer, limits: &Limits
     unsupported("echo", &|v| v == &Value::Bool(false), "echo is not supported")?;
     unsupported("best_of", &|v| v.as_i64() == Some(1), "best_of must be 1")?;
     unsupported("suffix", &|_| false, "suffix is not supported")?;
-    unsupported("tools", &|v| v.as_array().is_some_and(|a| a.is_empty()), "tool calling is not supported")?;
-    unsupported("tool_choice", &|v| v == "none", "tool calling is not supported")?;
-    unsupported(
-        "response_format",
-        &|v| v.get("type").is_some_and(|t| t == "text"),
-        "only {\"type\": \"text\"} is supported",
-    )?;
 
     let stream = f.bool("stream")?.unwrap_or(false);
     let include_usage = match f.get("stream_options") {
@@ -236,9 +247,13 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], tok: &Tokenizer, limits: &Limits
         }
     };
 
+    let mut chat = Chat::default();
     let (prompt, prompt_field) = match endpoint {
         Endpoint::Completions => (completion_prompt(&f, tok, limits)?, "prompt"),
-        Endpoint::Chat => (chat_prompt(&f, tok)?, "messages"),
+        Endpoint::Chat => {
+            chat = chat_request(&f)?;
+            (chat_prompt(&f, tok, &mut chat)?, "messages")
+        }
     };
     if prompt.is_empty() {
         return Err(ApiError::field(prompt_field, format!("{prompt_field} is empty")));
@@ -297,7 +312,51 @@ pub fn prepare(endpoint: Endpoint, body: &[u8], tok: &Tokenizer, limits: &Limits
         stop_token_ids,
         ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
         logprobs,
+        tools: chat.parsed_tools,
+        in_reasoning: chat.in_reasoning,
+        grammar: chat.grammar,
     })
+}
+
+/// What a chat request adds to the prompt and the output: tools, forced calls or a response
+/// format, and the template's extra variables.
+#[derive(Default)]
+struct Chat {
+    /// OpenAI's `tools`, as the template gets them.
+    tools: Option<Value>,
+    parsed_tools: Option<Vec<ToolSpec>>,
+    kwargs: Map<String, Value>,
+    grammar: Option<(TopLevelGrammar, String)>,
+    in_reasoning: bool,
+}
+
+fn chat_request(f: &Fields) -> Result<Chat, ApiError> {
+    let (tools, specs) = match f.get("tools") {
+        None => (None, Vec::new()),
+        Some(v) => (Some(v.clone()), parse_tools(v)?),
+    };
+    let parallel = f.bool("parallel_tool_calls")?.unwrap_or(true);
+    let choice = ToolChoice::parse(f.get("tool_choice"), &specs)?;
+    let kwargs = match f.get("chat_template_kwargs") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(ApiError::field("chat_template_kwargs", "chat_template_kwargs must be an object")),
+    };
+    let format = f.get("response_format").map(response_format).transpose()?.flatten();
+    let forced = choice.grammar(&specs, parallel).map_err(|e| ApiError::field("tools", format!("tools: {e}")))?;
+    let grammar = match (format, forced) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(
+                "tool_choice",
+                "tool_choice forces a tool call, which response_format cannot also constrain",
+            ));
+        }
+        (Some(g), None) => Some(g),
+        (None, Some(g)) => Some((g, "tool_choice".to_string())),
+        (None, None) => None,
+    };
+    let parsed_tools = (!specs.is_empty() && choice != ToolChoice::None).then_some(specs);
+    Ok(Chat { tools, parsed_tools, kwargs, grammar, in_reasoning: false })
 }
 
 /// `prompt`: a string, or token ids, or a one-element array of either.
@@ -330,50 +389,10 @@ fn completion_prompt(f: &Fields, tok: &Tokenizer, limits: &Limits) -> Result<Vec
     }
 }
 
-/// `messages`, normalized to text and rendered with the model's chat template.
-fn chat_prompt(f: &Fields, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
-    let list = f
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::field("messages", "messages must be an array of messages"))?;
-    if list.is_empty() {
-        return Err(ApiError::field("messages", "messages is empty"));
-    }
-    let mut messages = Vec::with_capacity(list.len());
-    for (i, m) in list.iter().enumerate() {
-        let at = |k: &str| format!("messages[{i}].{k}");
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::field(&at("role"), format!("{} must be a string", at("role"))))?;
-        let content = match m.get("content") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Array(parts)) => {
-                let mut text = String::new();
-                for (j, p) in parts.iter().enumerate() {
-                    match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                        (Some("text"), Some(t)) => text.push_str(t),
-                        (kind, _) => {
-                            let k = format!("messages[{i}].content[{j}]");
-                            return Err(ApiError::field(
-                                &k,
-                                format!("{k}: only text parts are supported, got {}", clip(kind.unwrap_or("no type"))),
-                            ));
-                        }
-                    }
-                }
-                text
-            }
-            Some(Value::Null) | None => String::new(),
-            Some(_) => {
-                return Err(ApiError::field(
-                    &at("content"),
-                    format!("{} must be a string or an array of text parts", at("content")),
-                ));
-            }
-        };
-        messages.push(ChatMessage { role: role.to_string(), content });
-    }
+/// `messages`, normalized and rendered with the model's chat template (with the request's
+/// tools and template variables).
+fn chat_prompt(f: &Fields, tok: &Tokenizer, chat: &mut Chat) -> Result<Vec<u32>, ApiError> {
+    let messages = chat_messages(f.get("messages"))?;
     let template = tok.chat_template().ok_or_else(|| {
         ApiError::new(
             400,
@@ -383,7 +402,8 @@ fn chat_prompt(f: &Fields, tok: &Tokenizer) -> Result<Vec<u32>, ApiError> {
         )
     })?;
     let text = template
-        .render(&messages, true)
+        .render_with(&messages, chat.tools.as_ref(), &chat.kwargs, true)
         .map_err(|e| ApiError::field("messages", format!("messages: {}", clip(&e.to_string()))))?;
+    chat.in_reasoning = text.trim_end().ends_with("<think>");
     tok.encode(&text, false).map_err(|e| ApiError::field("messages", e.to_string()))
 }

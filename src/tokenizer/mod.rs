@@ -3,6 +3,7 @@
 
 mod chat;
 mod detok;
+mod tojson;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -16,6 +17,8 @@ use crate::error::{Error, Result};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// tokenizer.json as read (constrained decoding reads every token's bytes from it).
+    json: Vec<u8>,
     eos: BTreeSet<u32>,
     chat: Option<ChatTemplate>,
 }
@@ -105,7 +108,17 @@ impl Tokenizer {
             .map(|s| ChatTemplate::new(s, token_text("bos_token"), eos_token))
             .transpose()
             .map_err(|e| bad("tokenizer_config.json", format!("chat_template: {e}")))?;
-        Ok(Tokenizer { inner, eos, chat })
+        Ok(Tokenizer { inner, json: files.tokenizer_json.clone(), eos, chat })
+    }
+
+    /// tokenizer.json's bytes.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// The HF tokenizer itself.
+    pub fn hf(&self) -> &tokenizers::Tokenizer {
+        &self.inner
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -140,3 +140,26 @@ pub fn metric(base: &str, prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no metric {prefix} in:\n{body}"))
 }
+
+/// A Python venv with the pinned openai client (and jsonschema), made once under target/.
+#[allow(dead_code)]
+pub fn python_with_openai() -> std::path::PathBuf {
+    let venv = super::repo_path("target/pyenv");
+    let python = venv.join("bin/python");
+    // Marked with the requirements it was made from: a changed list installs again.
+    let ready = venv.join(".requirements-installed");
+    let req = super::repo_path("tools/requirements-client.txt");
+    let wanted = std::fs::read_to_string(&req).unwrap();
+    if std::fs::read_to_string(&ready).ok().as_deref() != Some(wanted.as_str()) {
+        let ok = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "python3 -m venv failed: the openai client test needs Python 3");
+        let out = Command::new(&python).args(["-m", "pip", "install", "-q", "-r"]).arg(&req).output().unwrap();
+        assert!(
+            out.status.success(),
+            "pip install -r tools/requirements-client.txt failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&ready, wanted).unwrap();
+    }
+    python
+}
