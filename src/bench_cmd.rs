@@ -55,6 +55,39 @@ pub fn bench_spec(depths: &[usize], tokens: usize, weights: Option<PathBuf>) -> 
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn bench_constrain(batches: &[usize], tokens: usize, weights: Option<PathBuf>) -> Result<ExitCode> {
+    if batches.is_empty() || batches.contains(&0) || batches.iter().any(|&b| b > 256) {
+        return Err(Error::Usage("--batches takes request counts from 1 to 256".into()));
+    }
+    if tokens == 0 {
+        return Err(Error::Usage("--tokens must be at least 1".into()));
+    }
+    let plan = baked::plan();
+    let src = source(weights);
+    let app = App::open(plan, baked::PLAN_TEXT, &src)?;
+    let grammars = kiln::constrain::Grammars::new(&app.tokenizer, app.model.vocab_size()).map_err(Error::Usage)?;
+    let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| app.tokenizer.encode(p, false)).collect::<Result<_>>()?;
+    let most = batches.iter().copied().max().unwrap_or(1);
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64;
+    let cfg = kiln::engine::EngineConfig {
+        max_running: most,
+        max_queued: most,
+        request_timeout: std::time::Duration::from_secs(3600),
+        kv_pages: longest.div_ceil(app.engine.page_size) * (most + 1) * 2,
+        prefix_cache: false,
+        ..app.engine.clone()
+    };
+    eprintln!(
+        "kiln bench constrain: {tokens} tokens per request, greedy, MTP depth {}, {}",
+        cfg.spec_depth,
+        src.describe()
+    );
+    let model = std::sync::Arc::new(app.model);
+    let rows = bench::constrain_table(&model, &cfg, &grammars, &prompts, batches, tokens);
+    println!("{}", bench::constrain_markdown(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kiln bench decode` / `prefill` on the CPU backend: the model of `--weights` (its plan
 /// written from its config.json) or the baked plan's.
 pub fn bench_forward(weights: Option<PathBuf>, what: bench::forward::Measure) -> Result<ExitCode> {

@@ -235,6 +235,19 @@ enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
+    /// What constrained decoding costs: the same greedy requests free and under a JSON
+    /// schema, at each batch size, in-process on the baked plan's model with its engine
+    /// settings (MTP speculation included).
+    Constrain {
+        /// Requests at once, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batches: Vec<usize>,
+        /// New tokens per request.
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        #[arg(long)]
+        weights: Option<PathBuf>,
+    },
     /// Single-stream decode speed and MTP acceptance at each draft depth, in-process on the
     /// baked plan's model (greedy; every depth writes the same text).
     Spec {
@@ -316,6 +329,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Command::Bench { what: BenchWhat::Spec { depths, tokens, weights } }) => {
             bench_spec(&depths, tokens, weights)
+        }
+        Some(Command::Bench { what: BenchWhat::Constrain { batches, tokens, weights } }) => {
+            bench_constrain(&batches, tokens, weights)
         }
         Some(Command::Bench { what: BenchWhat::Soak { addr, requests, threads, every, seed } }) => {
             bench_soak(kiln::bench::soak::SoakConfig { addr, requests, threads, every, seed })
@@ -414,7 +430,7 @@ fn ops_bench(file: Option<&std::path::Path>, buckets: &[u64], reps: usize) -> Re
 
 mod bench_cmd;
 
-use bench_cmd::{bench_forward, bench_serve, bench_soak, bench_spec};
+use bench_cmd::{bench_constrain, bench_forward, bench_serve, bench_soak, bench_spec};
 
 fn source(weights: Option<PathBuf>) -> WeightsSource {
     deploy::source(baked::plan(), weights)

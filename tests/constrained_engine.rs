@@ -1,7 +1,8 @@
 //! Constrained decoding in the engine, on the demo model: a constrained request's output
 //! always satisfies its grammar; free requests batched with constrained ones get the same
 //! tokens as alone; constrained greedy output is the same with MTP speculation as without,
-//! and seeded constrained sampling repeats, alone or batched.
+//! and seeded constrained sampling repeats, alone or batched. `kiln bench constrain` prints
+//! its table.
 
 mod common;
 
@@ -191,4 +192,26 @@ fn constrained_output_is_the_same_with_speculation() {
         check(&d, j, out, *reason);
     }
     assert_eq!(run(&d, depth, &jobs), spec, "seeded speculation repeats");
+}
+
+#[test]
+fn the_constrain_bench_prints_its_table() {
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let out = std::process::Command::new(kiln)
+        .args(["bench", "constrain", "--batches", "1,2", "--tokens", "6"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<f64>> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("requests"))
+        .map(|l| l.split('|').filter_map(|c| c.trim().parse().ok()).collect())
+        .collect();
+    assert_eq!(rows.iter().map(|r| r[0]).collect::<Vec<_>>(), vec![1.0, 2.0], "{table}");
+    for r in &rows {
+        assert!(r[1] > 0.0 && r[2] > 0.0 && r[4] > 0.0, "{table}");
+    }
+    let out = std::process::Command::new(kiln).args(["bench", "constrain", "--batches", "0"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--batches"));
 }

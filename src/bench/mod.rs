@@ -6,6 +6,7 @@
 
 pub mod bandwidth;
 mod client;
+mod constrain;
 pub mod forward;
 pub mod soak;
 mod spec;
@@ -17,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 pub use client::{StreamResult, stream};
+pub use constrain::{ConstrainRow, constrain_markdown, constrain_table};
 pub use spec::{SpecRow, spec_markdown, spec_table};
 
 #[derive(Debug, Clone)]
