@@ -147,7 +147,7 @@ pub fn response_format(v: &Value) -> Result<Option<(TopLevelGrammar, String)>, A
     }
 }
 
-/// `messages` as the template gets them: content as text (or null), and an assistant's
+/// `messages` as the template gets them: content as text, and an assistant's
 /// `tool_calls` with their JSON-string arguments parsed into objects, as GLM's templates
 /// iterate them.
 pub fn messages(v: Option<&Value>) -> Result<Vec<Value>, ApiError> {
@@ -169,7 +169,7 @@ pub fn messages(v: Option<&Value>) -> Result<Vec<Value>, ApiError> {
         let content = match m.get("content") {
             Some(Value::String(s)) => Value::String(s.clone()),
             Some(Value::Array(parts)) => Value::String(text_parts(i, parts)?),
-            Some(Value::Null) | None if m.get("tool_calls").is_some() => Value::Null,
+            // Null (an assistant turn of tool calls only) renders as no text, as in vLLM.
             Some(Value::Null) | None => Value::String(String::new()),
             Some(_) => {
                 return Err(ApiError::field(
