@@ -56,6 +56,18 @@ fn tool_conversations_render_like_hf() {
 }
 
 #[test]
+fn template_kwargs_cannot_replace_the_fixed_variables() {
+    let (tok, dir) = fixture();
+    let chat = tok.chat_template().unwrap();
+    let case = &json(&dir, "tool_renders.json")[0];
+    let messages = case["messages"].as_array().unwrap();
+    let tools = case.get("tools");
+    let want = chat.render_with(messages, tools, &serde_json::Map::new(), true).unwrap();
+    let kwargs = serde_json::json!({"messages": [], "tools": null, "add_generation_prompt": false, "bos_token": "X"});
+    assert_eq!(chat.render_with(messages, tools, kwargs.as_object().unwrap(), true).unwrap(), want);
+}
+
+#[test]
 fn template_exceptions_are_reported() {
     let (tok, _) = fixture();
     let err = tok
