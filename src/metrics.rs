@@ -103,6 +103,11 @@ impl Metrics {
         self.with(|v| v.engine_steps += 1);
     }
 
+    /// Forward steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.with(|v| v.engine_steps)
+    }
+
     pub fn preempted(&self) {
         self.with(|v| v.preemptions += 1);
     }

@@ -76,7 +76,11 @@ impl Drop for Engine {
 }
 
 fn run(d: &Demo, depth: usize, jobs: &[Job]) -> Vec<(Vec<u32>, FinishReason)> {
-    let (h, t) = engine::spawn(d.model.clone(), config(depth), Arc::new(Metrics::default()));
+    run_counting(d, depth, jobs, &Arc::new(Metrics::default()))
+}
+
+fn run_counting(d: &Demo, depth: usize, jobs: &[Job], metrics: &Arc<Metrics>) -> Vec<(Vec<u32>, FinishReason)> {
+    let (h, t) = engine::spawn(d.model.clone(), config(depth), metrics.clone());
     let e = Engine(Some(h), Some(t));
     let pending: Vec<mpsc::Receiver<Event>> = jobs
         .iter()
@@ -192,6 +196,24 @@ fn constrained_output_is_the_same_with_speculation() {
         check(&d, j, out, *reason);
     }
     assert_eq!(run(&d, depth, &jobs), spec, "seeded speculation repeats");
+}
+
+#[test]
+fn forced_text_takes_one_forward_not_one_step_per_token() {
+    let d = demo();
+    let job = Job {
+        prompt: d.tok.encode("Call the tool: ", false).unwrap(),
+        params: SamplingParams::greedy(),
+        shape: Shape::Tool(weather()),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (out, reason) = run_counting(&d, 0, std::slice::from_ref(&job), &metrics).remove(0);
+    check(&d, &job, &out, reason);
+    // The tags and key names are forced: without jumping over them every token would cost a
+    // step (plus one for the prompt).
+    let steps = metrics.steps() as usize;
+    eprintln!("{} tokens in {steps} steps: {:?}", out.len(), d.tok.decode(&out));
+    assert!(steps * 2 <= out.len(), "{} tokens took {steps} steps", out.len());
 }
 
 #[test]

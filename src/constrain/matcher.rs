@@ -44,6 +44,14 @@ impl Constraint for GrammarConstraint {
         self.matcher.rollback(n).map_err(|e| self.error("rollback", e))
     }
 
+    fn forced(&mut self) -> Result<Vec<u32>, String> {
+        let tokens = self.matcher.consume_ff_tokens();
+        match self.matcher.get_error() {
+            Some(e) => Err(self.error("forced tokens", e)),
+            None => Ok(tokens),
+        }
+    }
+
     fn is_complete(&self) -> bool {
         self.matcher.is_stopped() && !self.matcher.is_error()
     }

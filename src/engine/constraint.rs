@@ -3,7 +3,9 @@
 //! The engine knows only this interface: before each of the request's tokens is chosen it
 //! asks which tokens are allowed and masks the rest out of the logits; each chosen token is
 //! then committed. Drafts of speculative decoding are committed while they are drawn and rolled
-//! back before verification, which commits what it accepts.
+//! back before verification, which commits what it accepts. Text the grammar forces (no other
+//! token could follow) is appended at once, so one forward computes it instead of one step per
+//! token.
 
 /// The allowed next tokens: bit `t % 32` of word `t / 32` is set when token `t` may follow.
 /// Shape: [ceil(V / 32)] u32 words.
@@ -17,6 +19,11 @@ pub trait Constraint: Send {
     fn commit(&mut self, token: u32) -> Result<(), String>;
     /// Undoes the last `n` commits.
     fn rollback(&mut self, n: usize) -> Result<(), String>;
+    /// The tokens the grammar allows no alternative to from here (the tags of a forced tool
+    /// call), already committed; empty when the next token is a choice.
+    fn forced(&mut self) -> Result<Vec<u32>, String> {
+        Ok(Vec::new())
+    }
     /// Nothing can follow what was committed: the request ends here.
     fn is_complete(&self) -> bool;
 }

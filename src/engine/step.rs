@@ -377,12 +377,36 @@ impl<B: Backend> Engine<B> {
                 Ok(token) => self.emit(i, token, picked.logits(0)),
                 Err(e) => self.fail(i, e),
             }
-            self.finish_if_complete(i);
+            self.after_constrained_token(i);
         }
     }
 
-    /// A request whose constraint admits nothing more ends with its last token.
-    fn finish_if_complete(&mut self, i: usize) {
+    /// After a constrained request's tokens of this step: the text its grammar now forces is
+    /// emitted at once (it becomes pending, and the next forward computes it as one chunk),
+    /// and a grammar that admits nothing more ends the request with its last token.
+    fn after_constrained_token(&mut self, i: usize) {
+        let seq = &mut self.running[i];
+        if seq.req.constraint.is_none() {
+            return;
+        }
+        // Requests that report logprobs take every token from the model's logits.
+        if seq.finish.is_none()
+            && seq.req.logprobs.is_none()
+            && let Some(c) = seq.req.constraint.as_mut()
+        {
+            match c.forced() {
+                Ok(forced) => {
+                    for t in forced {
+                        if self.running[i].finish.is_some() {
+                            break;
+                        }
+                        self.running[i].sampler.record(t);
+                        self.emit(i, t, None);
+                    }
+                }
+                Err(e) => self.fail(i, e),
+            }
+        }
         let seq = &mut self.running[i];
         if seq.constraint_complete() && matches!(seq.finish, None | Some(FinishReason::Length)) {
             seq.finish = Some(FinishReason::Stop);
@@ -478,7 +502,7 @@ impl<B: Backend> Engine<B> {
         {
             self.fail(i, e);
         }
-        self.finish_if_complete(i);
+        self.after_constrained_token(i);
     }
 
     /// Delivers a sampled token of running request `i` (the logits it came from, when they
