@@ -255,8 +255,30 @@ fn bad_requests_get_their_status_and_field() {
             "/v1/chat/completions",
             json!({"messages": [{"role": "user"}], "tools": [{"type": "function"}]}).to_string(),
             400,
-            Some("tools"),
-            "tool calling",
+            Some("tools[0].function"),
+            "must be an object",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}).to_string(),
+            400,
+            Some("tool_choice"),
+            "tools is empty",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}]})
+                .to_string(),
+            400,
+            Some("messages[0].tool_calls[0].function.arguments"),
+            "JSON object",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": [1]}).to_string(),
+            400,
+            Some("chat_template_kwargs"),
+            "must be an object",
         ),
         (
             "/v1/chat/completions",
