@@ -113,6 +113,7 @@ fn sigterm_drains_streams_refuses_new_requests_and_exits_zero() {
     assert!(log.contains("SIGHUP ignored"), "{log}");
     assert!(log.contains("SIGTERM: refusing new requests"), "{log}");
     assert!(log.contains("drained in"), "{log}");
+    assert!(log.contains("engine stopped"), "the engine thread ends before the process: {log}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::EXIT_WEIGHTS;
 use super::lifecycle::{Ended, Stop, serve_until_stopped};
@@ -45,7 +45,7 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
     let selected = select(plan)?;
     log::info("backend", format!("the forward runs on {}", selected.describe())).emit();
     let kv_pages = selected.kv_pages(plan, engine_config(plan).kv_pages);
-    let (context, _engine) = match selected {
+    let (context, engine) = match selected {
         Selected::Cpu(b) => start(App::open_on(b, plan, baked::PLAN_TEXT, &src)?, kv_pages, open_files),
         Selected::Gpu(b) => start(App::open_on(b, plan, baked::PLAN_TEXT, &src)?, kv_pages, open_files),
     };
@@ -60,10 +60,39 @@ pub fn serve(plan: &Plan, bind: Option<String>, src: WeightsSource) -> Result<Ex
         .emit();
     let drain = Duration::from_secs(plan.server.drain_timeout_s);
     Ok(match serve_until_stopped(running, &stop_rx, drain) {
-        Ended::Drained => ExitCode::SUCCESS,
+        Ended::Drained => {
+            stop_engine(engine);
+            ExitCode::SUCCESS
+        }
         Ended::Forced => ExitCode::FAILURE,
-        Ended::WeightsMismatch => ExitCode::from(EXIT_WEIGHTS),
+        Ended::WeightsMismatch => {
+            stop_engine(engine);
+            ExitCode::from(EXIT_WEIGHTS)
+        }
     })
+}
+
+/// How long an exiting server waits for its engine thread to free the model and the KV cache.
+const ENGINE_EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (bounded) for the engine thread to end, which it does once the server has let go of
+/// it: it frees the weights and the KV cache on its backend. Exiting while it still frees
+/// device memory would race the device runtime's own teardown at process exit.
+fn stop_engine(engine: JoinHandle<()>) {
+    let deadline = Instant::now() + ENGINE_EXIT_WAIT;
+    while !engine.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if engine.is_finished() {
+        let _ = engine.join();
+        log::info("engine_stopped", "engine stopped: the model and the KV cache are freed").emit();
+    } else {
+        log::warn(
+            "engine_busy",
+            format!("the engine thread did not stop within {} s; exiting without it", ENGINE_EXIT_WAIT.as_secs()),
+        )
+        .emit();
+    }
 }
 
 /// The engine and server of `app`, with the backend's KV pages and connections that fit the
