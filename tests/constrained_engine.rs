@@ -8,11 +8,11 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use common::engine::JoinedEngine;
 use kiln::constrain::{self, Grammars, ToolSpec};
-use kiln::engine::{self, EngineConfig, EngineHandle, Event, FinishReason, GenerationRequest};
+use kiln::engine::{EngineConfig, Event, FinishReason, GenerationRequest};
 use kiln::kv::KvFormat;
 use kiln::metrics::Metrics;
 use kiln::model::Model;
@@ -63,25 +63,12 @@ struct Job {
     shape: Shape,
 }
 
-/// An engine that is stopped and joined when it goes.
-struct Engine(Option<EngineHandle>, Option<JoinHandle<()>>);
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        drop(self.0.take());
-        if let Some(t) = self.1.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn run(d: &Demo, depth: usize, jobs: &[Job]) -> Vec<(Vec<u32>, FinishReason)> {
     run_counting(d, depth, jobs, &Arc::new(Metrics::default()))
 }
 
 fn run_counting(d: &Demo, depth: usize, jobs: &[Job], metrics: &Arc<Metrics>) -> Vec<(Vec<u32>, FinishReason)> {
-    let (h, t) = engine::spawn(d.model.clone(), config(depth), metrics.clone());
-    let e = Engine(Some(h), Some(t));
+    let e = JoinedEngine::spawn(d.model.clone(), config(depth), metrics.clone());
     let pending: Vec<mpsc::Receiver<Event>> = jobs
         .iter()
         .map(|j| {
@@ -94,7 +81,7 @@ fn run_counting(d: &Demo, depth: usize, jobs: &[Job], metrics: &Arc<Metrics>) ->
                     Some(d.grammars.constraint(constrain::tool_calls(std::slice::from_ref(t), true).unwrap()).unwrap())
                 }
             };
-            e.0.as_ref().unwrap().submit(req).expect("admitted");
+            e.submit(req).expect("admitted");
             rx
         })
         .collect();

@@ -6,14 +6,13 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::engine::prompts;
+use common::engine::{JoinedEngine, prompts};
 use common::fixture::*;
 use kiln::backend::Backend;
 use kiln::backend::gpu::GpuBackend;
-use kiln::engine::{self, EngineConfig, EngineHandle, Event, GenerationRequest};
+use kiln::engine::{EngineConfig, EngineHandle, Event, GenerationRequest};
 use kiln::kv::KvFormat;
 use kiln::metrics::Metrics;
 use kiln::model::Model;
@@ -34,32 +33,8 @@ fn config(format: KvFormat, pages: usize, chunk: usize, depth: usize) -> EngineC
     }
 }
 
-/// An engine that is stopped and joined when dropped: its thread frees device memory as it
-/// ends, which must not race the emulated device's teardown at process exit.
-struct Engine {
-    handle: Option<EngineHandle>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl std::ops::Deref for Engine {
-    type Target = EngineHandle;
-    fn deref(&self) -> &EngineHandle {
-        self.handle.as_ref().expect("running")
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        drop(self.handle.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn start<B: Backend>(model: &Arc<Model<B>>, cfg: EngineConfig) -> Engine {
-    let (handle, thread) = engine::spawn(model.clone(), cfg, Arc::new(Metrics::default()));
-    Engine { handle: Some(handle), thread: Some(thread) }
+fn start<B: Backend>(model: &Arc<Model<B>>, cfg: EngineConfig) -> JoinedEngine {
+    JoinedEngine::spawn(model.clone(), cfg, Arc::new(Metrics::default()))
 }
 
 fn submit(h: &EngineHandle, prompt: &[u32], n: usize) -> mpsc::Receiver<Event> {

@@ -50,7 +50,7 @@ fn compact(schema: &Value) -> Value {
 
 /// A lark string literal for `text`.
 fn literal(text: &str) -> String {
-    serde_json::to_string(text).expect("a string serializes")
+    Value::String(text.to_string()).to_string()
 }
 
 /// One tool call of one of `tools` (`one`), or one or more in a row.

@@ -6,6 +6,7 @@
 //! is bounded by the running limit and by free pages; when pages run out mid-decode the most
 //! recently admitted request is preempted (its pages freed, its tokens recomputed later).
 
+mod constrained;
 pub mod constraint;
 mod request;
 mod speculate;

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use super::constraint::masked;
 use super::speculate;
 use super::{EngineConfig, Event, FinishReason, GenerationRequest, Msg, PoolReport, Shared, Usage};
 use crate::backend::Backend;
@@ -70,44 +69,6 @@ impl Seq {
     /// Tokens whose KV is still to be computed.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.kv.len
-    }
-
-    /// Whether the next token is the logits' argmax and nothing else, so the backend may
-    /// pick it where the logits are.
-    pub fn wants_argmax_only(&self) -> bool {
-        self.sampler.is_plain_greedy() && self.req.logprobs.is_none() && self.req.constraint.is_none()
-    }
-
-    /// `logits` [V] with what the request's constraint forbids masked out; None without one.
-    pub fn constrained(&mut self, logits: &[f32]) -> Result<Option<Vec<f32>>, String> {
-        match self.req.constraint.as_mut() {
-            None => Ok(None),
-            Some(c) => Ok(Some(masked(logits, &c.allowed()?)?)),
-        }
-    }
-
-    /// Advances the constraint past a chosen token; stop tokens end the request instead.
-    pub fn commit(&mut self, token: u32) -> Result<(), String> {
-        match self.req.constraint.as_mut() {
-            Some(c) if !self.req.stop_token_ids.contains(&token) => c.commit(token),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether the constraint admits nothing more.
-    pub fn constraint_complete(&self) -> bool {
-        self.req.constraint.as_ref().is_some_and(|c| c.is_complete())
-    }
-
-    /// The request's token from row `k` of `picked`, within its constraint.
-    fn choose(&mut self, picked: &Picked, k: usize) -> Result<u32, String> {
-        let Some(l) = picked.logits(k) else { return Ok(picked.sample(&mut self.sampler, k)) };
-        let token = match self.constrained(l)? {
-            Some(m) => self.sampler.sample(&m),
-            None => self.sampler.sample(l),
-        };
-        self.commit(token)?;
-        Ok(token)
     }
 }
 
@@ -381,45 +342,6 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// After a constrained request's tokens of this step: the text its grammar now forces is
-    /// emitted at once (it becomes pending, and the next forward computes it as one chunk),
-    /// and a grammar that admits nothing more ends the request with its last token.
-    fn after_constrained_token(&mut self, i: usize) {
-        let seq = &mut self.running[i];
-        if seq.req.constraint.is_none() {
-            return;
-        }
-        // Requests that report logprobs take every token from the model's logits.
-        if seq.finish.is_none()
-            && seq.req.logprobs.is_none()
-            && let Some(c) = seq.req.constraint.as_mut()
-        {
-            match c.forced() {
-                Ok(forced) => {
-                    for t in forced {
-                        if self.running[i].finish.is_some() {
-                            break;
-                        }
-                        self.running[i].sampler.record(t);
-                        self.emit(i, t, None);
-                    }
-                }
-                Err(e) => self.fail(i, e),
-            }
-        }
-        let seq = &mut self.running[i];
-        if seq.constraint_complete() && matches!(seq.finish, None | Some(FinishReason::Length)) {
-            seq.finish = Some(FinishReason::Stop);
-        }
-    }
-
-    /// Ends running request `i` with an error the client sees.
-    fn fail(&mut self, i: usize, message: String) {
-        let seq = &mut self.running[i];
-        let _ = seq.req.events.send(Event::Failed(message));
-        seq.finish = Some(FinishReason::Abort);
-    }
-
     /// Verification of running request `i`'s drafts: `hidden` [1 + drafts, D] and `picked`
     /// (1 + drafts rows) are those of its pending token and each draft. Accepts the longest
     /// agreeing prefix plus one token from the model, and rolls the rejected drafts' KV back.
@@ -507,7 +429,7 @@ impl<B: Backend> Engine<B> {
 
     /// Delivers a sampled token of running request `i` (the logits it came from, when they
     /// came back): counts, latencies, stop and length checks, the event.
-    fn emit(&mut self, i: usize, token: u32, logits: Option<&[f32]>) {
+    pub(super) fn emit(&mut self, i: usize, token: u32, logits: Option<&[f32]>) {
         let context = self.model.shape.max_position_embeddings as usize;
         let seq = &mut self.running[i];
         seq.generated += 1;
@@ -579,7 +501,7 @@ impl<B: Backend> Engine<B> {
 }
 
 /// What a step gave back for one request's sampling rows.
-enum Picked<'a> {
+pub(super) enum Picked<'a> {
     /// Each row's logits [V].
     Logits(Vec<&'a [f32]>),
     /// Each row's greedy token, picked on the backend (plain greedy requests).
@@ -588,14 +510,14 @@ enum Picked<'a> {
 
 impl Picked<'_> {
     /// The request's token from row `k`.
-    fn sample(&self, sampler: &mut crate::sample::Sampler, k: usize) -> u32 {
+    pub(super) fn sample(&self, sampler: &mut crate::sample::Sampler, k: usize) -> u32 {
         match self {
             Picked::Logits(l) => sampler.sample(l[k]),
             Picked::Argmax(a) => sampler.take_argmax(a[k]),
         }
     }
 
-    fn logits(&self, k: usize) -> Option<&[f32]> {
+    pub(super) fn logits(&self, k: usize) -> Option<&[f32]> {
         match self {
             Picked::Logits(l) => Some(l[k]),
             Picked::Argmax(_) => None,

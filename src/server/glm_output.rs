@@ -39,12 +39,17 @@ pub enum Delta {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Mode {
     Reasoning,
     Content,
     CallName,
-    CallArgs,
+    /// Inside call `index` of function `name`; `any`: an argument has been emitted.
+    CallArgs {
+        index: usize,
+        name: String,
+        any: bool,
+    },
 }
 
 pub struct OutputParser {
@@ -57,8 +62,6 @@ pub struct OutputParser {
     content_seen: bool,
     /// Tool calls started so far.
     calls: usize,
-    /// The open call's function name and whether it has arguments yet.
-    open: Option<(String, bool)>,
     /// Makes call ids unique across requests.
     id_base: u64,
 }
@@ -91,7 +94,6 @@ impl OutputParser {
             tools,
             content_seen: false,
             calls: 0,
-            open: None,
             id_base: rand::random(),
         }
     }
@@ -112,8 +114,9 @@ impl OutputParser {
     pub fn finish(&mut self) -> Vec<Delta> {
         let mut out = Vec::new();
         while self.step(true, &mut out) {}
-        if let Some((_, any)) = self.open.take() {
-            out.push(Delta::CallArgs { index: self.calls - 1, fragment: if any { "}" } else { "{}" }.into() });
+        if let Mode::CallArgs { index, any, .. } = self.mode {
+            out.push(close_args(index, any));
+            self.mode = Mode::Content;
         }
         out
     }
@@ -131,7 +134,7 @@ impl OutputParser {
 
     /// One move of the state machine; false when it needs more text.
     fn step(&mut self, last: bool, out: &mut Vec<Delta>) -> bool {
-        match self.mode {
+        match &self.mode {
             Mode::Reasoning => {
                 if let Some(at) = find(&self.buf, THINK_CLOSE) {
                     let text: String = self.buf.drain(..at + THINK_CLOSE.len()).collect();
@@ -195,27 +198,26 @@ impl OutputParser {
                     id: format!("call_{:016x}{index:02}", self.id_base),
                     name: name.clone(),
                 });
-                self.open = Some((name, false));
-                self.mode = Mode::CallArgs;
+                self.mode = Mode::CallArgs { index, name, any: false };
                 true
             }
-            Mode::CallArgs => self.step_args(last, out),
+            Mode::CallArgs { .. } => self.step_args(last, out),
         }
     }
 
     fn step_args(&mut self, last: bool, out: &mut Vec<Delta>) -> bool {
         let lead = self.buf.len() - self.buf.trim_start().len();
         self.buf.drain(..lead);
-        let index = self.calls - 1;
+        let Mode::CallArgs { index, name, any } = &mut self.mode else { return false };
+        let index = *index;
         if self.buf.starts_with(CALL_CLOSE) {
             self.buf.drain(..CALL_CLOSE.len());
-            let (_, any) = self.open.take().expect("a call is open");
-            out.push(Delta::CallArgs { index, fragment: if any { "}" } else { "{}" }.into() });
+            out.push(close_args(index, *any));
             self.mode = Mode::Content;
             return true;
         }
         if self.buf.starts_with(KEY_OPEN) {
-            let Some(pair) = self.pair() else {
+            let Some(pair) = pair(&self.buf) else {
                 if last {
                     self.buf.clear();
                 }
@@ -223,7 +225,6 @@ impl OutputParser {
             };
             let (key, raw, used) = pair;
             self.buf.drain(..used);
-            let (name, any) = self.open.as_mut().expect("a call is open");
             let value = self
                 .tools
                 .as_deref()
@@ -243,23 +244,27 @@ impl OutputParser {
         self.buf.drain(..skip);
         true
     }
+}
 
-    /// A whole `<arg_key>K</arg_key><arg_value>V</arg_value>` at the start of the buffer:
-    /// (K, V, bytes used).
-    fn pair(&self) -> Option<(String, String, usize)> {
-        let b = &self.buf;
-        let key_end = find(b, KEY_CLOSE)?;
-        let key = b[KEY_OPEN.len()..key_end].trim().to_string();
-        let rest = &b[key_end + KEY_CLOSE.len()..];
-        let gap = rest.len() - rest.trim_start().len();
-        let rest = &rest[gap..];
-        if !rest.starts_with(VALUE_OPEN) {
-            return None;
-        }
-        let value_end = find(rest, VALUE_CLOSE)?;
-        let raw = rest[VALUE_OPEN.len()..value_end].to_string();
-        Some((key, raw, key_end + KEY_CLOSE.len() + gap + value_end + VALUE_CLOSE.len()))
+/// A whole `<arg_key>K</arg_key><arg_value>V</arg_value>` at the start of `b`:
+/// (K, V, bytes used).
+fn pair(b: &str) -> Option<(String, String, usize)> {
+    let key_end = find(b, KEY_CLOSE)?;
+    let key = b[KEY_OPEN.len()..key_end].trim().to_string();
+    let rest = &b[key_end + KEY_CLOSE.len()..];
+    let gap = rest.len() - rest.trim_start().len();
+    let rest = &rest[gap..];
+    if !rest.starts_with(VALUE_OPEN) {
+        return None;
     }
+    let value_end = find(rest, VALUE_CLOSE)?;
+    let raw = rest[VALUE_OPEN.len()..value_end].to_string();
+    Some((key, raw, key_end + KEY_CLOSE.len() + gap + value_end + VALUE_CLOSE.len()))
+}
+
+/// The end of call `index`'s arguments: `}`, or `{}` when it had none.
+fn close_args(index: usize, any: bool) -> Delta {
+    Delta::CallArgs { index, fragment: if any { "}" } else { "{}" }.into() }
 }
 
 fn push_reasoning(out: &mut Vec<Delta>, text: &str) {
@@ -295,7 +300,11 @@ pub fn whole(mut parser: OutputParser, text: &str) -> (String, String, Vec<Value
             Delta::Content(c) => content.push_str(&c),
             Delta::Reasoning(r) => reasoning.push_str(&r),
             Delta::CallStart { id, name, .. } => calls.push((id, name, String::new())),
-            Delta::CallArgs { index, fragment } => calls[index].2.push_str(&fragment),
+            Delta::CallArgs { index, fragment } => {
+                if let Some(call) = calls.get_mut(index) {
+                    call.2.push_str(&fragment);
+                }
+            }
         }
     }
     let calls = calls

@@ -42,7 +42,7 @@ impl ChatTemplate {
     /// returned as its message.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, String> {
         let messages: Vec<Value> =
-            messages.iter().map(|m| serde_json::to_value(m).expect("a message serializes")).collect();
+            messages.iter().map(|m| serde_json::json!({"role": m.role, "content": m.content})).collect();
         self.render_with(&messages, None, &Map::new(), add_generation_prompt)
     }
 

@@ -84,7 +84,7 @@ fn write(out: &mut String, v: &Value, style: &Style, depth: usize) {
 }
 
 fn string(out: &mut String, s: &str, ensure_ascii: bool) {
-    let quoted = serde_json::to_string(s).expect("a string serializes");
+    let quoted = Value::String(s.to_string()).to_string();
     if !ensure_ascii {
         out.push_str(&quoted);
         return;
