@@ -35,6 +35,24 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
         x
     };
     let acts = Acts::new(Isa::current(), w.is_mxfp4(), x, n, cols);
+    matmul_acts(&acts, x, w)
+}
+
+/// x [n, cols] through two weights of the same shape and format (an MLP's gate and up),
+/// its activations prepared for the kernels once -> ([n, a.rows], [n, b.rows]).
+pub fn matmul_pair(x: &[f32], n: usize, a: &Linear, b: &Linear, quantize_input: bool) -> (Vec<f32>, Vec<f32>) {
+    let same = a.cols == b.cols && a.is_mxfp4() == b.is_mxfp4() && n > 0 && a.rows > 0 && b.rows > 0;
+    if !same || (quantize_input && a.is_mxfp4()) {
+        return (matmul(x, n, a, quantize_input), matmul(x, n, b, quantize_input));
+    }
+    assert_eq!(x.len(), n * a.cols, "matmul_pair: x is not [{n}, {}]", a.cols);
+    let acts = Acts::new(Isa::current(), a.is_mxfp4(), x, n, a.cols);
+    (matmul_acts(&acts, x, a), matmul_acts(&acts, x, b))
+}
+
+/// x [n, cols] (also as `acts`, made for w's format) -> [n, rows].
+fn matmul_acts(acts: &Acts<'_>, x: &[f32], w: &Linear) -> Vec<f32> {
+    let (rows, cols, n) = (w.rows, w.cols, acts.n);
     // out_t [rows, n]: each task owns whole rows.
     let mut out_t = vec![0.0f32; rows * n];
     let block = |(b, chunk): (usize, &mut [f32])| {
@@ -44,7 +62,7 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
             let xs = &x[t0 * cols..(t0 + tb) * cols]; // plain rows, for the decoded fallback
             let nrows = chunk.len() / n;
             match rows_ref(w, b * ROW_BLOCK) {
-                Some(rr) => block_dots(&acts, rr, nrows, t0, tb, &mut chunk[t0..], n),
+                Some(rr) => block_dots(acts, rr, nrows, t0, tb, &mut chunk[t0..], n),
                 None => {
                     for (i, o) in chunk.chunks_mut(n).enumerate() {
                         decoded.resize(cols, 0.0);

@@ -3,13 +3,12 @@
 
 use rayon::prelude::*;
 
-use super::{Route, matmul, silu_mul};
+use super::{Route, matmul, matmul_pair, silu_mul};
 use crate::backend::MlpLinears;
 
 /// down(silu(gate x) * up x) for x [n, D] -> [n, D].
 pub fn mlp(w: &MlpLinears, x: &[f32], n: usize, act_quant: bool) -> Vec<f32> {
-    let mut g = matmul(x, n, &w.gate, act_quant);
-    let u = matmul(x, n, &w.up, act_quant);
+    let (mut g, u) = matmul_pair(x, n, &w.gate, &w.up, act_quant);
     silu_mul(&mut g, &u);
     matmul(&g, n, &w.down, act_quant)
 }

@@ -125,13 +125,18 @@ fn bytes<const R: usize>(w: [RowRef<'_>; R]) -> [&[u8]; R] {
 #[target_feature(enable = "avx512f")]
 fn e8m0x16(bytes: &[u8; 16]) -> __m512 {
     // SAFETY: 16 bytes.
-    let s = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) });
-    let bits = _mm512_slli_epi32(s, 23);
+    e8m0_lanes(_mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }))
+}
+
+/// E8M0 exponents, one per int32 lane (0..=255), as f32 scales: 0 is 2^-127, 0xFF NaN.
+#[target_feature(enable = "avx512f")]
+pub(super) fn e8m0_lanes(e: __m512i) -> __m512 {
+    let bits = _mm512_slli_epi32(e, 23);
     let bits =
-        _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(s, _mm512_setzero_si512()), _mm512_set1_epi32(1 << 22));
+        _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_setzero_si512()), _mm512_set1_epi32(1 << 22));
     let bits = _mm512_mask_mov_epi32(
         bits,
-        _mm512_cmpeq_epi32_mask(s, _mm512_set1_epi32(0xFF)),
+        _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(0xFF)),
         _mm512_set1_epi32(0x7FC0_0000),
     );
     _mm512_castsi512_ps(bits)

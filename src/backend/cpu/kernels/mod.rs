@@ -2,10 +2,12 @@
 //! activation rows (`block_dots` takes a block of rows per call), each row decoded into
 //! registers a block at a time and never into memory.
 //!
-//! Three instruction sets, chosen once at run time (the release binary runs on any x86-64):
-//! AVX-512F (16 lanes, a 16-entry E2M1 table in one register), AVX2 + FMA (8 lanes), and a
-//! portable path that is also the reference the others are tested against. `KILN_CPU_ISA`
-//! (`avx512`, `avx2` or `portable`) picks a lower one than the CPU has, for comparisons.
+//! Four instruction sets, chosen once at run time (the release binary runs on any x86-64):
+//! AVX-512 with VNNI (MXFP4 rows as integer dot products against activations in two int8
+//! terms, `int8x2`; everything else as AVX-512F), AVX-512F (16 lanes, a 16-entry E2M1 table
+//! in one register), AVX2 + FMA (8 lanes), and a portable path that is also the reference
+//! the others are tested against. `KILN_CPU_ISA` (`avx512-vnni`, `avx512`, `avx2` or
+//! `portable`) picks a lower one than the CPU has, for comparisons.
 //!
 //! Every token's arithmetic is the same whatever tile it falls in (its own accumulators, the
 //! same block order, the same final reduction), so a request's numbers do not depend on what
@@ -15,7 +17,10 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod int8x2;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 use std::sync::OnceLock;
 
@@ -62,6 +67,8 @@ pub enum Isa {
     Portable,
     Avx2,
     Avx512,
+    /// AVX-512 plus BW and VNNI: MXFP4 rows against int8 activations (`int8x2`).
+    Avx512Vnni,
 }
 
 impl Isa {
@@ -70,6 +77,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512-vnni",
         }
     }
 
@@ -83,9 +91,18 @@ impl Isa {
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 v.push(Isa::Avx512);
+                if std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512vnni")
+                {
+                    v.push(Isa::Avx512Vnni);
+                }
             }
         }
         v
+    }
+
+    /// Whether the AVX-512 kernels (F, and VNNI for MXFP4) run.
+    pub fn is_avx512(self) -> bool {
+        self >= Isa::Avx512
     }
 
     /// The best this CPU has, capped by `KILN_CPU_ISA` when that names a lower one.
@@ -94,13 +111,17 @@ impl Isa {
         *ISA.get_or_init(|| {
             let best = *Isa::available().last().expect("portable is always there");
             match std::env::var("KILN_CPU_ISA").ok().as_deref() {
-                None | Some("") | Some("avx512") => best,
+                None | Some("") | Some("avx512-vnni") => best,
+                Some("avx512") => best.min(Isa::Avx512),
                 Some("portable") => Isa::Portable,
                 Some("avx2") => best.min(Isa::Avx2),
                 Some(other) => {
                     crate::log::warn(
                         "cpu_isa",
-                        format!("KILN_CPU_ISA={other:?} is not avx512, avx2 or portable; using {}", best.name()),
+                        format!(
+                            "KILN_CPU_ISA={other:?} is not avx512-vnni, avx512, avx2 or portable; using {}",
+                            best.name()
+                        ),
                     )
                     .emit();
                     best
@@ -117,10 +138,12 @@ const TILE: usize = 8;
 /// Activation rows x [n, cols] as the kernels read them. For MXFP4 weights on AVX-512 the
 /// kernel wants each whole block of 32 as its 16 even elements and then its 16 odd ones (the
 /// order a block's code bytes decode in without shuffling), so that copy is made once per
-/// matmul here; the elements past the last whole block stay where they are.
+/// matmul here; the elements past the last whole block stay where they are. With VNNI,
+/// MXFP4 weights meet the activations as two int8 terms (`int8x2`), also made once here.
 pub struct Acts<'a> {
     isa: Isa,
     x: std::borrow::Cow<'a, [f32]>, // [n, cols]
+    int8: Option<int8x2::Int8x2>,   // [n, groups, ...], VNNI and MXFP4 only
     pub n: usize,
     pub cols: usize,
 }
@@ -130,6 +153,10 @@ impl<'a> Acts<'a> {
     pub fn new(isa: Isa, mxfp4: bool, x: &'a [f32], n: usize, cols: usize) -> Acts<'a> {
         assert!(x.len() >= n * cols, "Acts: x holds {} values, not [{n}, {cols}]", x.len());
         let x = &x[..n * cols];
+        if mxfp4 && isa == Isa::Avx512Vnni {
+            let int8 = Some(int8x2::Int8x2::new(x, n, cols));
+            return Acts { isa, x: std::borrow::Cow::Borrowed(x), int8, n, cols };
+        }
         let x = if mxfp4 && isa == Isa::Avx512 {
             let mut split = x.to_vec();
             for (row, src) in split.chunks_mut(cols).zip(x.chunks(cols)) {
@@ -144,7 +171,7 @@ impl<'a> Acts<'a> {
         } else {
             std::borrow::Cow::Borrowed(x)
         };
-        Acts { isa, x, n, cols }
+        Acts { isa, x, int8: None, n, cols }
     }
 
     /// Rows [t0, t0 + len) in the kernel's layout.
@@ -166,13 +193,22 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
     let cols = acts.cols;
     assert!(t0 + out.len() <= acts.n, "acts_dots: tokens {t0}..{} of {}", t0 + out.len(), acts.n);
     check_row(&w, cols);
+    if acts.isa.is_avx512() {
+        let rows = match w {
+            RowRef::Mxfp4 { codes, scales } => RowsRef::Mxfp4 { codes, scales },
+            RowRef::Bf16(b) => RowsRef::Bf16(b),
+            RowRef::F32(b) => RowsRef::F32(b),
+        };
+        let n = out.len();
+        return block_dots(acts, rows, 1, t0, n, out, n);
+    }
     for (t, o) in (0..out.len()).step_by(TILE).zip(out.chunks_mut(TILE)) {
         let xs = acts.rows(t0 + t, o.len());
         match acts.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; the
             // row was checked against cols and xs holds o.len() rows.
-            Isa::Avx512 => unsafe { avx512::row_dots(w, xs, cols, o) },
+            Isa::Avx512 | Isa::Avx512Vnni => unsafe { avx512::row_dots(w, xs, cols, o) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above, for AVX2 and FMA.
             Isa::Avx2 => unsafe { avx2::row_dots(w, xs, cols, o) },
@@ -204,12 +240,19 @@ pub fn block_dots(
         RowsRef::Bf16(b) => assert!(b.len() >= nrows * cols * 2, "block_dots: short bf16 rows"),
         RowsRef::F32(b) => assert!(b.len() >= nrows * cols * 4, "block_dots: short f32 rows"),
     }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(q), RowsRef::Mxfp4 { codes, scales }) = (&acts.int8, w) {
+        // SAFETY: `int8` is made only for Isa::Avx512Vnni, which `Isa::available` listed
+        // after checking AVX-512F, BW and VNNI; rows and buffers were checked above.
+        unsafe { vnni::block_dots(codes, scales, nrows, q, &acts.x, t0, tb, cols, out, ostride) };
+        return;
+    }
     let xs = acts.rows(t0, tb);
     match acts.isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; rows and
         // buffers were checked above.
-        Isa::Avx512 => unsafe { avx512::block_dots(w, nrows, xs, tb, cols, out, ostride) },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { avx512::block_dots(w, nrows, xs, tb, cols, out, ostride) },
         _ => {
             for r in 0..nrows {
                 acts_dots(acts, w.row(r, cols), t0, &mut out[r * ostride..r * ostride + tb]);
@@ -226,7 +269,7 @@ pub fn accumulate_rows(w: RowsRef<'_>, nrows: usize, cols: usize, coefs: &[f32],
     let n = out.len() / cols.max(1);
     assert!(n == 0 || coefs.len() >= (n - 1) * cstride + nrows, "accumulate_rows: coefs too short");
     #[cfg(target_arch = "x86_64")]
-    if Isa::current() == Isa::Avx512 && !matches!(w, RowsRef::Mxfp4 { .. }) {
+    if Isa::current().is_avx512() && !matches!(w, RowsRef::Mxfp4 { .. }) {
         for r in 0..nrows {
             check_row(&w.row(r, cols), cols);
         }
@@ -265,7 +308,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     match Isa::current() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in row_dots_on.
-        Isa::Avx512 => unsafe { avx512::dot(a, b) },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe { avx512::dot(a, b) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in row_dots_on.
         Isa::Avx2 => unsafe { avx2::dot(a, b) },
