@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{Acts, Isa, RowsRef, block_dots, dot};
+use super::kernels::{Acts, CACHED_WEIGHT_BYTES, Isa, RowsRef, block_dots, dot};
 use super::quantize_mxfp4_activations;
 use crate::weights::{Linear, Stored};
 use safetensors::Dtype;
@@ -34,7 +34,8 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
     } else {
         x
     };
-    let acts = Acts::new(Isa::current(), w.is_mxfp4(), x, n, cols);
+    let mut acts = Acts::new(Isa::current(), w.is_mxfp4(), x, n, cols);
+    acts.cached = w.stored_bytes() <= CACHED_WEIGHT_BYTES;
     matmul_acts(&acts, x, w)
 }
 
@@ -46,7 +47,8 @@ pub fn matmul_pair(x: &[f32], n: usize, a: &Linear, b: &Linear, quantize_input: 
         return (matmul(x, n, a, quantize_input), matmul(x, n, b, quantize_input));
     }
     assert_eq!(x.len(), n * a.cols, "matmul_pair: x is not [{n}, {}]", a.cols);
-    let acts = Acts::new(Isa::current(), a.is_mxfp4(), x, n, a.cols);
+    let mut acts = Acts::new(Isa::current(), a.is_mxfp4(), x, n, a.cols);
+    acts.cached = a.stored_bytes().max(b.stored_bytes()) <= CACHED_WEIGHT_BYTES;
     (matmul_acts(&acts, x, a), matmul_acts(&acts, x, b))
 }
 

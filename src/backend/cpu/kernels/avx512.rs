@@ -28,13 +28,16 @@ pub unsafe fn block_dots(
     cols: usize,
     out: &mut [f32],
     ostride: usize,
+    cached: bool,
 ) {
     // Dense rows against a few tokens (decode, verification, small batches) go one token at
     // a time over a row that stays in L1: measured on Zen 4 from memory, bf16 against 2
     // tokens at 18.6 GB/s per core this way and 8-9 GB/s in 2 x 2 register tiles. MXFP4 rows,
     // whose decoding is the cost, share each decoded block in tiles; so do prefill's many
-    // tokens, whose activations would not stay in L1.
-    let few_dense = tb <= 4 && !matches!(w, RowsRef::Mxfp4 { .. });
+    // tokens, whose activations would not stay in L1, and rows that come from cache (`cached`:
+    // a small weight, which stays in cache from one step to the next), where the tiles' fewer
+    // loads per multiply-add win.
+    let few_dense = tb <= 4 && !matches!(w, RowsRef::Mxfp4 { .. }) && !cached;
     let tiles: &[usize] = if few_dense { &[1] } else { &[4, 2, 1] };
     let mut r = 0;
     while r < nrows {
@@ -73,7 +76,7 @@ pub unsafe fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
     };
     let n = out.len();
     // SAFETY: the caller's guarantees.
-    unsafe { block_dots(rows, 1, x, n, cols, out, n) }
+    unsafe { block_dots(rows, 1, x, n, cols, out, n, false) }
 }
 
 /// R rows (all of one format) x `t` tokens (4, 2 or 1) -> out[r * ostride + token].

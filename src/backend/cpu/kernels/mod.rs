@@ -131,6 +131,11 @@ impl Isa {
     }
 }
 
+/// Weights of at most this many bytes are taken to stay in cache (L2 and L3) from one use
+/// to the next: a model whose matrices are this small (the demo model) is compute-bound,
+/// and its dense rows go in register tiles even against a few tokens.
+pub const CACHED_WEIGHT_BYTES: usize = 512 << 10;
+
 /// Activation rows handled together per pass over a weight row: enough for the weight block
 /// in registers to be reused, few enough that the accumulators stay in registers.
 const TILE: usize = 8;
@@ -144,6 +149,8 @@ pub struct Acts<'a> {
     isa: Isa,
     x: std::borrow::Cow<'a, [f32]>, // [n, cols]
     int8: Option<int8x2::Int8x2>,   // [n, groups, ...], VNNI and MXFP4 only
+    /// The weight is small enough to stay in cache between uses (see `CACHED_WEIGHT_BYTES`).
+    pub cached: bool,
     pub n: usize,
     pub cols: usize,
 }
@@ -155,7 +162,7 @@ impl<'a> Acts<'a> {
         let x = &x[..n * cols];
         if mxfp4 && isa == Isa::Avx512Vnni {
             let int8 = Some(int8x2::Int8x2::new(x, n, cols));
-            return Acts { isa, x: std::borrow::Cow::Borrowed(x), int8, n, cols };
+            return Acts { isa, x: std::borrow::Cow::Borrowed(x), int8, cached: false, n, cols };
         }
         let x = if mxfp4 && isa == Isa::Avx512 {
             let mut split = x.to_vec();
@@ -171,7 +178,7 @@ impl<'a> Acts<'a> {
         } else {
             std::borrow::Cow::Borrowed(x)
         };
-        Acts { isa, x, int8: None, n, cols }
+        Acts { isa, x, int8: None, cached: false, n, cols }
     }
 
     /// Rows [t0, t0 + len) in the kernel's layout.
@@ -252,7 +259,9 @@ pub fn block_dots(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; rows and
         // buffers were checked above.
-        Isa::Avx512 | Isa::Avx512Vnni => unsafe { avx512::block_dots(w, nrows, xs, tb, cols, out, ostride) },
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe {
+            avx512::block_dots(w, nrows, xs, tb, cols, out, ostride, acts.cached)
+        },
         _ => {
             for r in 0..nrows {
                 acts_dots(acts, w.row(r, cols), t0, &mut out[r * ostride..r * ostride + tb]);

@@ -93,7 +93,14 @@ fn group_scales(bytes: &[u8], m: usize) -> __m512 {
         -1, -1, 2, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1,
         -1, 0, -1, -1, -1, 0,
     );
-    super::avx512::e8m0_lanes(_mm512_shuffle_epi8(_mm512_set1_epi32(word as i32), spread))
+    let e = _mm512_shuffle_epi8(_mm512_set1_epi32(word as i32), spread);
+    // Exponents 0 and 0xFF need fixing up (2^-127, NaN); checked on the word, they are rare.
+    let has_zero = |w: u32| w.wrapping_sub(0x0101_0101) & !w & 0x8080_8080 != 0;
+    if has_zero(word) || has_zero(!word) {
+        super::avx512::e8m0_lanes(e)
+    } else {
+        _mm512_castsi512_ps(_mm512_slli_epi32(e, 23))
+    }
 }
 
 /// R rows x T tokens (from token `t0` of q).
