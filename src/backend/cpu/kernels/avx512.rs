@@ -19,6 +19,7 @@ use super::{E2M1_SIGNED, RowRef, RowsRef, mxfp4_tail};
 /// # Safety
 /// The CPU has AVX-512F; w holds nrows rows of `cols`, x holds tb rows of `cols`, and out
 /// reaches (nrows - 1) * ostride + tb.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn block_dots(
     w: RowsRef<'_>,
