@@ -132,6 +132,47 @@ fn a_token_gets_the_same_bits_in_any_tile() {
 }
 
 #[test]
+fn a_token_gets_the_same_bits_in_any_row_block_and_tile() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    for kind in ["mxfp4", "bf16", "f32"] {
+        for cols in [64, 100, 256] {
+            let nrows = 5;
+            let rows: Vec<Row> = (0..nrows).map(|_| random_row(kind, cols, &mut rng)).collect();
+            let bytes: Vec<u8> = rows.iter().flat_map(|r| r.bytes.iter().copied()).collect();
+            let scales: Vec<u8> = rows.iter().flat_map(|r| r.scales.iter().copied()).collect();
+            let w = match kind {
+                "mxfp4" => RowsRef::Mxfp4 { codes: &bytes, scales: &scales },
+                "bf16" => RowsRef::Bf16(&bytes),
+                _ => RowsRef::F32(&bytes),
+            };
+            let x: Vec<f32> = (0..9 * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+            for isa in Isa::available() {
+                for cached in [false, true] {
+                    for tb in 1..=9 {
+                        let mut acts = Acts::new(isa, kind == "mxfp4", &x[..tb * cols], tb, cols);
+                        acts.cached = cached;
+                        let mut out = vec![f32::NAN; nrows * tb]; // [rows, tb]
+                        block_dots(&acts, w, nrows, 0, tb, &mut out, tb);
+                        for (r, row) in rows.iter().enumerate() {
+                            for t in 0..tb {
+                                let mut alone = [0.0f32];
+                                row_dots_on(isa, row.as_ref(kind), &x[t * cols..(t + 1) * cols], cols, &mut alone);
+                                assert_eq!(
+                                    alone[0].to_bits(),
+                                    out[r * tb + t].to_bits(),
+                                    "{kind} {} cols {cols} cached {cached}: row {r} token {t} of {tb}",
+                                    isa.name()
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn nan_scales_and_zero_rows_propagate_as_the_decoder_does() {
     let codes = [0x22u8; 16];
     let x = [1.0f32; 32];

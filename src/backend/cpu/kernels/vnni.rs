@@ -158,10 +158,11 @@ unsafe fn tile_dots<const R: usize, const T: usize>(
             }
         }
     }
+    let sums = super::avx512::tile_sums(acc);
     for r in 0..R {
         for t in 0..T {
             let xt = &x[(t0 + t) * cols..(t0 + t + 1) * cols];
-            out[r * ostride + t] = _mm512_reduce_add_ps(acc[r][t]) + mxfp4_tail(codes[r], scales[r], xt, cols);
+            out[r * ostride + t] = sums[r][t] + mxfp4_tail(codes[r], scales[r], xt, cols);
         }
     }
 }
