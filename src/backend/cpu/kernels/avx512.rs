@@ -209,6 +209,12 @@ unsafe fn mxfp4<const R: usize, const T: usize>(
     }
 }
 
+/// Bytes ahead of a wide tile's dense rows that each step asks the cache for. A tile of 4
+/// tokens spends long enough per byte that the hardware prefetcher falls behind: measured
+/// on Zen 4 from memory, bf16 against 8 tokens 4.9 -> 7.2 GB/s per core and against 16
+/// 3.3 -> 4.4. Narrower passes run faster without it (24 -> 21 GB/s for one token).
+const PREFETCH_AHEAD: usize = 4096;
+
 /// 16 weights at element `c` of a dense row: bf16 widened by a shift, or f32 as stored.
 #[target_feature(enable = "avx512f")]
 unsafe fn load16<const BF16: bool>(w: &[u8], c: usize) -> __m512 {
@@ -241,6 +247,11 @@ unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
         let mut w0 = [_mm512_setzero_ps(); R];
         let mut w1 = [_mm512_setzero_ps(); R];
         for r in 0..R {
+            if T >= 4 {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    w[r].as_ptr().wrapping_add(PREFETCH_AHEAD + c * size_of::<u16>() * if BF16 { 1 } else { 2 }).cast(),
+                );
+            }
             unsafe { (w0[r], w1[r]) = (load16::<BF16>(w[r], c), load16::<BF16>(w[r], c + 16)) };
         }
         for t in 0..T {
