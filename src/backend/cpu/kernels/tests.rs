@@ -186,6 +186,25 @@ fn nan_scales_and_zero_rows_propagate_as_the_decoder_does() {
 }
 
 #[test]
+fn a_non_finite_activation_gives_a_non_finite_result_on_every_isa() {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    for kind in ["mxfp4", "bf16", "f32"] {
+        let cols = 96;
+        let row = random_row(kind, cols, &mut rng);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x: Vec<f32> = (0..2 * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+            x[cols + 40] = bad; // token 1 only
+            for isa in Isa::available() {
+                let mut out = [0.0f32; 2];
+                row_dots_on(isa, row.as_ref(kind), &x, cols, &mut out);
+                assert!(out[0].is_finite(), "{kind} {}: token 0 is untouched", isa.name());
+                assert!(!out[1].is_finite(), "{kind} {}: {bad} in gave {}", isa.name(), out[1]);
+            }
+        }
+    }
+}
+
+#[test]
 fn dot_matches_on_every_length() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     for n in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 200] {
