@@ -179,6 +179,11 @@ unsafe fn mxfp4<const R: usize, const T: usize>(
             for r in 0..R {
                 let table = _mm512_mul_ps(lut, _mm512_set1_ps(scale[r][g - g0]));
                 // SAFETY: block g's 16 code bytes are inside row r (g < cols / 32).
+                // As for dense rows: only a 4-token tile is slow enough per byte to gain from
+                // prefetching (measured 3.5 -> 4.5 GB/s per core; one token 6.7 -> 6.1).
+                if T >= 4 && g % 4 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(codes[r].as_ptr().wrapping_add(16 * g + PREFETCH_AHEAD).cast());
+                }
                 let b = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(codes[r].as_ptr().add(16 * g).cast()) });
                 // The permute reads each lane's low 4 bits: byte i's low nibble is element
                 // 2i, and shifted down, its high nibble element 2i + 1.
