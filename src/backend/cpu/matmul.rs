@@ -22,34 +22,37 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 /// x [n, cols] -> y [n, rows]. With `quantize_input` and an MXFP4 weight, x first goes
 /// through dynamic MXFP4 quantization (W4A4); otherwise it is used as it is.
 pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32> {
-    let (rows, cols) = (w.rows, w.cols);
+    matmul_each(x, n, &[w], quantize_input).pop().expect("one weight, one output")
+}
+
+/// x [n, cols] through two weights (an MLP's gate and up) -> ([n, a.rows], [n, b.rows]),
+/// the input prepared for the kernels once when both have its width and format.
+pub fn matmul_pair(x: &[f32], n: usize, a: &Linear, b: &Linear, quantize_input: bool) -> (Vec<f32>, Vec<f32>) {
+    if a.cols != b.cols || a.is_mxfp4() != b.is_mxfp4() {
+        return (matmul(x, n, a, quantize_input), matmul(x, n, b, quantize_input));
+    }
+    let mut ys = matmul_each(x, n, &[a, b], quantize_input);
+    let yb = ys.pop().expect("two outputs");
+    (ys.pop().expect("two outputs"), yb)
+}
+
+/// x [n, cols] through each of `ws` (all of one width and format) -> one [n, rows] each.
+fn matmul_each(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) -> Vec<Vec<f32>> {
+    let (cols, mxfp4) = (ws[0].cols, ws[0].is_mxfp4());
     assert_eq!(x.len(), n * cols, "matmul: x is not [{n}, {cols}]");
-    if n == 0 || rows == 0 {
-        return vec![0.0; n * rows];
+    if n == 0 {
+        return ws.iter().map(|_| Vec::new()).collect();
     }
     let quantized;
-    let x = if quantize_input && w.is_mxfp4() {
+    let x = if quantize_input && mxfp4 {
         quantized = quantize_mxfp4_activations(x, cols);
         &quantized[..]
     } else {
         x
     };
-    let mut acts = Acts::new(Isa::current(), w.is_mxfp4(), x, n, cols);
-    acts.cached = w.stored_bytes() <= CACHED_WEIGHT_BYTES;
-    matmul_acts(&acts, x, w)
-}
-
-/// x [n, cols] through two weights of the same shape and format (an MLP's gate and up),
-/// its activations prepared for the kernels once -> ([n, a.rows], [n, b.rows]).
-pub fn matmul_pair(x: &[f32], n: usize, a: &Linear, b: &Linear, quantize_input: bool) -> (Vec<f32>, Vec<f32>) {
-    let same = a.cols == b.cols && a.is_mxfp4() == b.is_mxfp4() && n > 0 && a.rows > 0 && b.rows > 0;
-    if !same || (quantize_input && a.is_mxfp4()) {
-        return (matmul(x, n, a, quantize_input), matmul(x, n, b, quantize_input));
-    }
-    assert_eq!(x.len(), n * a.cols, "matmul_pair: x is not [{n}, {}]", a.cols);
-    let mut acts = Acts::new(Isa::current(), a.is_mxfp4(), x, n, a.cols);
-    acts.cached = a.stored_bytes().max(b.stored_bytes()) <= CACHED_WEIGHT_BYTES;
-    (matmul_acts(&acts, x, a), matmul_acts(&acts, x, b))
+    let mut acts = Acts::new(Isa::current(), mxfp4, x, n, cols);
+    acts.cached = ws.iter().all(|w| w.stored_bytes() <= CACHED_WEIGHT_BYTES);
+    ws.iter().map(|w| if w.rows == 0 { Vec::new() } else { matmul_acts(&acts, x, w) }).collect()
 }
 
 /// x [n, cols] (also as `acts`, made for w's format) -> [n, rows].

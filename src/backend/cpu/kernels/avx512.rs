@@ -64,22 +64,6 @@ pub unsafe fn block_dots(
     }
 }
 
-/// One row against x [n, cols] -> out [n]: `block_dots` of a single row.
-///
-/// # Safety
-/// As `block_dots`, for one row and n = out.len().
-#[target_feature(enable = "avx512f")]
-pub unsafe fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
-    let rows = match w {
-        RowRef::Mxfp4 { codes, scales } => RowsRef::Mxfp4 { codes, scales },
-        RowRef::Bf16(b) => RowsRef::Bf16(b),
-        RowRef::F32(b) => RowsRef::F32(b),
-    };
-    let n = out.len();
-    // SAFETY: the caller's guarantees.
-    unsafe { block_dots(rows, 1, x, n, cols, out, n, false) }
-}
-
 /// R rows (all of one format) x `t` tokens (4, 2 or 1) -> out[r * ostride + token].
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_dots<const R: usize>(
@@ -178,12 +162,12 @@ unsafe fn mxfp4<const R: usize, const T: usize>(
             let mut w_odd = [_mm512_setzero_ps(); R];
             for r in 0..R {
                 let table = _mm512_mul_ps(lut, _mm512_set1_ps(scale[r][g - g0]));
-                // SAFETY: block g's 16 code bytes are inside row r (g < cols / 32).
                 // As for dense rows: only a 4-token tile is slow enough per byte to gain from
                 // prefetching (measured 3.5 -> 4.5 GB/s per core; one token 6.7 -> 6.1).
                 if T >= 4 && g % 4 == 0 {
                     _mm_prefetch::<_MM_HINT_T0>(codes[r].as_ptr().wrapping_add(16 * g + PREFETCH_AHEAD).cast());
                 }
+                // SAFETY: block g's 16 code bytes are inside row r (g < cols / 32).
                 let b = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(codes[r].as_ptr().add(16 * g).cast()) });
                 // The permute reads each lane's low 4 bits: byte i's low nibble is element
                 // 2i, and shifted down, its high nibble element 2i + 1.

@@ -35,6 +35,17 @@ pub enum RowRef<'a> {
     F32(&'a [u8]),
 }
 
+impl<'a> RowRef<'a> {
+    /// This row as a block of rows starting with it.
+    fn as_rows(self) -> RowsRef<'a> {
+        match self {
+            RowRef::Mxfp4 { codes, scales } => RowsRef::Mxfp4 { codes, scales },
+            RowRef::Bf16(b) => RowsRef::Bf16(b),
+            RowRef::F32(b) => RowsRef::F32(b),
+        }
+    }
+}
+
 /// Consecutive rows of one weight, stored bytes from the first of them on.
 #[derive(Debug, Clone, Copy)]
 pub enum RowsRef<'a> {
@@ -201,23 +212,16 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
     assert!(t0 + out.len() <= acts.n, "acts_dots: tokens {t0}..{} of {}", t0 + out.len(), acts.n);
     check_row(&w, cols);
     if acts.isa.is_avx512() {
-        let rows = match w {
-            RowRef::Mxfp4 { codes, scales } => RowsRef::Mxfp4 { codes, scales },
-            RowRef::Bf16(b) => RowsRef::Bf16(b),
-            RowRef::F32(b) => RowsRef::F32(b),
-        };
+        // The AVX-512 kernels tile tokens themselves.
         let n = out.len();
-        return block_dots(acts, rows, 1, t0, n, out, n);
+        return block_dots(acts, w.as_rows(), 1, t0, n, out, n);
     }
     for (t, o) in (0..out.len()).step_by(TILE).zip(out.chunks_mut(TILE)) {
         let xs = acts.rows(t0 + t, o.len());
         match acts.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; the
-            // row was checked against cols and xs holds o.len() rows.
-            Isa::Avx512 | Isa::Avx512Vnni => unsafe { avx512::row_dots(w, xs, cols, o) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above, for AVX2 and FMA.
+            // SAFETY: `Isa::available` listed AVX2 and FMA before anyone could ask for them;
+            // the row was checked against cols and xs holds o.len() rows.
             Isa::Avx2 => unsafe { avx2::row_dots(w, xs, cols, o) },
             _ => portable::row_dots(w, xs, cols, o),
         }
