@@ -135,8 +135,9 @@ fn a_token_gets_the_same_bits_in_any_tile() {
 fn a_token_gets_the_same_bits_in_any_row_block_and_tile() {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     for kind in ["mxfp4", "bf16", "f32"] {
-        for cols in [64, 100, 256] {
-            let nrows = 5;
+        for cols in [64, 100, 256, 320] {
+            // Eight-row groups, a pair and a single row.
+            let nrows = 11;
             let rows: Vec<Row> = (0..nrows).map(|_| random_row(kind, cols, &mut rng)).collect();
             let bytes: Vec<u8> = rows.iter().flat_map(|r| r.bytes.iter().copied()).collect();
             let scales: Vec<u8> = rows.iter().flat_map(|r| r.scales.iter().copied()).collect();
