@@ -18,14 +18,30 @@ pub fn rank_order(a: (f32, u32), b: (f32, u32)) -> Ordering {
 
 /// Indices of the `k` first scores under the ranking rule, ascending.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
-    let mut idx: Vec<u32> = (0..scores.len() as u32).collect();
-    let k = k.min(idx.len());
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, |&a, &b| rank_order((scores[a as usize], a), (scores[b as usize], b)));
-        idx.truncate(k);
+    // Each (score, index) as one integer that sorts in rank order, so the selection compares
+    // plain u64s (a closure of NaN checks per comparison cost more than the scoring).
+    let mut keys: Vec<u64> =
+        scores.iter().enumerate().map(|(i, &v)| (u64::from(rank_key(v)) << 32) | i as u64).collect();
+    let k = k.min(keys.len());
+    if k < keys.len() {
+        keys.select_nth_unstable(k);
+        keys.truncate(k);
     }
+    let mut idx: Vec<u32> = keys.iter().map(|&key| key as u32).collect();
     idx.sort_unstable();
     idx
+}
+
+/// A score as a u32 that orders as `rank_order` does, ties aside: larger values smaller
+/// keys, -0 the same key as +0, every NaN the largest key.
+fn rank_key(v: f32) -> u32 {
+    if v.is_nan() {
+        return u32::MAX;
+    }
+    let bits = if v == 0.0 { 0 } else { v.to_bits() };
+    // Ascending in v: negative values have every bit flipped, positive ones the sign set.
+    let ascending = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+    !ascending
 }
 
 /// The first index under the ranking rule (0 for an empty slice).
@@ -60,5 +76,28 @@ mod tests {
         assert_eq!(top_k(&flat, 10), (0..10).collect::<Vec<u32>>());
         assert_eq!(arg_first(&[f32::NAN, 3.0, 3.0]), 1);
         assert_eq!(arg_first(&[f32::NAN, f32::NAN]), 0);
+    }
+
+    #[test]
+    fn agrees_with_the_ranking_rule() {
+        // Every pair of these values (and their order under rank_order) across k.
+        let special =
+            [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, f32::MIN_POSITIVE, -1e-40, 1e-40];
+        let mut scores: Vec<f32> = special.to_vec();
+        let mut state = 0x2545_f491_u32;
+        for _ in 0..200 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            // Few distinct values, so ties are common.
+            scores.push(((state % 41) as f32 - 20.0) / 8.0);
+        }
+        for k in [0, 1, 5, 64, 150, 209, 300] {
+            let mut expect: Vec<u32> = (0..scores.len() as u32).collect();
+            expect.sort_by(|&a, &b| rank_order((scores[a as usize], a), (scores[b as usize], b)));
+            expect.truncate(k);
+            expect.sort_unstable();
+            assert_eq!(top_k(&scores, k), expect, "k = {k}");
+        }
     }
 }
