@@ -126,6 +126,8 @@ impl Backend for Cpu {
     }
 
     fn batch(&self, b: &StepBatch) -> Result<CpuBatch> {
+        // A step starts: keep the other workers from falling asleep between its ops.
+        super::warm::keep_warm();
         Ok(CpuBatch { slots: b.slots(), step: b.clone() })
     }
 
@@ -263,16 +265,27 @@ impl Backend for Cpu {
         dot_scale: f32,
     ) -> Result<Selection> {
         let work = b.step.positions.iter().max().map_or(0, |p| (p + 1) * q.width);
-        let rows = par_map(b.step.len(), work, |i| {
+        // A token's keys split into parts when there are fewer tokens than threads (a decode
+        // step), as attention splits its heads: a part's scores are the same numbers
+        // whoever computes them, and the ranking runs on the whole row.
+        let parts = (rayon::current_num_threads() / b.step.len().max(1)).max(1);
+        let scored = par_map(b.step.len() * parts, work / parts, |task| {
+            let (i, part) = (task / parts, task % parts);
             let pos = b.step.positions[i];
             if pos < topk {
                 // The causal window fits in top-k: every key stays, nothing to score.
                 return None;
             }
-            let positions: Vec<usize> = (0..=pos).collect();
-            let scores = score_slots(q.row(i), w.row(i), kv, layer, &b.slots_of(i, &positions), dot_scale);
-            Some(top_k(&scores, topk))
+            let keys = pos + 1;
+            let positions: Vec<usize> = (keys * part / parts..keys * (part + 1) / parts).collect();
+            Some(score_slots(q.row(i), w.row(i), kv, layer, &b.slots_of(i, &positions), dot_scale))
         });
+        let rows = scored
+            .chunks(parts)
+            .map(|row| {
+                row[0].is_some().then(|| top_k(&row.iter().flatten().flatten().copied().collect::<Vec<f32>>(), topk))
+            })
+            .collect();
         Ok(Selection { rows })
     }
 

@@ -81,6 +81,8 @@ fn matmul_acts(acts: &Acts<'_>, x: &[f32], w: &Linear) -> Vec<f32> {
         }
     };
     if rows * cols * n >= PARALLEL_MIN_WORK {
+        // A long step (prefill) outlasts the spinners' grace: each parallel matmul renews it.
+        super::warm::renew();
         out_t.par_chunks_mut(ROW_BLOCK * n).enumerate().for_each(block);
     } else {
         out_t.chunks_mut(ROW_BLOCK * n).enumerate().for_each(block);

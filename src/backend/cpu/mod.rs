@@ -14,6 +14,7 @@ pub mod pool;
 mod rope;
 mod router;
 mod topk;
+pub mod warm;
 
 pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_group};
 pub use attention::{KeySet, attend_heads, latent_attention};
