@@ -70,6 +70,11 @@ impl Selection {
         self.rows.get(i).and_then(|r| r.as_deref())
     }
 
+    /// How many keys query `i` at `pos` sees at most (its selection's size, else pos + 1).
+    pub fn key_count(&self, i: usize, pos: usize) -> usize {
+        self.row(i).map_or(pos + 1, |set| set.len().min(pos + 1))
+    }
+
     /// Keys query `i` at `pos` may see: causal, and within its selection.
     pub fn keys(&self, i: usize, pos: usize) -> Vec<usize> {
         match self.row(i) {

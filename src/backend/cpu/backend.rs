@@ -329,7 +329,9 @@ impl Backend for Cpu {
     ) -> Result<Rows> {
         let (n, h, r) = (b.step.len(), d.heads, d.latent);
         let stride = d.nope + d.rope;
-        let keys_each = b.step.positions.iter().max().map_or(0, |p| p + 1);
+        // The work is the selected keys, not the context: a decode step's attention over a long
+        // context still reads index_topk entries per head.
+        let keys_each = (0..n).map(|i| sel.key_count(i, b.step.positions[i])).max().unwrap_or(0);
         // A token's heads split into groups when there are fewer tokens than threads (a decode
         // step): each group reads the token's entries again, which costs less than a thread
         // left idle. Heads never mix, so the grouping does not change a result.

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::weights::decode::{e2m1, e8m0};
 
-const COLS: [usize; 11] = [1, 7, 16, 31, 32, 33, 48, 64, 100, 257, 1024];
+const COLS: [usize; 12] = [1, 7, 16, 31, 32, 33, 48, 64, 100, 257, 1024, 1100];
 const TOKENS: [usize; 7] = [1, 2, 3, 5, 8, 9, 17];
 
 struct Row {
