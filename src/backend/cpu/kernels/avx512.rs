@@ -397,6 +397,12 @@ pub(super) fn hsum8(v: [__m512; 8]) -> [f32; 8] {
 
 /// out[t, :] += sum over r of coefs[t * cstride + r] * row r, dense rows only.
 ///
+/// Register tiles of up to 4 tokens x 64 columns stay in registers across all the rows (one
+/// load per row shared by the tile's tokens, no load and store of out per row): MLA's query
+/// absorption in a 512-token prefill went from a store-bound pass over out per row to
+/// multiply-adds. Each element still takes the rows in order, one fused multiply-add each,
+/// so the result is the same whatever tile it falls in.
+///
 /// # Safety
 /// The CPU has AVX-512F; w holds nrows dense rows of `cols`, out is [n, cols] and coefs
 /// reach (n - 1) * cstride + nrows.
@@ -410,30 +416,98 @@ pub unsafe fn accumulate_rows(
     out: &mut [f32],
 ) {
     let n = out.len() / cols.max(1);
-    let op = out.as_mut_ptr();
-    for r in 0..nrows {
-        let (bytes, bf16) = match w.row(r, cols) {
-            RowRef::Bf16(b) => (b, true),
-            RowRef::F32(b) => (b, false),
-            RowRef::Mxfp4 { .. } => return,
-        };
-        let mut c = 0;
-        while c + 16 <= cols {
-            // SAFETY: c + 16 <= cols within the row and within each token's row of out.
-            unsafe {
-                let wv = if bf16 { load16::<true>(bytes, c) } else { load16::<false>(bytes, c) };
-                for t in 0..n {
-                    let p = op.add(t * cols + c);
-                    let k = _mm512_set1_ps(coefs[t * cstride + r]);
-                    _mm512_storeu_ps(p, _mm512_fmadd_ps(k, wv, _mm512_loadu_ps(p)));
+    let (bytes, bf16) = match w {
+        RowsRef::Bf16(b) => (b, true),
+        RowsRef::F32(b) => (b, false),
+        RowsRef::Mxfp4 { .. } => return,
+    };
+    let mut t0 = 0;
+    while t0 < n {
+        let tn = (n - t0).min(4);
+        // SAFETY (each tile): columns c..c + 16 C lie in every row and in each of the tile's
+        // tokens' rows of out; coefs reach every (token, row).
+        unsafe {
+            let mut c = 0;
+            while c + 64 <= cols {
+                match (tn, bf16) {
+                    (4, true) => acc_tile::<4, 4, true>(bytes, nrows, cols, c, coefs, cstride, t0, out),
+                    (4, false) => acc_tile::<4, 4, false>(bytes, nrows, cols, c, coefs, cstride, t0, out),
+                    (_, true) => acc_tile::<1, 4, true>(bytes, nrows, cols, c, coefs, cstride, t0, out),
+                    (_, false) => acc_tile::<1, 4, false>(bytes, nrows, cols, c, coefs, cstride, t0, out),
+                }
+                if tn < 4 {
+                    for t in t0 + 1..t0 + tn {
+                        match bf16 {
+                            true => acc_tile::<1, 4, true>(bytes, nrows, cols, c, coefs, cstride, t, out),
+                            false => acc_tile::<1, 4, false>(bytes, nrows, cols, c, coefs, cstride, t, out),
+                        }
+                    }
+                }
+                c += 64;
+            }
+            while c + 16 <= cols {
+                for t in t0..t0 + tn {
+                    match bf16 {
+                        true => acc_tile::<1, 1, true>(bytes, nrows, cols, c, coefs, cstride, t, out),
+                        false => acc_tile::<1, 1, false>(bytes, nrows, cols, c, coefs, cstride, t, out),
+                    }
+                }
+                c += 16;
+            }
+            for r in 0..nrows {
+                let row = &bytes[r * cols * if bf16 { 2 } else { 4 }..];
+                for i in c..cols {
+                    let v =
+                        if bf16 { super::dense_scalar::<true>(row, i) } else { super::dense_scalar::<false>(row, i) };
+                    for t in t0..t0 + tn {
+                        out[t * cols + i] += coefs[t * cstride + r] * v;
+                    }
                 }
             }
-            c += 16;
         }
-        for i in c..cols {
-            let v = if bf16 { super::dense_scalar::<true>(bytes, i) } else { super::dense_scalar::<false>(bytes, i) };
-            for t in 0..n {
-                out[t * cols + i] += coefs[t * cstride + r] * v;
+        t0 += tn;
+    }
+}
+
+/// Tokens t0..t0 + T, columns c..c + 16 C of `accumulate_rows`, over every row.
+///
+/// # Safety
+/// As for `accumulate_rows`, with c + 16 C <= cols and t0 + T <= n.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn acc_tile<const T: usize, const C: usize, const BF16: bool>(
+    bytes: &[u8],
+    nrows: usize,
+    cols: usize,
+    c: usize,
+    coefs: &[f32],
+    cstride: usize,
+    t0: usize,
+    out: &mut [f32],
+) {
+    let op = out.as_mut_ptr();
+    let esize = if BF16 { 2 } else { 4 };
+    // SAFETY (loads and stores): the caller's guarantees.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); C]; T];
+        for t in 0..T {
+            for j in 0..C {
+                acc[t][j] = _mm512_loadu_ps(op.add((t0 + t) * cols + c + 16 * j));
+            }
+        }
+        for r in 0..nrows {
+            let row = &bytes[r * cols * esize..(r + 1) * cols * esize];
+            let wv: [__m512; C] = std::array::from_fn(|j| load16::<BF16>(row, c + 16 * j));
+            for t in 0..T {
+                let k = _mm512_set1_ps(coefs[(t0 + t) * cstride + r]);
+                for j in 0..C {
+                    acc[t][j] = _mm512_fmadd_ps(k, wv[j], acc[t][j]);
+                }
+            }
+        }
+        for t in 0..T {
+            for j in 0..C {
+                _mm512_storeu_ps(op.add((t0 + t) * cols + c + 16 * j), acc[t][j]);
             }
         }
     }

@@ -290,7 +290,8 @@ fn accumulate_rows_adds_every_tokens_weighted_rows() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     for kind in ["mxfp4", "bf16", "f32"] {
         for cols in [32, 100, 257] {
-            let (nrows, n, cstride) = (5, 3, 7);
+            // A tile of four tokens and two left over.
+            let (nrows, n, cstride) = (5, 6, 7);
             let rows: Vec<Row> = (0..nrows).map(|_| random_row(kind, cols, &mut rng)).collect();
             let mut bytes = Vec::new();
             let mut scales = Vec::new();
@@ -319,6 +320,12 @@ fn accumulate_rows_adds_every_tokens_weighted_rows() {
                         "{kind} cols {cols} token {t} col {c}: {} vs {want}",
                         out[t * cols + c]
                     );
+                }
+                // A token alone gets the same bits as in the tile.
+                let mut alone = vec![0.5f32; cols];
+                accumulate_rows(w, nrows, cols, &coefs[t * cstride..], cstride, &mut alone);
+                for c in 0..cols {
+                    assert_eq!(alone[c].to_bits(), out[t * cols + c].to_bits(), "{kind} cols {cols} token {t} col {c}");
                 }
             }
         }
