@@ -6,8 +6,10 @@
 //! enough for the worker to fall asleep; the next parallel op then pays a futex wake on the
 //! engine thread and the worker's wake-up latency (measured on a 2-vCPU VM: 12% of the
 //! indexer's time in `futex_wake` alone). So while steps keep coming, each other worker runs
-//! a spinner: a job that takes whatever work the pool has (`rayon::yield_now`) and spins in
-//! between, until no step has touched it for `GRACE`; an idle server then sleeps as before.
+//! a spinner: a job that takes whatever work the pool has (`rayon::yield_now`) and otherwise
+//! yields its core (`sched_yield`, so the HTTP threads still get it: a pure spin measured no
+//! faster and left them less), never sleeping, until no step has touched it for `GRACE`; an
+//! idle server then sleeps as before.
 
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -72,11 +74,11 @@ pub fn renew() {
     });
 }
 
-/// Runs the pool's jobs as they come, spinning in between, until the deadline passes.
+/// Runs the pool's jobs as they come, yielding the core in between, until the deadline passes.
 fn spin(w: &Warmth) {
     while w.now() <= w.deadline.load(Ordering::Relaxed) {
         if rayon::yield_now() != Some(rayon::Yield::Executed) {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
     }
     w.live.fetch_sub(1, Ordering::AcqRel);
