@@ -415,12 +415,31 @@ pub unsafe fn accumulate_rows(
     cstride: usize,
     out: &mut [f32],
 ) {
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        match w {
+            RowsRef::Bf16(b) => accumulate::<true>(b, nrows, cols, coefs, cstride, out),
+            RowsRef::F32(b) => accumulate::<false>(b, nrows, cols, coefs, cstride, out),
+            RowsRef::Mxfp4 { .. } => {}
+        }
+    }
+}
+
+/// `accumulate_rows` over dense rows of one format.
+///
+/// # Safety
+/// As for `accumulate_rows`.
+#[target_feature(enable = "avx512f")]
+unsafe fn accumulate<const BF16: bool>(
+    bytes: &[u8],
+    nrows: usize,
+    cols: usize,
+    coefs: &[f32],
+    cstride: usize,
+    out: &mut [f32],
+) {
     let n = out.len() / cols.max(1);
-    let (bytes, bf16) = match w {
-        RowsRef::Bf16(b) => (b, true),
-        RowsRef::F32(b) => (b, false),
-        RowsRef::Mxfp4 { .. } => return,
-    };
+    let row_bytes = cols * if BF16 { 2 } else { 4 };
     let mut t0 = 0;
     while t0 < n {
         let tn = (n - t0).min(4);
@@ -429,36 +448,25 @@ pub unsafe fn accumulate_rows(
         unsafe {
             let mut c = 0;
             while c + 64 <= cols {
-                match (tn, bf16) {
-                    (4, true) => acc_tile::<4, 4, true>(bytes, nrows, cols, c, coefs, cstride, t0, out),
-                    (4, false) => acc_tile::<4, 4, false>(bytes, nrows, cols, c, coefs, cstride, t0, out),
-                    (_, true) => acc_tile::<1, 4, true>(bytes, nrows, cols, c, coefs, cstride, t0, out),
-                    (_, false) => acc_tile::<1, 4, false>(bytes, nrows, cols, c, coefs, cstride, t0, out),
-                }
-                if tn < 4 {
-                    for t in t0 + 1..t0 + tn {
-                        match bf16 {
-                            true => acc_tile::<1, 4, true>(bytes, nrows, cols, c, coefs, cstride, t, out),
-                            false => acc_tile::<1, 4, false>(bytes, nrows, cols, c, coefs, cstride, t, out),
-                        }
+                if tn == 4 {
+                    acc_tile::<4, 4, BF16>(bytes, nrows, cols, c, coefs, cstride, t0, out);
+                } else {
+                    for t in t0..t0 + tn {
+                        acc_tile::<1, 4, BF16>(bytes, nrows, cols, c, coefs, cstride, t, out);
                     }
                 }
                 c += 64;
             }
             while c + 16 <= cols {
                 for t in t0..t0 + tn {
-                    match bf16 {
-                        true => acc_tile::<1, 1, true>(bytes, nrows, cols, c, coefs, cstride, t, out),
-                        false => acc_tile::<1, 1, false>(bytes, nrows, cols, c, coefs, cstride, t, out),
-                    }
+                    acc_tile::<1, 1, BF16>(bytes, nrows, cols, c, coefs, cstride, t, out);
                 }
                 c += 16;
             }
             for r in 0..nrows {
-                let row = &bytes[r * cols * if bf16 { 2 } else { 4 }..];
+                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
                 for i in c..cols {
-                    let v =
-                        if bf16 { super::dense_scalar::<true>(row, i) } else { super::dense_scalar::<false>(row, i) };
+                    let v = super::dense_scalar::<BF16>(row, i);
                     for t in t0..t0 + tn {
                         out[t * cols + i] += coefs[t * cstride + r] * v;
                     }

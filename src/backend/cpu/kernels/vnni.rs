@@ -15,13 +15,13 @@ use std::arch::x86_64::*;
 use super::int8x2::{GROUP_BLOCKS, GROUP_BYTES, Int8x2, pow2_at_least};
 use super::mxfp4_tail;
 
-/// E2M1 code -> 2 * value + 12 (0..24), the unsigned form `vpdpbusd` takes; the int8x2
-/// biases take the 12 back out.
 /// Bytes ahead of the codes being read that each group asks the cache for: a single-token
 /// pass is too short per byte for the hardware prefetcher alone (measured on Zen 4: 7.5 ->
 /// 8.8 GB/s per core from memory at 4 KiB; 1 KiB gave 7.8, 8 KiB no more than 4).
 const PREFETCH_AHEAD: usize = 4096;
 
+/// E2M1 code -> 2 * value + 12 (0..24), the unsigned form `vpdpbusd` takes; the int8x2
+/// biases take the 12 back out.
 const U_TABLE: [i8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
 
 /// Rows of MXFP4 `codes` [nrows, cols/2] / `scales` [nrows, cols/32] against tokens
@@ -120,25 +120,58 @@ pub unsafe fn block_dots(
     }
 }
 
+/// One token's group of four blocks as the kernels take it.
+struct GroupActs {
+    q1e: __m512i,
+    q1o: __m512i,
+    q2e: __m512i,
+    q2o: __m512i,
+    bias: __m512i,
+    scale: __m512,
+}
+
 /// Token `t`'s group `g` of q: its int8 terms (q1 even, q1 odd, q2 even, q2 odd), the bias
 /// lanes and the scale lanes.
 #[target_feature(enable = "avx512f")]
-fn group_acts(q: &Int8x2, t: usize, g: usize) -> (__m512i, __m512i, __m512i, __m512i, __m512i, __m512) {
+fn group_acts(q: &Int8x2, t: usize, g: usize) -> GroupActs {
     let base = t * q.groups + g;
     assert!(g < q.groups && (base + 1) * GROUP_BYTES <= q.q.len(), "group_acts: token {t} group {g} outside q");
     // SAFETY: group `base` lies within q, its bias and its scale (checked above; bias and
     // scale hold 16 lanes per group).
     unsafe {
         let p = q.q.as_ptr().add(base * GROUP_BYTES);
-        (
-            _mm512_loadu_si512(p.cast()),
-            _mm512_loadu_si512(p.add(64).cast()),
-            _mm512_loadu_si512(p.add(128).cast()),
-            _mm512_loadu_si512(p.add(192).cast()),
-            _mm512_loadu_si512(q.bias.as_ptr().add(base * 16).cast()),
-            _mm512_loadu_ps(q.scale.as_ptr().add(base * 16)),
-        )
+        GroupActs {
+            q1e: _mm512_loadu_si512(p.cast()),
+            q1o: _mm512_loadu_si512(p.add(64).cast()),
+            q2e: _mm512_loadu_si512(p.add(128).cast()),
+            q2o: _mm512_loadu_si512(p.add(192).cast()),
+            bias: _mm512_loadu_si512(q.bias.as_ptr().add(base * 16).cast()),
+            scale: _mm512_loadu_ps(q.scale.as_ptr().add(base * 16)),
+        }
     }
+}
+
+/// A group's 64 code bytes as unsigned bytes (2 x value + 12) for `vpdpbusd`: the even
+/// elements (each byte's low nibble), then the odd ones (its high nibble). Masked-off bytes
+/// are code 0 (u = 12), against activations of 0.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn unsigned_codes(raw: __m512i, lut: __m512i) -> (__m512i, __m512i) {
+    let nib = _mm512_set1_epi8(0x0F);
+    (
+        _mm512_shuffle_epi8(lut, _mm512_and_si512(raw, nib)),
+        _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib)),
+    )
+}
+
+/// `acc` + a row's group (`ue`, `uo`, scales `sw`) against a token's group `a`: the exact
+/// integer dot of each block, as f32, times weight scale x activation scale. Every kernel
+/// goes through here, so a (row, token) gets the same bits in any of them.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn add_group(acc: __m512, ue: __m512i, uo: __m512i, sw: __m512, a: &GroupActs) -> __m512 {
+    let d1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ue, a.q1e), uo, a.q1o);
+    let d2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(a.bias, ue, a.q2e), uo, a.q2o);
+    let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(d1, 8), d2));
+    _mm512_fmadd_ps(sum, _mm512_mul_ps(sw, a.scale), acc)
 }
 
 /// The first N rows of MXFP4 `codes` / `scales`, `cols` wide, one slice each.
@@ -196,23 +229,18 @@ unsafe fn eight_rows_one_token(
     assert!(codes.len() >= 8 * cb && scales.len() >= 8 * sb, "eight_rows_one_token: short rows");
     // SAFETY: U_TABLE is 16 bytes.
     let lut = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(U_TABLE.as_ptr().cast()) });
-    let nib = _mm512_set1_epi8(0x0F);
     let blocks = cols / 32;
     let mut acc = [[_mm512_setzero_ps(); 1]; 8];
     for g in 0..q.groups {
         let m = (blocks - g * GROUP_BLOCKS).min(GROUP_BLOCKS);
         let load_mask: u64 = if m == GROUP_BLOCKS { !0 } else { (1u64 << (16 * m)) - 1 };
-        let (q1e, q1o, q2e, q2o, bias, sa) = group_acts(q, t0, g);
+        let a = group_acts(q, t0, g);
         for r in 0..8 {
             // SAFETY: the mask keeps the load inside block g*4 + m of row r (checked above).
             let raw = unsafe { _mm512_maskz_loadu_epi8(load_mask, codes.as_ptr().add(r * cb + 64 * g).cast()) };
-            let ue = _mm512_shuffle_epi8(lut, _mm512_and_si512(raw, nib));
-            let uo = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib));
+            let (ue, uo) = unsigned_codes(raw, lut);
             let sw = group_scales(&scales[r * sb + g * GROUP_BLOCKS..], m);
-            let d1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ue, q1e), uo, q1o);
-            let d2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(bias, ue, q2e), uo, q2o);
-            let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(d1, 8), d2));
-            acc[r][0] = _mm512_fmadd_ps(sum, _mm512_mul_ps(sw, sa), acc[r][0]);
+            acc[r][0] = add_group(acc[r][0], ue, uo, sw, &a);
         }
     }
     let sums = super::avx512::tile_sums(acc);
@@ -242,7 +270,6 @@ unsafe fn tile_dots<const R: usize, const T: usize>(
 ) {
     // SAFETY: U_TABLE is 16 bytes.
     let lut = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(U_TABLE.as_ptr().cast()) });
-    let nib = _mm512_set1_epi8(0x0F);
     let blocks = cols / 32;
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     for g in 0..q.groups {
@@ -255,19 +282,13 @@ unsafe fn tile_dots<const R: usize, const T: usize>(
             _mm_prefetch::<_MM_HINT_T0>(codes[r].as_ptr().wrapping_add(64 * g + PREFETCH_AHEAD).cast());
             // SAFETY: the mask keeps the load inside block g*4 + m of row r.
             let raw = unsafe { _mm512_maskz_loadu_epi8(load_mask, codes[r].as_ptr().add(64 * g).cast()) };
-            // Byte i of block k: low nibble element 2i, high nibble element 2i + 1. Masked
-            // bytes are code 0 (u = 12), against activations of 0.
-            ue[r] = _mm512_shuffle_epi8(lut, _mm512_and_si512(raw, nib));
-            uo[r] = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(raw, 4), nib));
+            (ue[r], uo[r]) = unsigned_codes(raw, lut);
             sw[r] = group_scales(&scales[r][g * GROUP_BLOCKS..], m);
         }
         for t in 0..T {
-            let (q1e, q1o, q2e, q2o, bias, sa) = group_acts(q, t0 + t, g);
+            let a = group_acts(q, t0 + t, g);
             for r in 0..R {
-                let d1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ue[r], q1e), uo[r], q1o);
-                let d2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(bias, ue[r], q2e), uo[r], q2o);
-                let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(d1, 8), d2));
-                acc[r][t] = _mm512_fmadd_ps(sum, _mm512_mul_ps(sw[r], sa), acc[r][t]);
+                acc[r][t] = add_group(acc[r][t], ue[r], uo[r], sw[r], &a);
             }
         }
     }
