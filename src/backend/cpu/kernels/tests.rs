@@ -135,7 +135,8 @@ fn a_token_gets_the_same_bits_in_any_tile() {
 fn a_token_gets_the_same_bits_in_any_row_block_and_tile() {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     for kind in ["mxfp4", "bf16", "f32"] {
-        for cols in [64, 100, 256, 320] {
+        // 256 and 512 are whole groups of four blocks (`vnni::whole_rows` for a long row).
+        for cols in [64, 100, 256, 320, 512] {
             // Eight-row groups, a pair and a single row.
             let nrows = 11;
             let rows: Vec<Row> = (0..nrows).map(|_| random_row(kind, cols, &mut rng)).collect();
@@ -183,6 +184,52 @@ fn nan_scales_and_zero_rows_propagate_as_the_decoder_does() {
         assert!(out[0].is_nan(), "{}: a NaN scale must give NaN", isa.name());
         row_dots_on(isa, RowRef::Mxfp4 { codes: &[0u8; 16], scales: &[127] }, &x, 32, &mut out);
         assert_eq!(out[0], 0.0, "{}", isa.name());
+    }
+}
+
+#[test]
+fn special_scales_in_rows_of_whole_groups_are_fixed_up() {
+    // Three rows of 512 (a pair, then a single row): the second has every scale 0 (2^-127,
+    // where reading the exponent as is would give 0), the third a NaN scale (0xFF, which as
+    // is would be infinity) on block 9 of codes 1.0, against positive activations there.
+    let mut rng = ChaCha8Rng::seed_from_u64(19);
+    let cols = 512;
+    let mut rows: Vec<Row> = (0..3).map(|_| random_row("mxfp4", cols, &mut rng)).collect();
+    rows[1].scales.fill(0);
+    rows[2].scales[9] = 0xFF;
+    rows[2].bytes[144..160].fill(0x22);
+    for row in &mut rows {
+        for c in 0..cols {
+            let byte = row.bytes[c / 2];
+            let code = if c % 2 == 0 { byte & 0x0F } else { byte >> 4 };
+            row.values[c] = f64::from(e2m1(code)) * f64::from(e8m0(row.scales[c / 32]));
+        }
+    }
+    let codes: Vec<u8> = rows.iter().flat_map(|r| r.bytes.iter().copied()).collect();
+    let scales: Vec<u8> = rows.iter().flat_map(|r| r.scales.iter().copied()).collect();
+    for tb in [1, 2, 5] {
+        let x: Vec<f32> = (0..tb * cols)
+            .map(|i| if i % cols / 32 == 9 { rng.random_range(0.5..1.0) } else { rng.random_range(-1.0..1.0) })
+            .collect();
+        for isa in Isa::available() {
+            let acts = Acts::new(isa, true, &x, tb, cols);
+            let mut out = vec![0.0f32; 3 * tb]; // [rows, tb]
+            block_dots(&acts, RowsRef::Mxfp4 { codes: &codes, scales: &scales }, 3, 0, tb, &mut out, tb);
+            for t in 0..tb {
+                let xt = &x[t * cols..(t + 1) * cols];
+                assert!(out[2 * tb + t].is_nan(), "{} token {t}: a NaN scale must give NaN", isa.name());
+                for r in 0..2 {
+                    let want: f64 = rows[r].values.iter().zip(xt).map(|(w, &v)| w * f64::from(v)).sum();
+                    let bound: f64 = rows[r].values.iter().zip(xt).map(|(w, &v)| (w * f64::from(v)).abs()).sum();
+                    let got = f64::from(out[r * tb + t]);
+                    assert!(
+                        (got - want).abs() <= 1e-4 * bound,
+                        "{} row {r} token {t} of {tb}: got {got}, exact {want}",
+                        isa.name()
+                    );
+                }
+            }
+        }
     }
 }
 
