@@ -31,17 +31,19 @@ pub unsafe fn block_dots(
     ostride: usize,
     cached: bool,
 ) {
-    // Dense rows against a few tokens (decode, verification, small batches) go one token at
-    // a time over a row that stays in L1: measured on Zen 4 from memory, bf16 against 2
-    // tokens at 18.6 GB/s per core this way and 8-9 GB/s in 2 x 2 register tiles. MXFP4 rows,
-    // whose decoding is the cost, share each decoded block in tiles; so do prefill's many
-    // tokens, whose activations would not stay in L1; rows that come from cache (`cached`:
-    // a small weight, which stays in cache from one step to the next), where the tiles' fewer
-    // loads per multiply-add win; and short rows (an indexer key, an attention entry, a
-    // demo-size weight), where a row's reduction and call cost as much as its multiply-adds.
+    // Long dense rows against one token (decode) go one row at a time. Against more
+    // (verification, batches, prefill) they go in register tiles of two rows that share
+    // each activation load, prefetched into L2 (`DENSE_PREFETCH_AHEAD`): measured on Zen 4
+    // from memory, bf16 against 2 tokens 17.6 -> 20 GB/s per core and against 4 10 -> 15
+    // over one token at a time on a row that stays in L1 (which, before the prefetch, beat
+    // the tiles' 8-9). MXFP4 rows, whose decoding is the cost, always share each decoded
+    // block in tiles; so do rows that come from cache (`cached`: a small weight, which stays
+    // in cache from one step to the next) and short rows (an indexer key, an attention
+    // entry, a demo-size weight), where a row's reduction and call cost as much as its
+    // multiply-adds.
     let dense_rows = !matches!(w, RowsRef::Mxfp4 { .. });
     let short = cols <= SHORT_ROW;
-    let few_dense = tb <= 4 && dense_rows && !cached && !short;
+    let few_dense = tb == 1 && dense_rows && !cached && !short;
     let tiles: &[usize] = if few_dense { &[1] } else { &[4, 2, 1] };
     // One to three tokens against short or cached dense rows: tiles of eight (row, token)
     // pairs (8 x 1, 4 x 2), so that the rows' multiply-adds overlap and their sums share one
@@ -255,11 +257,18 @@ unsafe fn mxfp4<const R: usize, const T: usize>(
     }
 }
 
-/// Bytes ahead of a wide tile's dense rows that each step asks the cache for. A tile of 4
+/// Bytes ahead of a wide tile's MXFP4 rows that each step asks the cache for. A tile of 4
 /// tokens spends long enough per byte that the hardware prefetcher falls behind: measured
 /// on Zen 4 from memory, bf16 against 8 tokens 4.9 -> 7.2 GB/s per core and against 16
-/// 3.3 -> 4.4. Narrower passes run faster without it (24 -> 21 GB/s for one token).
+/// 3.3 -> 4.4 (when dense rows used it too).
 const PREFETCH_AHEAD: usize = 4096;
+
+/// Bytes ahead of a tile's dense rows that each step asks the L2 cache for, when the tile
+/// has two tokens or more. Measured on Zen 4, one core streaming bf16 rows from memory in
+/// pairs (two prefetched rows; `_MM_HINT_T0` 4 KiB ahead filled L1's few fill buffers):
+/// against 2 tokens 20 GB/s, 3 tokens 16, 4 tokens 15. One token runs fastest one row at
+/// a time, left to the hardware prefetcher (22 GB/s; 21 with this prefetch).
+const DENSE_PREFETCH_AHEAD: usize = 8192;
 
 /// 16 weights at element `c` of a dense row: bf16 widened by a shift, or f32 as stored.
 #[target_feature(enable = "avx512f")]
@@ -275,6 +284,8 @@ unsafe fn load16<const BF16: bool>(w: &[u8], c: usize) -> __m512 {
     }
 }
 
+// Out of line, like vnni::whole_group_dots: inlined, such loops spill registers.
+#[inline(never)]
 #[target_feature(enable = "avx512f")]
 unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
     w: [&[u8]; R],
@@ -293,9 +304,11 @@ unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
         let mut w0 = [_mm512_setzero_ps(); R];
         let mut w1 = [_mm512_setzero_ps(); R];
         for r in 0..R {
-            if T >= 4 {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    w[r].as_ptr().wrapping_add(PREFETCH_AHEAD + c * size_of::<u16>() * if BF16 { 1 } else { 2 }).cast(),
+            if T >= 2 {
+                _mm_prefetch::<_MM_HINT_T1>(
+                    w[r].as_ptr()
+                        .wrapping_add(DENSE_PREFETCH_AHEAD + c * size_of::<u16>() * if BF16 { 1 } else { 2 })
+                        .cast(),
                 );
             }
             unsafe { (w0[r], w1[r]) = (load16::<BF16>(w[r], c), load16::<BF16>(w[r], c + 16)) };
