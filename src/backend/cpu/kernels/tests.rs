@@ -281,8 +281,9 @@ fn decode_range_gives_the_row_from_any_block() {
     }
 }
 
-/// Single-thread speed of one pass over 256 MB of weights, one token (not a check: run by
-/// hand with --ignored --nocapture).
+/// Single-thread speed of one pass over 256 MB of weights from memory, row by row against
+/// one token and in blocks of 16 rows against 1 to 16 (not a check: run by hand with
+/// --ignored --nocapture).
 #[test]
 #[ignore]
 fn kernel_read_speed() {
@@ -310,7 +311,8 @@ fn kernel_read_speed() {
         }
         let s = t.elapsed().as_secs_f64();
         println!("{} bf16: {:.1} GB/s", isa.name(), bf.len() as f64 / s / 1e9);
-        for n in [2usize, 4, 8, 16] {
+        // Blocks of 16 rows, as a matmul's tasks take them.
+        for n in [1usize, 2, 4, 8, 16] {
             let x2: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
             let acts = Acts::new(isa, false, &x2, n, cols);
             let mut out2 = vec![0.0f32; 16 * n];
