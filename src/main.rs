@@ -73,6 +73,7 @@ enum Command {
         /// Token ids, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         tokens: Vec<u32>,
+        /// Model directory (default: the plan's weights.path).
         #[arg(long)]
         weights: Option<PathBuf>,
     },
@@ -96,6 +97,7 @@ enum Command {
         tokens: Vec<u32>,
         #[arg(long)]
         max_tokens: usize,
+        /// Model directory (default: the plan's weights.path).
         #[arg(long)]
         weights: Option<PathBuf>,
         /// Print {"tokens": [...]}.
@@ -228,6 +230,8 @@ enum BenchWhat {
     },
     /// CPU prefill in-process: one prompt through one forward, best of `--reps`.
     Prefill {
+        /// Model directory (config.json + safetensors; the plan comes from it), else the baked
+        /// plan's model.
         #[arg(long)]
         weights: Option<PathBuf>,
         #[arg(long, default_value_t = 512)]
@@ -245,6 +249,9 @@ enum BenchWhat {
         /// New tokens per request.
         #[arg(long, default_value_t = 128)]
         tokens: usize,
+        /// The baked plan's model directory, where it is not at the plan's weights.path: checked
+        /// against the plan (pins included) like `kiln serve --weights`. For any other model,
+        /// `kiln bench decode` and `prefill` take a directory with its own config.json.
         #[arg(long)]
         weights: Option<PathBuf>,
     },
@@ -256,6 +263,9 @@ enum BenchWhat {
         /// New tokens per prompt.
         #[arg(long, default_value_t = 128)]
         tokens: usize,
+        /// The baked plan's model directory, where it is not at the plan's weights.path: checked
+        /// against the plan (pins included) like `kiln serve --weights`. For any other model,
+        /// `kiln bench decode` and `prefill` take a directory with its own config.json.
         #[arg(long)]
         weights: Option<PathBuf>,
     },
