@@ -282,8 +282,10 @@ impl Backend for Cpu {
         });
         let rows = scored
             .chunks(parts)
-            .map(|row| {
-                row[0].is_some().then(|| top_k(&row.iter().flatten().flatten().copied().collect::<Vec<f32>>(), topk))
+            .map(|row| match row {
+                [None, ..] => None,
+                [Some(scores)] => Some(top_k(scores, topk)),
+                _ => Some(top_k(&row.iter().flatten().flatten().copied().collect::<Vec<f32>>(), topk)),
             })
             .collect();
         Ok(Selection { rows })

@@ -32,6 +32,11 @@ impl Warmth {
     fn now(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
+
+    /// Moves the spinners' stop to `GRACE` from now.
+    fn extend(&self) {
+        self.deadline.store(self.now() + GRACE.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 thread_local! {
@@ -52,7 +57,7 @@ pub fn keep_warm() {
         let w = cell.get_or_init(|| {
             Arc::new(Warmth { origin: Instant::now(), deadline: AtomicU64::new(0), live: AtomicUsize::new(0) })
         });
-        w.deadline.store(w.now() + GRACE.as_nanos() as u64, Ordering::Relaxed);
+        w.extend();
         if w.live.compare_exchange(0, threads - 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             let w = Arc::clone(w);
             rayon::spawn_broadcast(move |ctx| {
@@ -69,7 +74,7 @@ pub fn keep_warm() {
 pub fn renew() {
     WARMTH.with(|cell| {
         if let Some(w) = cell.get() {
-            w.deadline.store(w.now() + GRACE.as_nanos() as u64, Ordering::Relaxed);
+            w.extend();
         }
     });
 }

@@ -31,20 +31,17 @@ pub unsafe fn block_dots(
     ostride: usize,
     cached: bool,
 ) {
-    // Long dense rows against one token (decode) go one row at a time. Against more
+    // Long rows against one token (decode) go one row at a time. Against more
     // (verification, batches, prefill) they go in register tiles of two rows that share
-    // each activation load, prefetched into L2 (`DENSE_PREFETCH_AHEAD`): measured on Zen 4
-    // from memory, bf16 against 2 tokens 17.6 -> 20 GB/s per core and against 4 10 -> 15
-    // over one token at a time on a row that stays in L1 (which, before the prefetch, beat
-    // the tiles' 8-9). MXFP4 rows, whose decoding is the cost, always share each decoded
-    // block in tiles; so do rows that come from cache (`cached`: a small weight, which stays
-    // in cache from one step to the next) and short rows (an indexer key, an attention
-    // entry, a demo-size weight), where a row's reduction and call cost as much as its
-    // multiply-adds.
+    // each activation load, dense rows prefetched into L2 (`DENSE_PREFETCH_AHEAD`):
+    // measured on Zen 4 from memory, bf16 against 2 tokens 17.6 -> 20 GB/s per core and
+    // against 4 10 -> 15 over one token at a time on a row that stays in L1 (which, before
+    // the prefetch, beat the tiles' 8-9). Rows that come from cache (`cached`: a small
+    // weight, which stays in cache from one step to the next) and short rows (an indexer
+    // key, an attention entry, a demo-size weight), where a row's reduction and call cost as
+    // much as its multiply-adds, go in wider tiles below.
     let dense_rows = !matches!(w, RowsRef::Mxfp4 { .. });
     let short = cols <= SHORT_ROW;
-    let few_dense = tb == 1 && dense_rows && !cached && !short;
-    let tiles: &[usize] = if few_dense { &[1] } else { &[4, 2, 1] };
     // One to three tokens against short or cached dense rows: tiles of eight (row, token)
     // pairs (8 x 1, 4 x 2), so that the rows' multiply-adds overlap and their sums share one
     // reduction (`hsum8`); one row at a time is bound by the row's chain of additions and its
@@ -71,9 +68,9 @@ pub unsafe fn block_dots(
     while r < nrows {
         // Pairs of rows only when there are tokens to share the pair's activation loads: a
         // single token's tile runs faster one row at a time.
-        let pair = nrows - r >= 2 && tb >= 2 && !few_dense;
+        let pair = nrows - r >= 2 && tb >= 2;
         let mut t = 0;
-        for &tile in tiles {
+        for tile in [4, 2, 1] {
             while tb - t >= tile {
                 let (xs, o) = (&x[t * cols..], &mut out[r * ostride + t..]);
                 // SAFETY: the caller's guarantees, for rows r.. and tokens t..t + tile.

@@ -26,6 +26,13 @@ const PREFETCH_AHEAD: usize = 8192;
 /// biases take the 12 back out.
 const U_TABLE: [i8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
 
+/// U_TABLE in every 128-bit lane, for `unsigned_codes`.
+#[target_feature(enable = "avx512f")]
+fn code_table() -> __m512i {
+    // SAFETY: U_TABLE is 16 bytes.
+    _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(U_TABLE.as_ptr().cast()) })
+}
+
 /// Rows of MXFP4 `codes` [nrows, cols/2] / `scales` [nrows, cols/32] against tokens
 /// [t0, t0 + tb) of `q` (x [n, cols] f32 for the elements past the last whole block) ->
 /// out[r * ostride + t].
@@ -87,11 +94,12 @@ pub unsafe fn block_dots(
         }
         return;
     }
-    // SAFETY: the caller's guarantees.
-    if whole_groups(cols) && unsafe { whole_rows(codes, scales, nrows, q, t0, tb, cols, out, ostride) } {
+    if whole_groups(cols) {
+        // SAFETY: the caller's guarantees.
+        unsafe { whole_rows(codes, scales, nrows, q, x, t0, tb, cols, out, ostride) };
         return;
     }
-    // Rows with a tail, or a scale to fix up: pairs of rows against tiles of up to four tokens.
+    // Rows with a tail: pairs of rows against tiles of up to four tokens.
     let mut r = 0;
     while r < nrows {
         let pair = nrows - r >= 2;
@@ -127,12 +135,13 @@ pub unsafe fn block_dots(
     }
 }
 
-/// `block_dots`' long rows when they are whole groups, by `whole_group_dots`: false (and
-/// nothing to be trusted in out) if a scale needs `tile_dots`' fix-ups.
+/// `block_dots`' long rows when they are whole groups: pairs of rows against tiles of up to
+/// four tokens, by `whole_group_dots`, or by `tile_dots` for a pair whose scales need its
+/// fix-ups.
 ///
 /// This loop is its own small function: in `block_dots`, the same loop ran a third slower
-/// per row (one core streaming two rows and a token from memory: 9 -> 13
-/// GB/s, the bare calls 14).
+/// per row (one core streaming two rows and a token from memory: 9 -> 13 GB/s, the bare
+/// calls 14).
 ///
 /// # Safety
 /// As `block_dots`, and `cols` is whole groups.
@@ -144,16 +153,18 @@ unsafe fn whole_rows(
     scales: &[u8],
     nrows: usize,
     q: &Int8x2,
+    x: &[f32],
     t0: usize,
     tb: usize,
     cols: usize,
     out: &mut [f32],
     ostride: usize,
-) -> bool {
+) {
     let (cb, sb) = (cols / 2, cols / 32);
     let mut r = 0;
     while r < nrows {
         let pair = nrows - r >= 2;
+        let (c, s) = (&codes[r * cb..], &scales[r * sb..]);
         let mut t = 0;
         while t < tb {
             let tile = match tb - t {
@@ -163,31 +174,44 @@ unsafe fn whole_rows(
             };
             let (tok, o) = (t0 + t, &mut out[r * ostride + t..]);
             // SAFETY: the caller's guarantees, for rows r.. and tokens tok..tok + tile.
-            let done = unsafe {
-                if pair {
-                    let (c, s) = rows::<2>(&codes[r * cb..], &scales[r * sb..], cols);
-                    match tile {
-                        4 => whole_group_dots::<2, 4>(c, s, q, tok, o, ostride),
-                        2 => whole_group_dots::<2, 2>(c, s, q, tok, o, ostride),
-                        _ => whole_group_dots::<2, 1>(c, s, q, tok, o, ostride),
-                    }
-                } else {
-                    let (c, s) = rows::<1>(&codes[r * cb..], &scales[r * sb..], cols);
-                    match tile {
-                        4 => whole_group_dots::<1, 4>(c, s, q, tok, o, ostride),
-                        2 => whole_group_dots::<1, 2>(c, s, q, tok, o, ostride),
-                        _ => whole_group_dots::<1, 1>(c, s, q, tok, o, ostride),
-                    }
+            unsafe {
+                match (pair, tile) {
+                    (true, 4) => whole_or_fixed_up::<2, 4>(rows(c, s, cols), q, x, tok, cols, o, ostride),
+                    (true, 2) => whole_or_fixed_up::<2, 2>(rows(c, s, cols), q, x, tok, cols, o, ostride),
+                    (true, _) => whole_or_fixed_up::<2, 1>(rows(c, s, cols), q, x, tok, cols, o, ostride),
+                    (false, 4) => whole_or_fixed_up::<1, 4>(rows(c, s, cols), q, x, tok, cols, o, ostride),
+                    (false, 2) => whole_or_fixed_up::<1, 2>(rows(c, s, cols), q, x, tok, cols, o, ostride),
+                    (false, _) => whole_or_fixed_up::<1, 1>(rows(c, s, cols), q, x, tok, cols, o, ostride),
                 }
-            };
-            if !done {
-                return false;
             }
             t += tile;
         }
         r += if pair { 2 } else { 1 };
     }
-    true
+}
+
+/// R rows of whole groups x T tokens: `whole_group_dots`, or `tile_dots` when a scale needs
+/// its fix-ups.
+///
+/// # Safety
+/// As `whole_group_dots`, with x holding the tokens.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn whole_or_fixed_up<const R: usize, const T: usize>(
+    (codes, scales): ([&[u8]; R], [&[u8]; R]),
+    q: &Int8x2,
+    x: &[f32],
+    t0: usize,
+    cols: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    // SAFETY: the caller's guarantees.
+    unsafe {
+        if !whole_group_dots::<R, T>(codes, scales, q, t0, out, ostride) {
+            tile_dots::<R, T>(codes, scales, q, x, t0, cols, out, ostride);
+        }
+    }
 }
 
 /// One token's group of four blocks as the kernels take it.
@@ -271,9 +295,25 @@ fn group_scales(bytes: &[u8], m: usize) -> __m512 {
         raw[..m].copy_from_slice(&bytes[..m]);
         u32::from_le_bytes(raw)
     };
-    let e = _mm512_shuffle_epi8(_mm512_set1_epi32(word as i32), scale_spread());
     // Exponents 0 and 0xFF need fixing up (2^-127, NaN); checked on the word, they are rare.
-    if special_scales(word) != 0 { super::avx512::e8m0_lanes(e) } else { _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)) }
+    if special_scales(word) != 0 {
+        super::avx512::e8m0_lanes(spread_scales(word, scale_spread()))
+    } else {
+        ordinary_scales(word, scale_spread())
+    }
+}
+
+/// Byte k of `word` into each int32 lane of 128-bit lane k (`spread` is `scale_spread()`).
+#[target_feature(enable = "avx512f,avx512bw")]
+fn spread_scales(word: u32, spread: __m512i) -> __m512i {
+    _mm512_shuffle_epi8(_mm512_set1_epi32(word as i32), spread)
+}
+
+/// `group_scales` for four exponents none of which is 0 or 0xFF: each one's bits moved into
+/// an f32's exponent field.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn ordinary_scales(word: u32, spread: __m512i) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32(spread_scales(word, spread), 23))
 }
 
 /// The `vpshufb` control that takes byte k of a broadcast 32-bit word into each int32 lane of
@@ -305,7 +345,7 @@ fn special_scales(word: u32) -> u32 {
 /// fix-ups kept its loop at about two thirds of this one's rate (one core, two rows and one
 /// token: 10.8 -> 16 GB/s in cache, 9 -> 14 from memory). An exponent of 0 or 0xFF (which
 /// `group_scales` fixes up) is only noted on the way; then nothing is written and the
-/// result is false, for `tile_dots` to do these rows.
+/// result is false, for `tile_dots` to do these rows again.
 ///
 /// # Safety
 /// The CPU has AVX-512F, BW and VNNI; each row's codes hold q.groups groups of 64 bytes and
@@ -329,8 +369,7 @@ unsafe fn whole_group_dots<const R: usize, const T: usize>(
         );
     }
     assert!((t0 + T) * groups * GROUP_BYTES <= q.q.len(), "whole_group_dots: tokens outside q");
-    // SAFETY: U_TABLE is 16 bytes.
-    let lut = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(U_TABLE.as_ptr().cast()) });
+    let lut = code_table();
     let spread = scale_spread();
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let mut special = 0u32;
@@ -344,13 +383,12 @@ unsafe fn whole_group_dots<const R: usize, const T: usize>(
             let (raw, word) = unsafe {
                 (
                     _mm512_loadu_si512(codes[r].as_ptr().add(64 * g).cast()),
-                    scales[r].as_ptr().add(GROUP_BLOCKS * g).cast::<i32>().read_unaligned(),
+                    scales[r].as_ptr().add(GROUP_BLOCKS * g).cast::<u32>().read_unaligned(),
                 )
             };
             (ue[r], uo[r]) = unsigned_codes(raw, lut);
-            // `group_scales` for ordinary exponents.
-            special |= special_scales(word as u32);
-            sw[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_shuffle_epi8(_mm512_set1_epi32(word), spread), 23));
+            special |= special_scales(word);
+            sw[r] = ordinary_scales(word, spread);
         }
         for t in 0..T {
             // SAFETY: token t0 + t's group g lies within q (checked above).
@@ -393,8 +431,7 @@ unsafe fn eight_rows_one_token(
 ) {
     let (cb, sb) = (cols.div_ceil(2), cols.div_ceil(32));
     assert!(codes.len() >= 8 * cb && scales.len() >= 8 * sb, "eight_rows_one_token: short rows");
-    // SAFETY: U_TABLE is 16 bytes.
-    let lut = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(U_TABLE.as_ptr().cast()) });
+    let lut = code_table();
     let blocks = cols / 32;
     let mut acc = [[_mm512_setzero_ps(); 1]; 8];
     for g in 0..q.groups {
@@ -422,7 +459,10 @@ unsafe fn eight_rows_one_token(
 }
 
 /// R rows x T tokens (from token `t0` of q).
+// Out of line, so that `whole_rows`' loop, which falls back on it for rows whose scales
+// need fixing up, stays small.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_dots<const R: usize, const T: usize>(
     codes: [&[u8]; R],
@@ -434,8 +474,7 @@ unsafe fn tile_dots<const R: usize, const T: usize>(
     out: &mut [f32],
     ostride: usize,
 ) {
-    // SAFETY: U_TABLE is 16 bytes.
-    let lut = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(U_TABLE.as_ptr().cast()) });
+    let lut = code_table();
     let blocks = cols / 32;
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     for g in 0..q.groups {
