@@ -97,6 +97,12 @@ pub trait Backend: Send + Sync + 'static {
     /// x [n, cols] W^T -> [n, rows]; with `act_quant` and an MXFP4 weight, x is first rounded
     /// to the MXFP4 grid (W4A4).
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight, act_quant: bool) -> Result<Self::Tensor>;
+    /// `linear` of x through each of `ws` -> one output each, in order. A backend that can
+    /// run several weights of one input in one pass does so (the CPU: one parallel loop
+    /// instead of one per weight).
+    fn linears(&self, x: &Self::Tensor, ws: &[&Self::Weight], act_quant: bool) -> Result<Vec<Self::Tensor>> {
+        ws.iter().map(|w| self.linear(x, w, act_quant)).collect()
+    }
     /// acc += x.
     fn add(&self, acc: &mut Self::Tensor, x: &Self::Tensor) -> Result<()>;
     /// x *= s.

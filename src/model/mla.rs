@@ -31,35 +31,25 @@ pub fn dims(m: &ModelShape) -> MlaDims {
     }
 }
 
-/// The query side of a step.
-pub struct Queries<B: Backend> {
-    pub q_lat: B::Tensor, // [n, q_lora] (also the indexer's input)
-    pub q: B::Tensor,     // [n, H * (nope + rope)], rope part roped
-}
-
-/// Projects the step's tokens into queries and writes their cache entries (normalized
-/// latent, roped rope key) into `layer`.
+/// Ropes the step's queries `q` [n, H * (nope + rope)] in place and writes its cache entries
+/// (normalized latent, roped rope key) from `ckv` = kv_a x [n, r + rope] into `layer`.
 #[allow(clippy::too_many_arguments)]
 pub fn project<B: Backend>(
     b: &B,
     w: &AttnWeights<B>,
     d: &MlaDims,
     inv_freq: &B::Vector,
-    x: &B::Tensor, // [n, D], input-normed
+    q: &mut B::Tensor,
+    ckv: &B::Tensor,
     batch: &B::Batch,
     kv: &mut B::KvStore,
     layer: usize,
-    aq: bool,
-) -> Result<Queries<B>> {
-    let q_lat = b.rms_norm(&b.linear(x, &w.q_a, aq)?, &w.q_a_norm, LATENT_NORM_EPS)?;
-    let mut q = b.linear(&q_lat, &w.q_b, aq)?;
-    b.rope(&mut q, batch, inv_freq, d.heads, d.nope)?;
-    let ckv = b.linear(x, &w.kv_a, aq)?; // [n, r + rope]
-    let (latent, mut k_rope) = b.split(&ckv, d.latent)?;
+) -> Result<()> {
+    b.rope(q, batch, inv_freq, d.heads, d.nope)?;
+    let (latent, mut k_rope) = b.split(ckv, d.latent)?;
     let latent = b.rms_norm(&latent, &w.kv_a_norm, LATENT_NORM_EPS)?;
     b.rope(&mut k_rope, batch, inv_freq, 1, 0)?;
-    b.write_kv(kv, layer, batch, &latent, &k_rope)?;
-    Ok(Queries { q_lat, q })
+    b.write_kv(kv, layer, batch, &latent, &k_rope)
 }
 
 /// The heads' outputs [n, H * v] over the keys `sel` allows, before o_proj.

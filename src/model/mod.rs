@@ -9,6 +9,7 @@ pub mod indexer;
 pub mod mla;
 pub mod moe;
 mod mtp;
+pub mod projections;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -216,14 +217,17 @@ impl<B: Backend> Model<B> {
         let aq = self.act_quant;
         let x = b.rms_norm(h, &w.input_norm, eps)?;
 
+        let scoring = projections::scoring(m.index_topk as usize, &step.positions);
+        let p = projections::project(b, &w.attn, w.indexer.as_ref(), scoring, &x, aq)?;
+        let mut q = p.q;
         // The step's entries go into the store before anyone attends.
-        let queries = mla::project(b, &w.attn, &d, &self.inv_freq, &x, batch, kv, kv_layer, aq)?;
-        let own = match &w.indexer {
-            Some(ix) => {
-                indexer::write_keys(b, ix, &self.inv_freq, &x, batch, kv, kv_layer, aq)?;
-                Some(indexer::select(b, ix, m, &self.inv_freq, &x, &queries.q_lat, step, batch, kv, kv_layer, aq)?)
+        mla::project(b, &w.attn, &d, &self.inv_freq, &mut q, &p.ckv, batch, kv, kv_layer)?;
+        let own = match (&w.indexer, &p.index_k) {
+            (Some(ix), Some(k)) => {
+                indexer::write_keys(b, ix, &self.inv_freq, k, batch, kv, kv_layer)?;
+                Some(indexer::select(b, m, &self.inv_freq, p.index_scoring, batch, kv, kv_layer)?)
             }
-            None => None,
+            _ => None,
         };
         let all;
         let sel = match (&own, previous) {
@@ -233,7 +237,7 @@ impl<B: Backend> Model<B> {
                 &all
             }
         };
-        let heads = mla::attend(b, &w.attn, &d, kv, kv_layer, batch, &queries.q, sel, self.form)?;
+        let heads = mla::attend(b, &w.attn, &d, kv, kv_layer, batch, &q, sel, self.form)?;
         // h + attn (addition commutes exactly, so the residual can be added onto attn).
         let mut h_out = b.linear(&heads, &w.attn.o, aq)?;
         b.add(&mut h_out, h)?;

@@ -9,8 +9,8 @@ use crate::plan::ModelShape;
 
 /// down(silu(gate x) * up x): x [n, D] -> [n, D].
 pub fn mlp<B: Backend>(b: &B, w: &Mlp<B>, x: &B::Tensor, aq: bool) -> Result<B::Tensor> {
-    let g = b.linear(x, &w.gate, aq)?;
-    let u = b.linear(x, &w.up, aq)?;
+    let mut gate_up = b.linears(x, &[&w.gate, &w.up], aq)?.into_iter();
+    let (g, u) = (gate_up.next().expect("gate"), gate_up.next().expect("up"));
     b.linear(&b.silu_mul(&g, &u)?, &w.down, aq)
 }
 

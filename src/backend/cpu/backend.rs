@@ -9,8 +9,8 @@ use rayon::prelude::*;
 use super::kernels::{Acts, Isa, accumulate_rows, block_dots};
 use super::matmul::rows_ref;
 use super::{
-    HostKvStore, KeySet, Route, RouterConfig, attend_heads, dot, layer_norm_rows, matmul, rms_norm_rows, rope::rotate,
-    route, score_slots, silu_mul, softmax, top_k,
+    HostKvStore, KeySet, Route, RouterConfig, attend_heads, dot, layer_norm_rows, matmul, matmul_many, rms_norm_rows,
+    rope::rotate, route, score_slots, silu_mul, softmax, top_k,
 };
 use crate::backend::{Backend, MlaDims, MlpLinears, Selection, StepBatch};
 use crate::error::{Error, Result};
@@ -188,6 +188,14 @@ impl Backend for Cpu {
             return Err(shape_error(format!("linear of [{}, {}] over rows of {}", w.rows, w.cols, x.width)));
         }
         Ok(Rows::new(matmul(&x.data, x.n(), w, act_quant), w.rows))
+    }
+
+    fn linears(&self, x: &Rows, ws: &[&Linear], act_quant: bool) -> Result<Vec<Rows>> {
+        if let Some(w) = ws.iter().find(|w| w.cols != x.width) {
+            return Err(shape_error(format!("linear of [{}, {}] over rows of {}", w.rows, w.cols, x.width)));
+        }
+        let ys = matmul_many(&x.data, x.n(), ws, act_quant);
+        Ok(ws.iter().zip(ys).map(|(w, y)| Rows::new(y, w.rows)).collect())
     }
 
     fn add(&self, acc: &mut Rows, x: &Rows) -> Result<()> {

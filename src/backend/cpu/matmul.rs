@@ -22,75 +22,104 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 /// x [n, cols] -> y [n, rows]. With `quantize_input` and an MXFP4 weight, x first goes
 /// through dynamic MXFP4 quantization (W4A4); otherwise it is used as it is.
 pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32> {
-    matmul_each(x, n, &[w], quantize_input).pop().expect("one weight, one output")
+    matmul_many(x, n, &[w], quantize_input).pop().expect("one weight, one output")
 }
 
-/// x [n, cols] through two weights (an MLP's gate and up) -> ([n, a.rows], [n, b.rows]),
-/// the input prepared for the kernels once when both have its width and format.
+/// x [n, cols] through two weights (an MLP's gate and up) -> ([n, a.rows], [n, b.rows]).
 pub fn matmul_pair(x: &[f32], n: usize, a: &Linear, b: &Linear, quantize_input: bool) -> (Vec<f32>, Vec<f32>) {
-    if a.cols != b.cols || a.is_mxfp4() != b.is_mxfp4() {
+    if a.cols != b.cols {
         return (matmul(x, n, a, quantize_input), matmul(x, n, b, quantize_input));
     }
-    let mut ys = matmul_each(x, n, &[a, b], quantize_input);
+    let mut ys = matmul_many(x, n, &[a, b], quantize_input);
     let yb = ys.pop().expect("two outputs");
     (ys.pop().expect("two outputs"), yb)
 }
 
-/// x [n, cols] through each of `ws` (all of one width and format) -> one [n, rows] each.
-fn matmul_each(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) -> Vec<Vec<f32>> {
-    let (cols, mxfp4) = (ws[0].cols, ws[0].is_mxfp4());
+/// x [n, cols] through each of `ws` (all `cols` wide, of any formats) -> one [n, w.rows]
+/// each, the bits of `matmul` for each: the input is prepared once per format, and every
+/// weight's row blocks go in one parallel pass. A decode step's projections of one input
+/// (q_a, kv_a and the indexer's two) are small, and each pass of its own paid a fork, a
+/// join and a thread idle at its end.
+pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) -> Vec<Vec<f32>> {
+    let Some(cols) = ws.first().map(|w| w.cols) else { return Vec::new() };
+    assert!(ws.iter().all(|w| w.cols == cols), "matmul_many: weights of different widths");
     assert_eq!(x.len(), n * cols, "matmul: x is not [{n}, {cols}]");
     if n == 0 {
         return ws.iter().map(|_| Vec::new()).collect();
     }
+    let any_mxfp4 = ws.iter().any(|w| w.is_mxfp4());
     let quantized;
-    let x = if quantize_input && mxfp4 {
+    let xq = if quantize_input && any_mxfp4 {
         quantized = quantize_mxfp4_activations(x, cols);
         &quantized[..]
     } else {
         x
     };
-    let mut acts = Acts::new(Isa::current(), mxfp4, x, n, cols);
-    acts.cached = ws.iter().all(|w| w.stored_bytes() <= CACHED_WEIGHT_BYTES);
-    ws.iter().map(|w| if w.rows == 0 { Vec::new() } else { matmul_acts(&acts, x, w) }).collect()
+    // The input as each kind of weight reads it: MXFP4, dense in cache, dense from memory.
+    let isa = Isa::current();
+    let mxfp4_acts = any_mxfp4.then(|| Acts::new(isa, true, xq, n, cols));
+    let dense_acts = |cached: bool| {
+        let mut a = Acts::new(isa, false, x, n, cols);
+        a.cached = cached;
+        a
+    };
+    let cached = |w: &Linear| w.stored_bytes() <= CACHED_WEIGHT_BYTES;
+    let hot = ws.iter().any(|w| !w.is_mxfp4() && cached(w)).then(|| dense_acts(true));
+    let cold = ws.iter().any(|w| !w.is_mxfp4() && !cached(w)).then(|| dense_acts(false));
+    let inputs: Vec<(&Acts<'_>, &[f32])> = ws
+        .iter()
+        .map(|w| match (w.is_mxfp4(), cached(w)) {
+            (true, _) => (mxfp4_acts.as_ref().expect("made for MXFP4 weights"), xq),
+            (false, true) => (hot.as_ref().expect("made for cached weights"), x),
+            (false, false) => (cold.as_ref().expect("made for weights from memory"), x),
+        })
+        .collect();
+    // out_t [rows, n] per weight: each task owns whole rows of one.
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0f32; w.rows * n]).collect();
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (weight, row block, its out_t rows)
+    for (i, out_t) in outs.iter_mut().enumerate() {
+        tasks.extend(out_t.chunks_mut(ROW_BLOCK * n).enumerate().map(|(b, chunk)| (i, b, chunk)));
+    }
+    let run = |(i, b, chunk): (usize, usize, &mut [f32])| {
+        let (acts, xs) = inputs[i];
+        row_block(acts, xs, ws[i], b * ROW_BLOCK, chunk);
+    };
+    let work: usize = ws.iter().map(|w| w.rows * cols * n).sum();
+    if work >= PARALLEL_MIN_WORK {
+        // A long step (prefill) outlasts the spinners' grace: each parallel matmul renews it.
+        super::warm::renew();
+        tasks.into_par_iter().for_each(run);
+    } else {
+        tasks.into_iter().for_each(run);
+    }
+    if n == 1 {
+        return outs;
+    }
+    ws.iter().zip(outs).map(|(w, out_t)| transpose(&out_t, w.rows, n)).collect()
 }
 
-/// x [n, cols] (also as `acts`, made for w's format) -> [n, rows].
-fn matmul_acts(acts: &Acts<'_>, x: &[f32], w: &Linear) -> Vec<f32> {
-    let (rows, cols, n) = (w.rows, w.cols, acts.n);
-    // out_t [rows, n]: each task owns whole rows.
-    let mut out_t = vec![0.0f32; rows * n];
-    let block = |(b, chunk): (usize, &mut [f32])| {
-        let mut decoded = Vec::new(); // [cols], only for formats the kernels do not read
-        for t0 in (0..n).step_by(TOKEN_BLOCK) {
-            let tb = TOKEN_BLOCK.min(n - t0);
-            let xs = &x[t0 * cols..(t0 + tb) * cols]; // plain rows, for the decoded fallback
-            let nrows = chunk.len() / n;
-            match rows_ref(w, b * ROW_BLOCK) {
-                Some(rr) => block_dots(acts, rr, nrows, t0, tb, &mut chunk[t0..], n),
-                None => {
-                    for (i, o) in chunk.chunks_mut(n).enumerate() {
-                        decoded.resize(cols, 0.0);
-                        w.row_into(b * ROW_BLOCK + i, &mut decoded);
-                        for (t, y) in o[t0..t0 + tb].iter_mut().enumerate() {
-                            *y = dot(&decoded, &xs[t * cols..(t + 1) * cols]);
-                        }
+/// Rows [r0, r0 + chunk.len() / n) of `w` against every token of `acts` (x [n, cols] as
+/// stored, for formats the kernels do not read) -> chunk [rows, n].
+fn row_block(acts: &Acts<'_>, x: &[f32], w: &Linear, r0: usize, chunk: &mut [f32]) {
+    let (cols, n) = (w.cols, acts.n);
+    let nrows = chunk.len() / n;
+    let mut decoded = Vec::new(); // [cols], only for formats the kernels do not read
+    for t0 in (0..n).step_by(TOKEN_BLOCK) {
+        let tb = TOKEN_BLOCK.min(n - t0);
+        let xs = &x[t0 * cols..(t0 + tb) * cols]; // plain rows, for the decoded fallback
+        match rows_ref(w, r0) {
+            Some(rr) => block_dots(acts, rr, nrows, t0, tb, &mut chunk[t0..], n),
+            None => {
+                for (i, o) in chunk.chunks_mut(n).enumerate() {
+                    decoded.resize(cols, 0.0);
+                    w.row_into(r0 + i, &mut decoded);
+                    for (t, y) in o[t0..t0 + tb].iter_mut().enumerate() {
+                        *y = dot(&decoded, &xs[t * cols..(t + 1) * cols]);
                     }
                 }
             }
         }
-    };
-    if rows * cols * n >= PARALLEL_MIN_WORK {
-        // A long step (prefill) outlasts the spinners' grace: each parallel matmul renews it.
-        super::warm::renew();
-        out_t.par_chunks_mut(ROW_BLOCK * n).enumerate().for_each(block);
-    } else {
-        out_t.chunks_mut(ROW_BLOCK * n).enumerate().for_each(block);
     }
-    if n == 1 {
-        return out_t;
-    }
-    transpose(&out_t, rows, n)
 }
 
 /// Side of the square tiles `transpose` moves: 32 x 32 f32 read and written a cache line

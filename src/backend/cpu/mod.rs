@@ -22,7 +22,7 @@ pub use backend::{Cpu, CpuBatch, Rows};
 pub use indexer::{score_row, score_slots};
 pub use kernels::dot;
 pub use kv_store::HostKvStore;
-pub use matmul::{matmul, matmul_pair};
+pub use matmul::{matmul, matmul_many, matmul_pair};
 pub use norm::{layer_norm_rows, rms_norm_rows};
 pub use rope::Rope;
 pub use router::{Route, RouterConfig, route};
