@@ -28,6 +28,9 @@ pub struct Int8x2 {
     /// [n, G, 16] f32: lane 4k + j = s / 512 of block k (the 1/2 undoes u's doubling); NaN
     /// for a block with a non-finite element, 0 for padding.
     pub scale: Vec<f32>,
+    /// Every q2 is zero: x is on the MXFP4 grid (a W4A4 layer's input), and the kernels may
+    /// skip the second term's products, which would all be zero.
+    pub one_term: bool,
 }
 
 impl Int8x2 {
@@ -56,7 +59,8 @@ impl Int8x2 {
                 quantize_block(xs, k, gq, bi, sc);
             }
         }
-        Int8x2 { groups, q, bias, scale }
+        let one_term = q.chunks_exact(GROUP_BYTES).all(|g| g[GROUP_BYTES / 2..].iter().all(|&v| v == 0));
+        Int8x2 { groups, q, bias, scale, one_term }
     }
 }
 
@@ -125,6 +129,7 @@ mod tests {
             [0.0f32, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0].iter().cycle().take(32).map(|v| -v * 0.25).collect();
         let a = Int8x2::new(&grid, 1, 32);
         assert!(a.q[128..].iter().all(|&v| v == 0));
+        assert!(a.one_term);
         for (i, &want) in grid.iter().enumerate() {
             let half = if i % 2 == 0 { 0 } else { 64 };
             assert_eq!(f32::from(a.q[half + i / 2]) * a.scale[0] * 512.0, want);

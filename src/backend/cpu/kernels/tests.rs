@@ -421,3 +421,35 @@ fn kernel_tile_speed() {
         println!("mxfp4 n={n}: {:.1} GMAC/s, {:.1} MAC/cycle at 2.6 GHz", macs / s / 1e9, macs / s / 2.6e9);
     }
 }
+
+#[test]
+fn w4a4_inputs_skip_the_second_term_with_the_same_bits() {
+    // Inputs on the MXFP4 grid (a W4A4 layer's) have no second int8 term, and the
+    // whole-group loops then skip its products: the same bits as with them, for one token
+    // (eight rows, a pair, a single row) and for tiles of several.
+    if !Isa::available().contains(&Isa::Avx512Vnni) {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let (cols, nrows) = (512, 11);
+    let rows: Vec<Row> = (0..nrows).map(|_| random_row("mxfp4", cols, &mut rng)).collect();
+    let codes: Vec<u8> = rows.iter().flat_map(|r| r.bytes.iter().copied()).collect();
+    let scales: Vec<u8> = rows.iter().flat_map(|r| r.scales.iter().copied()).collect();
+    let w = RowsRef::Mxfp4 { codes: &codes, scales: &scales };
+    for tb in [1, 2, 5] {
+        let raw: Vec<f32> = (0..tb * cols).map(|_| rng.random_range(-3.0..3.0)).collect(); // [tb, cols]
+        let off_grid = Acts::new(Isa::Avx512Vnni, true, &raw, tb, cols);
+        assert!(!off_grid.int8.as_ref().expect("VNNI activations").one_term, "random activations have a second term");
+        let x = crate::backend::cpu::quantize_mxfp4_activations(&raw, cols);
+        let mut acts = Acts::new(Isa::Avx512Vnni, true, &x, tb, cols);
+        assert!(acts.int8.as_ref().expect("VNNI activations").one_term, "{tb} tokens on the MXFP4 grid");
+        let mut skipped = vec![f32::NAN; nrows * tb]; // [rows, tb]
+        block_dots(&acts, w, nrows, 0, tb, &mut skipped, tb);
+        acts.int8.as_mut().expect("VNNI activations").one_term = false;
+        let mut both = vec![f32::NAN; nrows * tb]; // [rows, tb]
+        block_dots(&acts, w, nrows, 0, tb, &mut both, tb);
+        for (i, (a, b)) in skipped.iter().zip(&both).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{tb} tokens: row {} token {}", i / tb, i % tb);
+        }
+    }
+}

@@ -282,6 +282,16 @@ fn add_group(acc: __m512, ue: __m512i, uo: __m512i, sw: __m512, a: &GroupActs) -
     _mm512_fmadd_ps(sum, _mm512_mul_ps(sw, a.scale), acc)
 }
 
+/// `add_group` for activations whose second term is zero (`Int8x2::one_term`): its two
+/// products against q2 only add zeros to the bias, so without them the integer sum, and so
+/// the result, is the same bits, in 7 operations instead of 9.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn add_group_one_term(acc: __m512, ue: __m512i, uo: __m512i, sw: __m512, a: &GroupActs) -> __m512 {
+    let d1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ue, a.q1e), uo, a.q1o);
+    let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(d1, 8), a.bias));
+    _mm512_fmadd_ps(sum, _mm512_mul_ps(sw, a.scale), acc)
+}
+
 /// The first N rows of MXFP4 `codes` / `scales`, `cols` wide, one slice each.
 fn rows<'a, const N: usize>(codes: &'a [u8], scales: &'a [u8], cols: usize) -> ([&'a [u8]; N], [&'a [u8]; N]) {
     let (cb, sb) = (cols.div_ceil(2), cols.div_ceil(32));
@@ -366,7 +376,13 @@ unsafe fn whole_group_dots<const R: usize, const T: usize>(
     ostride: usize,
 ) -> bool {
     // SAFETY: the caller's guarantees.
-    let (acc, special) = unsafe { whole_group_acc::<R, T>(codes, scales, q, t0) };
+    let (acc, special) = unsafe {
+        if q.one_term {
+            whole_group_acc::<R, T, true>(codes, scales, q, t0)
+        } else {
+            whole_group_acc::<R, T, false>(codes, scales, q, t0)
+        }
+    };
     if special != 0 {
         return false;
     }
@@ -381,13 +397,14 @@ unsafe fn whole_group_dots<const R: usize, const T: usize>(
 }
 
 /// `whole_group_dots`' accumulators, [r][t], before their lane sums, and the special
-/// exponents it met (nonzero when a scale needs `tile_dots`' fix-ups).
+/// exponents it met (nonzero when a scale needs `tile_dots`' fix-ups). ONE_TERM: q is
+/// `one_term`, and the groups go through `add_group_one_term`.
 ///
 /// # Safety
 /// As `whole_group_dots`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn whole_group_acc<const R: usize, const T: usize>(
+unsafe fn whole_group_acc<const R: usize, const T: usize, const ONE_TERM: bool>(
     codes: [&[u8]; R],
     scales: [&[u8]; R],
     q: &Int8x2,
@@ -426,7 +443,11 @@ unsafe fn whole_group_acc<const R: usize, const T: usize>(
             // SAFETY: token t0 + t's group g lies within q (checked above).
             let a = unsafe { group_acts_at(q, (t0 + t) * groups + g) };
             for r in 0..R {
-                acc[r][t] = add_group(acc[r][t], ue[r], uo[r], sw[r], &a);
+                acc[r][t] = if ONE_TERM {
+                    add_group_one_term(acc[r][t], ue[r], uo[r], sw[r], &a)
+                } else {
+                    add_group(acc[r][t], ue[r], uo[r], sw[r], &a)
+                };
             }
         }
     }
@@ -462,7 +483,13 @@ unsafe fn whole_rows_one_token(
         for p in 0..4 {
             let (c, s) = rows::<2>(&codes[(r0 + 2 * p) * cols / 2..], &scales[(r0 + 2 * p) * cols / 32..], cols);
             // SAFETY: the caller's guarantees, for rows r0 + 2p and the next.
-            let ([[a0], [a1]], sp) = unsafe { whole_group_acc::<2, 1>(c, s, q, t0) };
+            let ([[a0], [a1]], sp) = unsafe {
+                if q.one_term {
+                    whole_group_acc::<2, 1, true>(c, s, q, t0)
+                } else {
+                    whole_group_acc::<2, 1, false>(c, s, q, t0)
+                }
+            };
             (acc[2 * p], acc[2 * p + 1], special[p]) = (a0, a1, sp);
         }
         let h = super::avx512::hsum8(acc);
