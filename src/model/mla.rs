@@ -31,21 +31,19 @@ pub fn dims(m: &ModelShape) -> MlaDims {
     }
 }
 
-/// Ropes the step's queries `q` [n, H * (nope + rope)] in place and writes its cache entries
-/// (normalized latent, roped rope key) from `ckv` = kv_a x [n, r + rope] into `layer`.
+/// Writes the step's cache entries (normalized latent, roped rope key) from
+/// `ckv` = kv_a x [n, r + rope] into `layer`.
 #[allow(clippy::too_many_arguments)]
-pub fn project<B: Backend>(
+pub fn write_entries<B: Backend>(
     b: &B,
     w: &AttnWeights<B>,
     d: &MlaDims,
     inv_freq: &B::Vector,
-    q: &mut B::Tensor,
     ckv: &B::Tensor,
     batch: &B::Batch,
     kv: &mut B::KvStore,
     layer: usize,
 ) -> Result<()> {
-    b.rope(q, batch, inv_freq, d.heads, d.nope)?;
     let (latent, mut k_rope) = b.split(ckv, d.latent)?;
     let latent = b.rms_norm(&latent, &w.kv_a_norm, LATENT_NORM_EPS)?;
     b.rope(&mut k_rope, batch, inv_freq, 1, 0)?;

@@ -219,9 +219,10 @@ impl<B: Backend> Model<B> {
 
         let scoring = projections::scoring(m.index_topk as usize, &step.positions);
         let p = projections::project(b, &w.attn, w.indexer.as_ref(), scoring, &x, aq)?;
-        let mut q = p.q;
+        let mut q = p.q; // [n, H * (nope + rope)]
+        b.rope(&mut q, batch, &self.inv_freq, d.heads, d.nope)?;
         // The step's entries go into the store before anyone attends.
-        mla::project(b, &w.attn, &d, &self.inv_freq, &mut q, &p.ckv, batch, kv, kv_layer)?;
+        mla::write_entries(b, &w.attn, &d, &self.inv_freq, &p.ckv, batch, kv, kv_layer)?;
         let own = match (&w.indexer, &p.index_k) {
             (Some(ix), Some(k)) => {
                 indexer::write_keys(b, ix, &self.inv_freq, k, batch, kv, kv_layer)?;
