@@ -142,8 +142,12 @@ pub fn build(
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let src = out_dir.join(format!("kiln_emulated-{}.cpp", &digest[..16]));
     std::fs::write(&src, &tu).map_err(|e| format!("{}: {e}", src.display()))?;
-    // Write beside, then rename: a concurrent build never sees half a library.
-    let partial = out_dir.join(format!("libkiln_emulated-{}.{}.partial", &digest[..16], std::process::id()));
+    // Write beside, then rename: a concurrent build never sees half a library. The partial
+    // name is unique per build, not only per process: two tests of one binary build the same
+    // library at once, and with one name for both the second rename found nothing.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nth = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = out_dir.join(format!("libkiln_emulated-{}.{}-{nth}.partial", &digest[..16], std::process::id()));
     let out = Command::new(std::env::var("KILN_EMULATED_CXX").unwrap_or_else(|_| "g++".into()))
         .args(FLAGS)
         .arg("-I")
@@ -164,6 +168,12 @@ pub fn build(
             if lines.is_empty() { err.trim().to_string() } else { lines.join("\n  ") }
         ));
     }
-    std::fs::rename(&partial, &lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+    if let Err(e) = std::fs::rename(&partial, &lib) {
+        let _ = std::fs::remove_file(&partial);
+        // Another build of the same library may have finished first; its result is as good.
+        if !lib.is_file() {
+            return Err(format!("{}: {e}", lib.display()));
+        }
+    }
     Ok(lib)
 }
