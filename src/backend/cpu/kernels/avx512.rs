@@ -10,6 +10,7 @@
 
 use std::arch::x86_64::*;
 
+use super::hsum::{hsum8, tile_sums};
 use super::{E2M1_SIGNED, RowRef, RowsRef, mxfp4_tail};
 
 /// Rows of `w` against x [tb, cols] -> out[r * ostride + t]: rows in pairs, tokens in tiles
@@ -278,8 +279,9 @@ const PREFETCH_AHEAD: usize = 4096;
 const DENSE_PREFETCH_AHEAD: usize = 8192;
 
 /// 16 weights at element `c` of a dense row: bf16 widened by a shift, or f32 as stored.
+#[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn load16<const BF16: bool>(w: &[u8], c: usize) -> __m512 {
+pub(super) unsafe fn load16<const BF16: bool>(w: &[u8], c: usize) -> __m512 {
     // SAFETY: the caller keeps c + 16 <= cols.
     unsafe {
         if BF16 {
@@ -291,7 +293,7 @@ unsafe fn load16<const BF16: bool>(w: &[u8], c: usize) -> __m512 {
     }
 }
 
-// Out of line, like vnni::whole_group_dots: inlined, such loops spill registers.
+// Out of line, like vnni_whole::whole_group_dots: inlined, such loops spill registers.
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
 unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
@@ -410,202 +412,6 @@ unsafe fn dense_one_token<const BF16: bool>(
             out[(r0 + i) * ostride] = h[i] + tail;
         }
         r0 += m;
-    }
-}
-
-/// Each accumulator's lane sum, [r][t]: through `hsum8` for a tile of eight, `hsum` else (the
-/// same bits either way).
-#[target_feature(enable = "avx512f")]
-pub(super) fn tile_sums<const R: usize, const T: usize>(acc: [[__m512; T]; R]) -> [[f32; T]; R] {
-    let mut sums = [[0.0f32; T]; R];
-    if R * T == 8 {
-        let mut v = [_mm512_setzero_ps(); 8];
-        for r in 0..R {
-            for t in 0..T {
-                v[r * T + t] = acc[r][t];
-            }
-        }
-        let h = hsum8(v);
-        for r in 0..R {
-            for t in 0..T {
-                sums[r][t] = h[r * T + t];
-            }
-        }
-    } else {
-        for r in 0..R {
-            for t in 0..T {
-                sums[r][t] = hsum(acc[r][t]);
-            }
-        }
-    }
-    sums
-}
-
-/// The sum of v's 16 lanes, by halving: lanes i and i + 8, then i and i + 4, i and i + 2,
-/// then the last two. `hsum8` gives each of its vectors these same bits.
-#[target_feature(enable = "avx512f")]
-pub(super) fn hsum(v: __m512) -> f32 {
-    let a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)))
-}
-
-/// `hsum` of eight vectors at once (a register tile's results): the same additions in the
-/// same order for each, with the shuffles shared.
-#[target_feature(enable = "avx512f")]
-pub(super) fn hsum8(v: [__m512; 8]) -> [f32; 8] {
-    // Lanes 0..8: v[2k]'s i + (i + 8); lanes 8..16: v[2k + 1]'s.
-    let halves =
-        |p: __m512, q: __m512| _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(p, q), _mm512_shuffle_f32x4::<0xEE>(p, q));
-    let (s01, s23, s45, s67) = (halves(v[0], v[1]), halves(v[2], v[3]), halves(v[4], v[5]), halves(v[6], v[7]));
-    // 128-bit block k: vector k's (of four) i + (i + 4).
-    let quarters =
-        |p: __m512, q: __m512| _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(p, q), _mm512_shuffle_f32x4::<0xDD>(p, q));
-    let (t0, t1) = (quarters(s01, s23), quarters(s45, s67));
-    // Block k: vector k's lanes 0 + 2 and 1 + 3, then vector k + 4's.
-    let w = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(t0, t1), _mm512_shuffle_ps::<0xEE>(t0, t1));
-    // Block k: vector k's total in lane 0, vector k + 4's in lane 1.
-    let e = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(w, w), _mm512_shuffle_ps::<0xDD>(w, w));
-    let mut lanes = [0.0f32; 16];
-    // SAFETY: 16 f32.
-    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), e) };
-    std::array::from_fn(|k| if k < 4 { lanes[4 * k] } else { lanes[4 * (k - 4) + 1] })
-}
-
-/// out[t, :] += sum over r of coefs[t * cstride + r] * row r, dense rows only.
-///
-/// Register tiles of up to 4 tokens x 64 columns stay in registers across all the rows (one
-/// load per row shared by the tile's tokens, no load and store of out per row): MLA's query
-/// absorption in a 512-token prefill went from a store-bound pass over out per row to
-/// multiply-adds. Each element still takes the rows in order, one fused multiply-add each,
-/// so the result is the same whatever tile it falls in.
-///
-/// # Safety
-/// The CPU has AVX-512F; w holds nrows dense rows of `cols`, out is [n, cols] and coefs
-/// reach (n - 1) * cstride + nrows.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn accumulate_rows(
-    w: RowsRef<'_>,
-    nrows: usize,
-    cols: usize,
-    coefs: &[f32],
-    cstride: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the caller's guarantees.
-    unsafe {
-        match w {
-            RowsRef::Bf16(b) => accumulate::<true>(b, nrows, cols, coefs, cstride, out),
-            RowsRef::F32(b) => accumulate::<false>(b, nrows, cols, coefs, cstride, out),
-            RowsRef::Mxfp4 { .. } => {}
-        }
-    }
-}
-
-/// `accumulate_rows` over dense rows of one format.
-///
-/// # Safety
-/// As for `accumulate_rows`.
-#[target_feature(enable = "avx512f")]
-unsafe fn accumulate<const BF16: bool>(
-    bytes: &[u8],
-    nrows: usize,
-    cols: usize,
-    coefs: &[f32],
-    cstride: usize,
-    out: &mut [f32],
-) {
-    let n = out.len() / cols.max(1);
-    let row_bytes = cols * if BF16 { 2 } else { 4 };
-    let mut t0 = 0;
-    while t0 < n {
-        let tn = (n - t0).min(4);
-        // SAFETY (each tile): columns c..c + 16 C lie in every row and in each of the tile's
-        // tokens' rows of out; coefs reach every (token, row).
-        unsafe {
-            let mut c = 0;
-            // Fewer than four tokens take 256 columns a pass where they can: a latent row of
-            // 256 is then read once, whole, not as four strided passes of 64 (MLA's query
-            // absorption, one token: 5% of a mid-size decode step). Each output still adds
-            // the rows in order, so the bits are the same.
-            while tn < 4 && c + 256 <= cols {
-                for t in t0..t0 + tn {
-                    acc_tile::<1, 16, BF16>(bytes, nrows, cols, c, coefs, cstride, t, out);
-                }
-                c += 256;
-            }
-            while c + 64 <= cols {
-                if tn == 4 {
-                    acc_tile::<4, 4, BF16>(bytes, nrows, cols, c, coefs, cstride, t0, out);
-                } else {
-                    for t in t0..t0 + tn {
-                        acc_tile::<1, 4, BF16>(bytes, nrows, cols, c, coefs, cstride, t, out);
-                    }
-                }
-                c += 64;
-            }
-            while c + 16 <= cols {
-                for t in t0..t0 + tn {
-                    acc_tile::<1, 1, BF16>(bytes, nrows, cols, c, coefs, cstride, t, out);
-                }
-                c += 16;
-            }
-            for r in 0..nrows {
-                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                for i in c..cols {
-                    let v = super::dense_scalar::<BF16>(row, i);
-                    for t in t0..t0 + tn {
-                        out[t * cols + i] += coefs[t * cstride + r] * v;
-                    }
-                }
-            }
-        }
-        t0 += tn;
-    }
-}
-
-/// Tokens t0..t0 + T, columns c..c + 16 C of `accumulate_rows`, over every row.
-///
-/// # Safety
-/// As for `accumulate_rows`, with c + 16 C <= cols and t0 + T <= n.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-unsafe fn acc_tile<const T: usize, const C: usize, const BF16: bool>(
-    bytes: &[u8],
-    nrows: usize,
-    cols: usize,
-    c: usize,
-    coefs: &[f32],
-    cstride: usize,
-    t0: usize,
-    out: &mut [f32],
-) {
-    let op = out.as_mut_ptr();
-    let esize = if BF16 { 2 } else { 4 };
-    // SAFETY (loads and stores): the caller's guarantees.
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); C]; T];
-        for t in 0..T {
-            for j in 0..C {
-                acc[t][j] = _mm512_loadu_ps(op.add((t0 + t) * cols + c + 16 * j));
-            }
-        }
-        for r in 0..nrows {
-            let row = &bytes[r * cols * esize..(r + 1) * cols * esize];
-            let wv: [__m512; C] = std::array::from_fn(|j| load16::<BF16>(row, c + 16 * j));
-            for t in 0..T {
-                let k = _mm512_set1_ps(coefs[(t0 + t) * cstride + r]);
-                for j in 0..C {
-                    acc[t][j] = _mm512_fmadd_ps(k, wv[j], acc[t][j]);
-                }
-            }
-        }
-        for t in 0..T {
-            for j in 0..C {
-                _mm512_storeu_ps(op.add((t0 + t) * cols + c + 16 * j), acc[t][j]);
-            }
-        }
     }
 }
 

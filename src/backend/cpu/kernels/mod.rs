@@ -14,13 +14,21 @@
 //! else is in its batch.
 
 #[cfg(target_arch = "x86_64")]
+mod accumulate;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod hsum;
 mod int8x2;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
+#[cfg(target_arch = "x86_64")]
+mod vnni_group;
+#[cfg(target_arch = "x86_64")]
+mod vnni_whole;
 
 use std::sync::OnceLock;
 
@@ -288,7 +296,7 @@ pub fn accumulate_rows(w: RowsRef<'_>, nrows: usize, cols: usize, coefs: &[f32],
         }
         // SAFETY: AVX-512F is current only where the CPU has it; rows checked above, out is
         // [n, cols] and coefs reach every (t, r).
-        unsafe { avx512::accumulate_rows(w, nrows, cols, coefs, cstride, out) };
+        unsafe { accumulate::accumulate_rows(w, nrows, cols, coefs, cstride, out) };
         return;
     }
     let mut row = vec![0.0f32; cols]; // [cols], row r decoded

@@ -135,7 +135,7 @@ fn a_token_gets_the_same_bits_in_any_tile() {
 fn a_token_gets_the_same_bits_in_any_row_block_and_tile() {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
     for kind in ["mxfp4", "bf16", "f32"] {
-        // 256 and 512 are whole groups of four blocks (`vnni::whole_rows` for a long row);
+        // 256 and 512 are whole groups of four blocks (`vnni_whole::whole_rows` for a long row);
         // 1048 is a long row with a half step of 16 and a tail of 8 past its steps of 32.
         for cols in [64, 100, 256, 320, 512, 1048] {
             // Eight-row groups, a pair and a single row.
