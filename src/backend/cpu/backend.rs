@@ -56,13 +56,10 @@ impl CpuBatch {
     }
 }
 
-/// Multiply-adds below which splitting over threads costs more than it saves.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
-
 /// Maps `f` over 0..n items of `work_each` multiply-adds each, in parallel when there is more
 /// than one item and enough work to share.
 fn par_map<T: Send>(n: usize, work_each: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    if n >= 2 && n * work_each >= PARALLEL_MIN_WORK {
+    if n >= 2 && n * work_each >= super::PARALLEL_MIN_WORK {
         (0..n).into_par_iter().map(f).collect()
     } else {
         (0..n).map(f).collect()

@@ -16,8 +16,6 @@ const ROW_BLOCK: usize = 16;
 /// Tokens per pass over a task's rows: that many activation rows (at most 64 x 4 KiB for a
 /// hidden size of 1024) stay in L2 while the task's weight rows are applied to them.
 const TOKEN_BLOCK: usize = 64;
-/// Below this many multiply-adds the threads cost more than they save.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// x [n, cols] -> y [n, rows]. With `quantize_input` and an MXFP4 weight, x first goes
 /// through dynamic MXFP4 quantization (W4A4); otherwise it is used as it is.
@@ -85,7 +83,7 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
         row_block(acts, xs, ws[i], b * ROW_BLOCK, chunk);
     };
     let work: usize = ws.iter().map(|w| w.rows * cols * n).sum();
-    if work >= PARALLEL_MIN_WORK {
+    if work >= super::PARALLEL_MIN_WORK {
         // A long step (prefill) outlasts the spinners' grace: each parallel matmul renews it.
         super::warm::renew();
         tasks.into_par_iter().for_each(run);
@@ -143,7 +141,7 @@ fn transpose(a: &[f32], rows: usize, n: usize) -> Vec<f32> {
             }
         }
     };
-    if rows * n >= PARALLEL_MIN_WORK {
+    if rows * n >= super::PARALLEL_MIN_WORK {
         out.par_chunks_mut(TRANSPOSE_TILE * rows).enumerate().for_each(tile);
     } else {
         out.chunks_mut(TRANSPOSE_TILE * rows).enumerate().for_each(tile);

@@ -16,6 +16,9 @@ mod router;
 mod topk;
 pub mod warm;
 
+/// Multiply-adds below which splitting an op over the threads costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 16;
+
 pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_group};
 pub use attention::{KeySet, attend_heads, latent_attention};
 pub use backend::{Cpu, CpuBatch, Rows};

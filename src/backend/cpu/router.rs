@@ -27,8 +27,6 @@ pub struct RouterConfig {
 
 /// Experts scored per task when the scores are split over the threads.
 const EXPERT_BLOCK: usize = 16;
-/// Below this many multiply-adds the threads cost more than they save.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
 
 /// Routes each of the n tokens of x [n, D] with router [E, D] (f32) and bias [E].
 pub fn route(x: &[f32], n: usize, router: &[f32], bias: &[f32], c: &RouterConfig) -> Vec<Route> {
@@ -84,7 +82,7 @@ fn sigmoid_scores(x: &[f32], n: usize, router: &[f32], e: usize, d: usize) -> Ve
     };
     // Blocks of EXPERT_BLOCK experts within each token's row (the last may be shorter).
     let tasks: Vec<&mut [f32]> = scores.chunks_mut(e.max(1)).flat_map(|row| row.chunks_mut(EXPERT_BLOCK)).collect();
-    if n * e * d >= PARALLEL_MIN_WORK {
+    if n * e * d >= super::PARALLEL_MIN_WORK {
         tasks.into_par_iter().enumerate().for_each(score);
     } else {
         tasks.into_iter().enumerate().for_each(score);
