@@ -11,7 +11,10 @@ model's text is noise: it measures speed, not quality.
 
 The checkpoint is written to OUT_DIR (about 0.5 GB) and never committed. Needs numpy only.
 
-Usage: python tools/make_bench_model.py OUT_DIR [--seed N] [--layers N] [--experts N]
+With --w4a4 the config also declares dynamic MXFP4 activations for the routed experts
+(W4A4, as amd/GLM-5.2-MXFP4 is quantized): the same weights, quantized inputs.
+
+Usage: python tools/make_bench_model.py OUT_DIR [--seed N] [--layers N] [--experts N] [--w4a4]
 """
 
 import argparse
@@ -20,6 +23,9 @@ import os
 import struct
 
 import numpy as np
+
+# Quark's declaration of activations quantized at run time to MXFP4 per group of 32.
+W4A4_INPUTS = {"dtype": "fp4", "group_size": 32, "qscheme": "per_group", "scale_format": "e8m0", "is_dynamic": True}
 
 SHAPE = dict(
     vocab_size=8192,
@@ -141,6 +147,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=SHAPE["num_hidden_layers"])
     ap.add_argument("--experts", type=int, default=SHAPE["n_routed_experts"])
+    ap.add_argument("--w4a4", action="store_true", help="declare dynamic MXFP4 activations (W4A4)")
     args = ap.parse_args()
     c = dict(SHAPE, num_hidden_layers=args.layers, n_routed_experts=args.experts)
     rng = np.random.default_rng(args.seed)
@@ -175,7 +182,7 @@ def main():
             "exclude": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*", "re:.*mlp.gate$", "re:.*eh_proj$"],
             "global_quant_config": {
                 "weight": {"dtype": "fp4", "group_size": 32, "qscheme": "per_group", "scale_format": "e8m0"},
-                "input_tensors": None,
+                "input_tensors": W4A4_INPUTS if args.w4a4 else None,
             },
         },
     )
