@@ -4,6 +4,7 @@
 mod act_quant;
 mod attention;
 mod backend;
+pub mod heap;
 mod indexer;
 pub mod kernels;
 mod kv_store;

@@ -8,6 +8,8 @@
 /// Runs `f` on the current thread as worker 0 of a pool of the global pool's size (so
 /// `RAYON_NUM_THREADS` still sets it); every rayon loop inside `f` runs in that pool.
 pub fn run_as_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    // The steps run from here: their freed buffers stay mapped for the next ones.
+    super::heap::keep_step_buffers();
     let threads = rayon::current_num_threads();
     match rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
