@@ -7,23 +7,17 @@
 
 use std::arch::x86_64::*;
 
-/// Each accumulator's lane sum, [r][t]: through `hsum8` for a tile of eight, `hsum` else (the
-/// same bits either way).
+/// Each accumulator's lane sum, [r][t]: eight at a time through `hsum8` when the tile is
+/// whole eights, `hsum` else (the same bits either way).
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub(super) fn tile_sums<const R: usize, const T: usize>(acc: [[__m512; T]; R]) -> [[f32; T]; R] {
     let mut sums = [[0.0f32; T]; R];
-    if R * T == 8 {
-        let mut v = [_mm512_setzero_ps(); 8];
-        for r in 0..R {
-            for t in 0..T {
-                v[r * T + t] = acc[r][t];
-            }
-        }
-        let h = hsum8(v);
-        for r in 0..R {
-            for t in 0..T {
-                sums[r][t] = h[r * T + t];
+    if (R * T).is_multiple_of(8) {
+        for e in (0..R * T).step_by(8) {
+            let h = hsum8(std::array::from_fn(|i| acc[(e + i) / T][(e + i) % T]));
+            for (i, v) in h.into_iter().enumerate() {
+                sums[(e + i) / T][(e + i) % T] = v;
             }
         }
     } else {

@@ -193,7 +193,7 @@ fn special_scales_in_rows_of_whole_groups_are_fixed_up() {
     // Eleven rows of 512 (a group of eight, then a pair and a single row): rows 1 and 9 have
     // every scale 0 (2^-127, where reading the exponent as is would give 0), rows 2 and 10 a
     // NaN scale (0xFF, which as is would be infinity) on block 9 of codes 1.0, against
-    // positive activations there.
+    // positive activations there. 9 tokens: a tile of eight and one.
     let mut rng = ChaCha8Rng::seed_from_u64(19);
     let (cols, nrows) = (512, 11);
     let (zero_rows, nan_rows) = ([1, 9], [2, 10]);
@@ -214,7 +214,7 @@ fn special_scales_in_rows_of_whole_groups_are_fixed_up() {
     }
     let codes: Vec<u8> = rows.iter().flat_map(|r| r.bytes.iter().copied()).collect();
     let scales: Vec<u8> = rows.iter().flat_map(|r| r.scales.iter().copied()).collect();
-    for tb in [1, 2, 5] {
+    for tb in [1, 2, 5, 9] {
         let x: Vec<f32> = (0..tb * cols)
             .map(|i| if i % cols / 32 == 9 { rng.random_range(0.5..1.0) } else { rng.random_range(-1.0..1.0) })
             .collect();
