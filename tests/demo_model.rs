@@ -86,3 +86,34 @@ fn serves_from_an_empty_directory() {
     let python = ["def ", "return", "self", "if ", "(", ":", "="];
     assert!(python.iter().filter(|k| text.contains(*k)).count() >= 3, "not Python-like: {text:?}");
 }
+
+#[test]
+fn the_prefill_bench_counts_the_multiply_adds_of_the_forwards_math() {
+    // 16 tokens, fewer than the indexer's top-k: every token attends to all its causal keys
+    // and no key is scored. The count from the plan's shape alone, weight by weight.
+    let model = demo_model();
+    let n = 16u64;
+    let row = kiln::bench::forward::prefill(&model, kiln::kv::KvFormat::Bf16, n as usize, 1).unwrap();
+    let m = &model.shape;
+    let (d, h, lat, rope) = (m.hidden_size, m.num_attention_heads, m.kv_lora_rank, m.qk_rope_head_dim);
+    let attn = m.q_lora_rank * d
+        + h * (m.qk_nope_head_dim + rope) * m.q_lora_rank
+        + (lat + rope) * d
+        + h * (m.qk_nope_head_dim + m.v_head_dim) * lat
+        + d * h * m.v_head_dim;
+    let indexer = m.index_n_heads * m.index_head_dim * m.q_lora_rank + m.index_head_dim * d + m.index_n_heads * d;
+    let expert = 3 * m.moe_intermediate_size * d;
+    let mut want = m.vocab_size * d; // lm_head, for the last token only
+    for (i, layer) in model.weights.layers.iter().enumerate() {
+        let ffn = if (i as u64) < m.first_k_dense_replace {
+            3 * m.intermediate_size * d
+        } else {
+            // Router, shared expert, and each token's routed experts.
+            m.n_routed_experts * d + m.n_shared_experts * expert + m.num_experts_per_tok * expert
+        };
+        let ix = if layer.indexer.is_some() { indexer } else { 0 };
+        let keys: u64 = (1..=n).sum();
+        want += n * (attn + ix + ffn) + keys * h * (2 * lat + rope);
+    }
+    assert_eq!(row.macs, want as f64);
+}

@@ -1,7 +1,9 @@
 //! `kiln bench decode` and `kiln bench prefill`: the CPU forward in-process, against the
 //! machine's read bandwidth measured in the same run. Decode is judged by its roofline: the
 //! bytes a step must read (weights it touches, KV entries it attends to) over its time, as a
-//! share of what a streaming read achieves.
+//! share of what a streaming read achieves. A prefill is compute-bound, so it is also judged
+//! by the multiply-adds its math needs per second, as a share of the f32 FMA rate measured in
+//! the same run (`fma_peak`).
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -40,6 +42,8 @@ pub struct PrefillRow {
     /// Best of the repetitions.
     pub seconds: f64,
     pub bytes: f64,
+    /// Multiply-adds the forward's math needs (`step_macs`).
+    pub macs: f64,
 }
 
 /// Prompt ids: a fixed spread over the vocabulary past its first eighth (no special tokens).
@@ -97,7 +101,7 @@ fn greedy_step(
 pub fn prefill(model: &Model<Cpu>, format: KvFormat, n: usize, reps: usize) -> Result<PrefillRow> {
     let ids = prompt(model, n, 0);
     let positions: Vec<usize> = (0..n).collect();
-    let (mut best, mut bytes) = (f64::INFINITY, 0.0);
+    let (mut best, mut bytes, mut macs) = (f64::INFINITY, 0.0, 0.0);
     for _ in 0..reps.max(1) {
         let mut cache = model.cache(format, model.kv_geometry());
         let mut trace = Trace::default();
@@ -107,8 +111,9 @@ pub fn prefill(model: &Model<Cpu>, format: KvFormat, n: usize, reps: usize) -> R
         model.step(&step, &mut cache.store, Some(&mut trace))?;
         best = best.min(t.elapsed().as_secs_f64());
         bytes = step_bytes(model, format, &trace, &positions);
+        macs = step_macs(model, &trace, &positions, 1);
     }
-    Ok(PrefillRow { prompt: n, seconds: best, bytes })
+    Ok(PrefillRow { prompt: n, seconds: best, bytes, macs })
 }
 
 fn mlp_bytes(m: &Mlp<Cpu>) -> usize {
@@ -167,6 +172,46 @@ fn step_bytes(model: &Model<Cpu>, format: KvFormat, trace: &Trace, positions: &[
     bytes as f64
 }
 
+/// The multiply-adds a step of tokens at `positions` (one sequence) needs, with lm_head
+/// for `logit_rows` of them: every weight a token touched once per token (its routed experts
+/// only), the router, attention over the entries each token attends to (scores and values
+/// per head), and the indexer's scores where it runs.
+fn step_macs(model: &Model<Cpu>, trace: &Trace, positions: &[usize], logit_rows: usize) -> f64 {
+    let (w, m) = (&model.weights, &model.shape);
+    let params = |ws: &[&crate::weights::Linear]| ws.iter().map(|w| w.rows * w.cols).sum::<usize>();
+    let mlp = |x: &Mlp<Cpu>| params(&[&x.gate, &x.up, &x.down]);
+    let (n, topk) = (positions.len(), m.index_topk as usize);
+    let (heads, latent, rope) = (m.num_attention_heads as usize, m.kv_lora_rank as usize, m.qk_rope_head_dim as usize);
+    let index = m.index_n_heads as usize * m.index_head_dim as usize;
+    let mut macs = logit_rows * params(&[w.lm_head()]);
+    for (i, l) in w.layers.iter().enumerate() {
+        let a = &l.attn;
+        let mut per_token = params(&[&a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &a.o]);
+        if let Some(ix) = &l.indexer {
+            per_token += params(&[&ix.wq_b, &ix.wk, &ix.weights_proj]);
+        }
+        per_token += match &l.ffn {
+            Ffn::Dense(d) => mlp(d),
+            Ffn::Moe(moe) => moe.router.len() + moe.shared.as_ref().map_or(0, mlp),
+        };
+        macs += n * per_token;
+        if let (Ffn::Moe(moe), Some(routes)) = (&l.ffn, trace.experts.get(&i)) {
+            let expert = |e: u32| {
+                let x = &moe.experts[e as usize];
+                params(&[&x.gate, &x.up, &x.down])
+            };
+            macs += routes.iter().flat_map(|r| r.experts.iter()).map(|&e| expert(e)).sum::<usize>();
+        }
+        for &p in positions {
+            macs += (p + 1).min(topk) * heads * (2 * latent + rope);
+            if l.indexer.is_some() && p + 1 > topk {
+                macs += (p + 1) * index;
+            }
+        }
+    }
+    macs as f64
+}
+
 /// The decode table in markdown, each row against `read_gb_s` and the first row.
 pub fn decode_markdown(rows: &[DecodeRow], read_gb_s: f64) -> String {
     let base = rows.first().map(|r| r.step_s).unwrap_or(1.0);
@@ -188,16 +233,19 @@ pub fn decode_markdown(rows: &[DecodeRow], read_gb_s: f64) -> String {
     s
 }
 
-pub fn prefill_markdown(r: &PrefillRow, read_gb_s: f64) -> String {
+pub fn prefill_markdown(r: &PrefillRow, read_gb_s: f64, fma_gmacs: f64) -> String {
     let gb_s = r.bytes / r.seconds / 1e9;
+    let gmacs = r.macs / r.seconds / 1e9;
     format!(
-        "| prompt tokens | seconds | tok/s | MB read per token | GB/s | of read bandwidth |\n|---|---|---|---|---|---|\n| {} | {:.3} | {:.1} | {:.2} | {:.2} | {:.0}% |\n",
+        "| prompt tokens | seconds | tok/s | MB read per token | GB/s | of read bandwidth | G multiply-adds/s | of f32 FMA peak |\n|---|---|---|---|---|---|---|---|\n| {} | {:.3} | {:.1} | {:.2} | {:.2} | {:.0}% | {:.1} | {:.0}% |\n",
         r.prompt,
         r.seconds,
         r.prompt as f64 / r.seconds,
         r.bytes / r.prompt as f64 / 1e6,
         gb_s,
-        100.0 * gb_s / read_gb_s
+        100.0 * gb_s / read_gb_s,
+        gmacs,
+        100.0 * gmacs / fma_gmacs
     )
 }
 
@@ -245,7 +293,13 @@ pub fn run(model: &Model<Cpu>, format: KvFormat, name: &str, what: &Measure) -> 
                 )
             }
             Measure::Prefill { prompt: n, reps } => {
-                format!("{head}\n{}", prefill_markdown(&prefill(model, format, *n, *reps)?, read))
+                // A prefill is compute-bound: it is also judged against the f32 FMA rate.
+                let peak = super::fma_peak::fma_gmacs();
+                format!(
+                    "{head}f32 FMA peak {peak:.1} G multiply-adds/s ({} lanes, all threads)\n\n{}",
+                    super::fma_peak::lanes(),
+                    prefill_markdown(&prefill(model, format, *n, *reps)?, read, peak)
+                )
             }
         })
     })

@@ -7,6 +7,7 @@
 pub mod bandwidth;
 mod client;
 mod constrain;
+pub mod fma_peak;
 pub mod forward;
 pub mod soak;
 mod spec;

@@ -19,6 +19,8 @@ use super::vnni_group::*;
 /// codes and scales once for eight tokens instead of four: 10 operations per row, token and
 /// group instead of 11, measured on Zen 4 from memory, one core, 3.2 -> 3.9 GB/s against 8
 /// tokens and 1.6 -> 1.8 against 16 (a prefill's experts see dozens of tokens each).
+/// One-term activations (W4A4) keep tiles of four: with eight, a W4A4 prefill measured no
+/// faster (512 tokens, alternated: 437-461 tok/s against 443-466).
 ///
 /// This loop is its own small function: in `block_dots`, the same loop ran a third slower
 /// per row (one core streaming two rows and a token from memory: 9 -> 13 GB/s, the bare
@@ -62,7 +64,7 @@ pub(super) unsafe fn whole_rows(
                 1 => 1,
                 2 | 3 => 2,
                 4..=7 => 4,
-                _ if pair => 8,
+                _ if pair && !q.one_term => 8,
                 _ => 4,
             };
             let (tok, o) = (t0 + t, &mut out[r * ostride + t..]);
