@@ -5,6 +5,8 @@
 
 use std::time::Instant;
 
+use crate::backend::cpu::kernels::Isa;
+
 /// FMA instructions per chain per pass: long enough to dwarf the start-up, short enough
 /// that a pass takes tens of milliseconds.
 const ROUNDS: usize = 2_000_000;
@@ -28,25 +30,21 @@ pub fn fma_gmacs() -> f64 {
     best
 }
 
-/// f32 lanes per FMA of the widest path the kernels take here.
+/// f32 lanes per FMA of the kernels' instruction set (`Isa::current`, so `KILN_CPU_ISA`
+/// lowers the peak as it lowers the kernels).
 pub fn lanes() -> usize {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return 16;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return 8;
-        }
+    match Isa::current() {
+        isa if isa.is_avx512() => 16,
+        Isa::Avx2 => 8,
+        _ => 1,
     }
-    1
 }
 
 /// One thread's chains on `lanes`-wide vectors; returns a value that depends on all of them.
 fn chains(lanes: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: each path runs only where `lanes` found its instruction set.
+        // SAFETY: `lanes` gives 16 or 8 only where the CPU has AVX-512F, or AVX2 and FMA.
         match lanes {
             16 => return unsafe { x86::chains_avx512() },
             8 => return unsafe { x86::chains_avx2() },

@@ -12,7 +12,7 @@ use crate::backend::Backend;
 use crate::backend::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::kv::KvFormat;
-use crate::model::weights::{Ffn, LayerWeights, Mlp};
+use crate::model::weights::{Ffn, LayerWeights};
 use crate::model::{Model, SeqCache, Trace};
 
 /// One width of the decode table.
@@ -111,35 +111,44 @@ pub fn prefill(model: &Model<Cpu>, format: KvFormat, n: usize, reps: usize) -> R
         model.step(&step, &mut cache.store, Some(&mut trace))?;
         best = best.min(t.elapsed().as_secs_f64());
         bytes = step_bytes(model, format, &trace, &positions);
-        macs = step_macs(model, &trace, &positions, 1);
+        macs = step_macs(model, &trace, &positions, step.argmax_rows.len());
     }
     Ok(PrefillRow { prompt: n, seconds: best, bytes, macs })
-}
-
-fn mlp_bytes(m: &Mlp<Cpu>) -> usize {
-    linears_bytes(&[&m.gate, &m.up, &m.down])
 }
 
 fn linears_bytes(ws: &[&crate::weights::Linear]) -> usize {
     ws.iter().map(|w| w.stored_bytes()).sum()
 }
 
-/// Bytes of a layer every token reads: attention, indexer, norms, router, dense or shared MLP.
-fn layer_fixed_bytes(l: &LayerWeights<Cpu>) -> usize {
+/// The linears of a layer every token goes through: attention, indexer, dense or shared MLP.
+fn layer_fixed_linears(l: &LayerWeights<Cpu>) -> Vec<&crate::weights::Linear> {
     let a = &l.attn;
+    let mut ws = vec![&a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &a.o];
+    if let Some(ix) = &l.indexer {
+        ws.extend([&ix.wq_b, &ix.wk, &ix.weights_proj]);
+    }
+    let mlp = match &l.ffn {
+        Ffn::Dense(m) => Some(m),
+        Ffn::Moe(moe) => moe.shared.as_ref(),
+    };
+    if let Some(m) = mlp {
+        ws.extend([&m.gate, &m.up, &m.down]);
+    }
+    ws
+}
+
+/// Bytes of a layer every token reads: its fixed linears, norms and router.
+fn layer_fixed_bytes(l: &LayerWeights<Cpu>) -> usize {
     let f = |v: &Vec<f32>| v.len() * 4;
-    let mut b = linears_bytes(&[&a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &a.o])
-        + f(&a.q_a_norm)
-        + f(&a.kv_a_norm)
+    let mut b = linears_bytes(&layer_fixed_linears(l))
+        + f(&l.attn.q_a_norm)
+        + f(&l.attn.kv_a_norm)
         + f(&l.input_norm)
         + f(&l.post_norm);
-    if let Some(ix) = &l.indexer {
-        b += linears_bytes(&[&ix.wq_b, &ix.wk, &ix.weights_proj]);
+    if let Ffn::Moe(moe) = &l.ffn {
+        b += f(&moe.router) + f(&moe.bias);
     }
-    b + match &l.ffn {
-        Ffn::Dense(m) => mlp_bytes(m),
-        Ffn::Moe(moe) => f(&moe.router) + f(&moe.bias) + moe.shared.as_ref().map_or(0, mlp_bytes),
-    }
+    b
 }
 
 /// What a step of tokens at `positions` (one sequence) reads: the weights it touched (routed
@@ -179,22 +188,13 @@ fn step_bytes(model: &Model<Cpu>, format: KvFormat, trace: &Trace, positions: &[
 fn step_macs(model: &Model<Cpu>, trace: &Trace, positions: &[usize], logit_rows: usize) -> f64 {
     let (w, m) = (&model.weights, &model.shape);
     let params = |ws: &[&crate::weights::Linear]| ws.iter().map(|w| w.rows * w.cols).sum::<usize>();
-    let mlp = |x: &Mlp<Cpu>| params(&[&x.gate, &x.up, &x.down]);
     let (n, topk) = (positions.len(), m.index_topk as usize);
     let (heads, latent, rope) = (m.num_attention_heads as usize, m.kv_lora_rank as usize, m.qk_rope_head_dim as usize);
     let index = m.index_n_heads as usize * m.index_head_dim as usize;
     let mut macs = logit_rows * params(&[w.lm_head()]);
     for (i, l) in w.layers.iter().enumerate() {
-        let a = &l.attn;
-        let mut per_token = params(&[&a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &a.o]);
-        if let Some(ix) = &l.indexer {
-            per_token += params(&[&ix.wq_b, &ix.wk, &ix.weights_proj]);
-        }
-        per_token += match &l.ffn {
-            Ffn::Dense(d) => mlp(d),
-            Ffn::Moe(moe) => moe.router.len() + moe.shared.as_ref().map_or(0, mlp),
-        };
-        macs += n * per_token;
+        let router = if let Ffn::Moe(moe) = &l.ffn { moe.router.len() } else { 0 };
+        macs += n * (params(&layer_fixed_linears(l)) + router);
         if let (Ffn::Moe(moe), Some(routes)) = (&l.ffn, trace.experts.get(&i)) {
             let expert = |e: u32| {
                 let x = &moe.experts[e as usize];
