@@ -10,7 +10,7 @@ use super::kernels::{Acts, Isa, accumulate_rows, block_dots};
 use super::matmul::rows_ref;
 use super::{
     HostKvStore, KeySet, Route, RouterConfig, attend_heads, dot, layer_norm_rows, matmul, matmul_many, rms_norm_rows,
-    rope::rotate, route, score_slots, silu_mul, softmax, top_k,
+    rope::rotate, route, score_span, silu_mul, softmax, top_k,
 };
 use crate::backend::{Backend, MlaDims, MlpLinears, Selection, StepBatch};
 use crate::error::{Error, Result};
@@ -42,6 +42,13 @@ impl Rows {
         &self.data[i * self.width..(i + 1) * self.width]
     }
 }
+
+/// Keys an indexer span holds at least (unless its sequence has fewer): a page or more, so
+/// that each kernel call over a run of consecutive slots is long.
+const SPAN_MIN_KEYS: usize = 64;
+/// Multiply-adds per indexer span beyond the one each thread gets: a span is then long
+/// against the cost of handing it to a thread.
+const SPAN_WORK: usize = 1 << 21;
 
 /// A step as the CPU ops read it: the host batch and each token's own slot.
 pub struct CpuBatch {
@@ -269,30 +276,61 @@ impl Backend for Cpu {
         topk: usize,
         dot_scale: f32,
     ) -> Result<Selection> {
-        let work = b.step.positions.iter().max().map_or(0, |p| (p + 1) * q.width);
-        // A token's keys split into parts when there are fewer tokens than threads (a decode
-        // step), as attention splits its heads: a part's scores are the same numbers
-        // whoever computes them, and the ranking runs on the whole row.
-        let parts = (rayon::current_num_threads() / b.step.len().max(1)).max(1);
-        let scored = par_map(b.step.len() * parts, work / parts, |task| {
-            let (i, part) = (task / parts, task % parts);
-            let pos = b.step.positions[i];
-            if pos < topk {
-                // The causal window fits in top-k: every key stays, nothing to score.
-                return None;
+        // The queries that score (a query whose causal window fits in top-k keeps every key),
+        // by sequence, in position order: each sequence's keys are read once for all its
+        // queries (a verification step's, a prompt chunk's), in spans that are the tasks.
+        let mut by_seq: Vec<Vec<usize>> = vec![Vec::new(); b.step.page_tables.len()];
+        for (i, &pos) in b.step.positions.iter().enumerate() {
+            if pos >= topk {
+                by_seq[b.step.seq[i]].push(i);
             }
-            let keys = pos + 1;
-            let positions: Vec<usize> = (keys * part / parts..keys * (part + 1) / parts).collect();
-            Some(score_slots(q.row(i), w.row(i), kv, layer, &b.slots_of(i, &positions), dot_scale))
+        }
+        by_seq.retain(|qs| !qs.is_empty());
+        for qs in &mut by_seq {
+            qs.sort_by_key(|&i| b.step.positions[i]);
+        }
+        // Fewer sequences than threads (a decode step): each sequence's keys split so that
+        // every thread has a span. A long prompt chunk's triangle of work splits further, up
+        // to four spans a thread, so that a thread done early takes another. Spans of at
+        // least a page of keys keep the kernel calls long.
+        let threads = rayon::current_num_threads();
+        let (least, most) = ((threads / by_seq.len().max(1)).max(1), (4 * threads / by_seq.len().max(1)).max(1));
+        let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (sequence group, first key, end key)
+        let mut work = 0;
+        for (g, qs) in by_seq.iter().enumerate() {
+            let keys = b.step.positions[*qs.last().expect("a query")] + 1;
+            let seq_work: usize = qs.iter().map(|&i| (b.step.positions[i] + 1) * q.width).sum();
+            let spans = seq_work.div_ceil(SPAN_WORK).clamp(least, most).min(keys.div_ceil(SPAN_MIN_KEYS));
+            tasks.extend((0..spans).map(|s| (g, keys * s / spans, keys * (s + 1) / spans)));
+            work += seq_work;
+        }
+        let spans = par_map(tasks.len(), work / tasks.len().max(1), |t| {
+            let (g, k0, k1) = tasks[t];
+            let qs = &by_seq[g];
+            let limits: Vec<usize> = qs.iter().map(|&i| b.step.positions[i] + 1).collect();
+            let qq: Vec<f32> = qs.iter().flat_map(|&i| q.row(i).iter().copied()).collect(); // [k, Hi * Di]
+            let ww: Vec<f32> = qs.iter().flat_map(|&i| w.row(i).iter().copied()).collect(); // [k, Hi]
+            let positions: Vec<usize> = (k0..k1).collect();
+            score_span(&qq, &ww, kv, layer, &b.slots_of(qs[0], &positions), k0, &limits, dot_scale)
         });
-        let rows = scored
-            .chunks(parts)
-            .map(|row| match row {
-                [None, ..] => None,
-                [Some(scores)] => Some(top_k(scores, topk)),
-                _ => Some(top_k(&row.iter().flatten().flatten().copied().collect::<Vec<f32>>(), topk)),
-            })
-            .collect();
+        // Each query's row is its spans' scores in key order; then its top-k.
+        let mut scored: Vec<(usize, Vec<f32>)> = by_seq.iter().flatten().map(|&i| (i, Vec::new())).collect();
+        let mut at = 0;
+        for (g, qs) in by_seq.iter().enumerate() {
+            for (span, &(tg, _, _)) in spans.iter().zip(&tasks) {
+                if tg == g {
+                    for (j, part) in span.iter().enumerate() {
+                        scored[at + j].1.extend_from_slice(part);
+                    }
+                }
+            }
+            at += qs.len();
+        }
+        let chosen = par_map(scored.len(), scored.first().map_or(0, |s| s.1.len()), |j| top_k(&scored[j].1, topk));
+        let mut rows = vec![None; b.step.len()];
+        for ((i, _), set) in scored.iter().zip(chosen) {
+            rows[*i] = Some(set);
+        }
         Ok(Selection { rows })
     }
 

@@ -13,9 +13,12 @@ pub fn score_row(q: &[f32], w: &[f32], keys: &[f32], dot_scale: f32) -> Vec<f32>
 /// Keys scored per kernel call at most: a run of consecutive slots (a page or more).
 const RUN: usize = 64;
 
-/// The same over the keys stored at `slots` of `layer`, read in place: each run of
-/// consecutive slots goes through the dot-product kernels with the query's heads as the
-/// tokens (the same arithmetic as `dot` on the decoded key).
+/// Query heads per kernel call at most: 64 of them are 16 KiB of activations for keys of 64
+/// values.
+const QUERY_BLOCK_ROWS: usize = 64;
+
+/// One query's scores against the keys stored at `slots` of `layer`, read in place: q [Hi,
+/// Di], w [Hi] (already scaled) -> [T].
 pub fn score_slots(
     q: &[f32],
     w: &[f32],
@@ -24,34 +27,81 @@ pub fn score_slots(
     slots: &[usize],
     dot_scale: f32,
 ) -> Vec<f32> {
-    let (hi, di) = (w.len(), store.geometry.index);
-    let acts = Acts::new(Isa::current(), false, q, hi, di);
-    let mut scores = Vec::with_capacity(slots.len()); // [T]
-    let mut dots = vec![0.0f32; RUN * hi]; // [run, Hi]
-    let mut k = vec![0.0f32; di]; // [Di], a decoded fp8 key
+    let mut rows = score_span(q, w, store, layer, slots, 0, &[slots.len()], dot_scale);
+    rows.pop().expect("one query, one row")
+}
+
+/// Queries of one sequence against a span of its keys, `slots` holding keys k0.. of `layer`:
+/// q [k, Hi * Di] (query j's heads), w [k, Hi] (already scaled); query j scores the keys
+/// below `limits[j]` (its position + 1), and the limits ascend. Returns, per query, the
+/// scores of keys k0..min(limits[j], k0 + slots.len()) (none when limits[j] <= k0).
+///
+/// Each run of consecutive slots goes through the dot-product kernels once, with the heads
+/// of every query that scores any of its keys as the tokens: a verification step's or a
+/// prompt chunk's queries then read each key once, not once each. A (key, query, head) dot
+/// is the same arithmetic in any tile of the kernels (and `dot` on a decoded key is that of
+/// one query alone), so a query's scores are the same bits whatever else is scored with it.
+#[allow(clippy::too_many_arguments)]
+pub fn score_span(
+    q: &[f32],
+    w: &[f32],
+    store: &HostKvStore,
+    layer: usize,
+    slots: &[usize],
+    k0: usize,
+    limits: &[usize],
+    dot_scale: f32,
+) -> Vec<Vec<f32>> {
+    let (k, di) = (limits.len(), store.geometry.index);
+    let hi = w.len() / k.max(1);
+    assert!(q.len() == k * hi * di && w.len() == k * hi, "score_span: q or w is not [{k}, {hi}, {di}]");
+    assert!(limits.is_sorted(), "score_span: limits not ascending");
+    let acts = Acts::new(Isa::current(), false, q, k * hi, di);
+    let mut rows: Vec<Vec<f32>> =
+        limits.iter().map(|&l| Vec::with_capacity(l.saturating_sub(k0).min(slots.len()))).collect();
+    let mut dots = vec![0.0f32; RUN * k * hi]; // [run, active queries x Hi]
+    let mut key = vec![0.0f32; di]; // [Di], a decoded fp8 key
     let mut i = 0;
     while i < slots.len() {
+        // The queries that score key k0 + i, and so every key of this run they may see.
+        let first = limits.partition_point(|&l| l <= k0 + i);
+        if first == k {
+            break;
+        }
         let mut j = i + 1;
         while j < slots.len() && j - i < RUN && slots[j] == slots[j - 1] + 1 {
             j += 1;
         }
+        let (t0, tb) = (first * hi, (k - first) * hi);
         match store.index_rows(layer, slots[i], j - i) {
-            Some(rows) => block_dots(&acts, rows, j - i, 0, hi, &mut dots, hi),
+            // The kernels sweep all their tokens for each pair of keys: in blocks that stay
+            // in L1 beside the run's keys (a prompt chunk's queries would not).
+            Some(keys) => {
+                let block = (QUERY_BLOCK_ROWS / hi.max(1)).max(1) * hi;
+                for b0 in (0..tb).step_by(block) {
+                    let bn = block.min(tb - b0);
+                    block_dots(&acts, keys, j - i, t0 + b0, bn, &mut dots[b0..], tb);
+                }
+            }
             None => {
                 for (r, &s) in slots[i..j].iter().enumerate() {
-                    store.read_index(layer, s, &mut k);
-                    for h in 0..hi {
-                        dots[r * hi + h] = dot(&q[h * di..(h + 1) * di], &k);
+                    store.read_index(layer, s, &mut key);
+                    for t in 0..tb {
+                        dots[r * tb + t] = dot(&q[(t0 + t) * di..(t0 + t + 1) * di], &key);
                     }
                 }
             }
         }
-        for d in dots[..(j - i) * hi].chunks(hi) {
-            scores.push(weigh(w, d, dot_scale));
+        for (r, d) in dots[..(j - i) * tb].chunks(tb).enumerate() {
+            let pos = k0 + i + r;
+            for (qj, row) in rows.iter_mut().enumerate().skip(first).filter(|(qj, _)| limits[*qj] > pos) {
+                let (wq, dq) = (&w[qj * hi..(qj + 1) * hi], &d[(qj - first) * hi..(qj - first + 1) * hi]);
+                row.push(weigh(wq, dq, dot_scale));
+            }
         }
         i = j;
     }
-    scores
+    rows
 }
 
 /// sum over heads of w_h * ReLU(dot_h * dot_scale); ReLU before the head weighting, as the
@@ -64,4 +114,73 @@ fn score_key(q: &[f32], w: &[f32], k: &[f32], dot_scale: f32) -> f32 {
     let di = k.len();
     let dots: Vec<f32> = (0..w.len()).map(|h| dot(&q[h * di..(h + 1) * di], k)).collect(); // [Hi]
     weigh(w, &dots, dot_scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{KvFormat, KvGeometry};
+
+    /// Values in [-1, 1) from a fixed sequence.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn queries_scored_together_get_the_bits_of_each_alone() {
+        // 3 x 20 and 4 x 32 heads; 40 queries are 120 and 160 query heads, more than one
+        // kernel call's block. Pages of 8 in shuffled order break the runs of consecutive
+        // slots; limits repeat, and some end before a span starts.
+        for (hi, di) in [(3, 20), (4, 32)] {
+            for format in [KvFormat::F32, KvFormat::Bf16, KvFormat::Fp8E4m3] {
+                let keys = 300;
+                let g = KvGeometry { latent: 4, rope: 2, index: di, indexed: vec![true] };
+                let mut store = HostKvStore::new(format, g, keys + 8);
+                let pages: Vec<usize> = (0..keys.div_ceil(8)).map(|p| (p * 17) % keys.div_ceil(8)).collect();
+                let slots: Vec<usize> = (0..keys).map(|t| pages[t / 8] * 8 + t % 8).collect();
+                let raw = values(keys * di, 1);
+                for (t, &s) in slots.iter().enumerate() {
+                    store.write_index(0, s, &raw[t * di..(t + 1) * di]);
+                }
+                let k = 40;
+                let q = values(k * hi * di, 2); // [k, Hi * Di]
+                let w = values(k * hi, 3); // [k, Hi]
+                let mut limits: Vec<usize> = (0..k).map(|j| 1 + (j * 37) % keys).collect();
+                limits.sort_unstable();
+                limits[5] = limits[4];
+                let alone: Vec<Vec<f32>> = (0..k)
+                    .map(|j| {
+                        let (qj, wj) = (&q[j * hi * di..(j + 1) * hi * di], &w[j * hi..(j + 1) * hi]);
+                        score_slots(qj, wj, &store, 0, &slots[..limits[j]], 0.125)
+                    })
+                    .collect();
+                for bounds in [vec![0, keys], vec![0, 64, 100, 171, keys]] {
+                    let mut together = vec![Vec::new(); k];
+                    for span in bounds.windows(2) {
+                        let (k0, k1) = (span[0], span[1]);
+                        let rows = score_span(&q, &w, &store, 0, &slots[k0..k1], k0, &limits, 0.125);
+                        for (row, part) in together.iter_mut().zip(rows) {
+                            assert!(part.len() <= k1 - k0);
+                            row.extend(part);
+                        }
+                    }
+                    for j in 0..k {
+                        let bits = |r: &[f32]| r.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(together[j].len(), limits[j], "{format:?} {hi}x{di} query {j}");
+                        assert_eq!(
+                            bits(&together[j]),
+                            bits(&alone[j]),
+                            "{format:?} {hi}x{di} query {j} spans {bounds:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -23,7 +23,7 @@ const PARALLEL_MIN_WORK: usize = 1 << 16;
 pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_group};
 pub use attention::{KeySet, attend_heads, latent_attention};
 pub use backend::{Cpu, CpuBatch, Rows};
-pub use indexer::{score_row, score_slots};
+pub use indexer::{score_row, score_slots, score_span};
 pub use kernels::dot;
 pub use kv_store::HostKvStore;
 pub use matmul::{matmul, matmul_many, matmul_pair};
