@@ -295,36 +295,43 @@ impl Backend for Cpu {
         // least a page of keys keep the kernel calls long.
         let threads = rayon::current_num_threads();
         let (least, most) = ((threads / by_seq.len().max(1)).max(1), (4 * threads / by_seq.len().max(1)).max(1));
+        // Per sequence, gathered once for all its spans: the queries' limits (position + 1),
+        // q [k, Hi * Di] and w [k, Hi].
+        let inputs: Vec<(Vec<usize>, Vec<f32>, Vec<f32>)> = by_seq
+            .iter()
+            .map(|qs| {
+                let limits = qs.iter().map(|&i| b.step.positions[i] + 1).collect();
+                let qq = qs.iter().flat_map(|&i| q.row(i).iter().copied()).collect();
+                let ww = qs.iter().flat_map(|&i| w.row(i).iter().copied()).collect();
+                (limits, qq, ww)
+            })
+            .collect();
         let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (sequence group, first key, end key)
         let mut work = 0;
-        for (g, qs) in by_seq.iter().enumerate() {
-            let keys = b.step.positions[*qs.last().expect("a query")] + 1;
-            let seq_work: usize = qs.iter().map(|&i| (b.step.positions[i] + 1) * q.width).sum();
+        for (g, (limits, _, _)) in inputs.iter().enumerate() {
+            let keys = *limits.last().expect("a query");
+            let seq_work: usize = limits.iter().map(|&l| l * q.width).sum();
             let spans = seq_work.div_ceil(SPAN_WORK).clamp(least, most).min(keys.div_ceil(SPAN_MIN_KEYS));
             tasks.extend((0..spans).map(|s| (g, keys * s / spans, keys * (s + 1) / spans)));
             work += seq_work;
         }
         let spans = par_map(tasks.len(), work / tasks.len().max(1), |t| {
             let (g, k0, k1) = tasks[t];
-            let qs = &by_seq[g];
-            let limits: Vec<usize> = qs.iter().map(|&i| b.step.positions[i] + 1).collect();
-            let qq: Vec<f32> = qs.iter().flat_map(|&i| q.row(i).iter().copied()).collect(); // [k, Hi * Di]
-            let ww: Vec<f32> = qs.iter().flat_map(|&i| w.row(i).iter().copied()).collect(); // [k, Hi]
+            let (limits, qq, ww) = &inputs[g];
             let positions: Vec<usize> = (k0..k1).collect();
-            score_span(&qq, &ww, kv, layer, &b.slots_of(qs[0], &positions), k0, &limits, dot_scale)
+            score_span(qq, ww, kv, layer, &b.slots_of(by_seq[g][0], &positions), k0, limits, dot_scale)
         });
-        // Each query's row is its spans' scores in key order; then its top-k.
+        // Each query's row is its spans' scores in key order (a sequence's spans are
+        // consecutive tasks, in key order); then its top-k.
+        let mut first_row = vec![0; by_seq.len()]; // each sequence's first query in `scored`
+        for g in 1..by_seq.len() {
+            first_row[g] = first_row[g - 1] + by_seq[g - 1].len();
+        }
         let mut scored: Vec<(usize, Vec<f32>)> = by_seq.iter().flatten().map(|&i| (i, Vec::new())).collect();
-        let mut at = 0;
-        for (g, qs) in by_seq.iter().enumerate() {
-            for (span, &(tg, _, _)) in spans.iter().zip(&tasks) {
-                if tg == g {
-                    for (j, part) in span.iter().enumerate() {
-                        scored[at + j].1.extend_from_slice(part);
-                    }
-                }
+        for (span, &(g, _, _)) in spans.iter().zip(&tasks) {
+            for (j, part) in span.iter().enumerate() {
+                scored[first_row[g] + j].1.extend_from_slice(part);
             }
-            at += qs.len();
         }
         let chosen = par_map(scored.len(), scored.first().map_or(0, |s| s.1.len()), |j| top_k(&scored[j].1, topk));
         let mut rows = vec![None; b.step.len()];

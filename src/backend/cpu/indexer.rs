@@ -93,10 +93,10 @@ pub fn score_span(
             }
         }
         for (r, d) in dots[..(j - i) * tb].chunks(tb).enumerate() {
-            let pos = k0 + i + r;
-            for (qj, row) in rows.iter_mut().enumerate().skip(first).filter(|(qj, _)| limits[*qj] > pos) {
+            // The queries that see key k0 + i + r: a suffix, the limits ascending.
+            for qj in limits.partition_point(|&l| l <= k0 + i + r)..k {
                 let (wq, dq) = (&w[qj * hi..(qj + 1) * hi], &d[(qj - first) * hi..(qj - first + 1) * hi]);
-                row.push(weigh(wq, dq, dot_scale));
+                rows[qj].push(weigh(wq, dq, dot_scale));
             }
         }
         i = j;
