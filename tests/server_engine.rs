@@ -100,6 +100,11 @@ fn full_queue_answers_429_with_retry_after() {
     assert_eq!(status, 429, "{body}");
     assert!(head.to_lowercase().contains("retry-after: 1"), "{head}");
     assert!(body.contains("queue_full"), "{body}");
+    // The load generator sees the refusal as soon as it is sent, not after the server's idle
+    // timeout on a kept-alive connection (its rates' wall times once grew by a minute).
+    let seen = kiln::bench::stream(&r.addr.to_string(), "/v1/completions", &req, Duration::from_secs(30));
+    assert!(!seen.ok && seen.error.as_deref().is_some_and(|e| e.contains("429")), "{seen:?}");
+    assert!(seen.total < Duration::from_secs(2), "the refusal took {:?} to read", seen.total);
     for t in admitted {
         assert_eq!(t.join().unwrap(), 200);
     }

@@ -22,6 +22,10 @@ pub struct StreamResult {
 }
 
 /// POSTs `body` (a streaming completion) to `host:port` `path` and reads the event stream.
+/// The request asks the server to close the connection after its response: an error
+/// response (a 429 when the queue is full) is then read to its end at once, where on a
+/// kept-alive connection reading it to the end waited out the server's idle timeout and
+/// stretched the rate's wall time by a minute.
 pub fn stream(addr: &str, path: &str, body: &str, timeout: Duration) -> StreamResult {
     let start = Instant::now();
     let mut r = StreamResult::default();
@@ -30,7 +34,7 @@ pub fn stream(addr: &str, path: &str, body: &str, timeout: Duration) -> StreamRe
         conn.set_read_timeout(Some(timeout))?;
         write!(
             conn,
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )?;
         let mut rd = BufReader::new(conn);
