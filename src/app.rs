@@ -176,6 +176,7 @@ pub fn engine_config(plan: &Plan) -> EngineConfig {
             SpecMethod::Mtp => plan.speculative.depth as usize,
             SpecMethod::None => 0,
         },
+        spec_max_batch: plan.speculative.max_batch.map_or(usize::MAX, |n| n as usize),
     }
 }
 

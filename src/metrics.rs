@@ -48,6 +48,7 @@ struct Values {
     spec_draft_tokens: u64,
     spec_accepted: u64,
     spec_accepted_per_pos: Vec<u64>,
+    spec_paused_steps: u64,
     finished: BTreeMap<&'static str, u64>,
     /// The weights pin's content check: (bytes hashed, bytes pinned, state); None without a pin.
     pin: Option<(u64, u64, PinState)>,
@@ -131,6 +132,16 @@ impl Metrics {
         });
     }
 
+    /// A step in which no request drafted because more decoded than `speculative.max_batch`.
+    pub fn drafting_paused(&self) {
+        self.with(|v| v.spec_paused_steps += 1);
+    }
+
+    /// Steps counted by `drafting_paused`.
+    pub fn drafting_paused_steps(&self) -> u64 {
+        self.with(|v| v.spec_paused_steps)
+    }
+
     /// (verification steps, drafted tokens, accepted tokens, accepted by position).
     pub fn speculation(&self) -> (u64, u64, u64, Vec<u64>) {
         self.with(|v| (v.spec_drafts, v.spec_draft_tokens, v.spec_accepted, v.spec_accepted_per_pos.clone()))
@@ -212,6 +223,12 @@ impl Metrics {
             "counter",
             "Draft tokens the model accepted.",
             v.spec_accepted.to_string(),
+        );
+        one(
+            "spec_decode_paused_steps_total",
+            "counter",
+            "Steps that drafted nothing because more requests decoded than speculative.max_batch.",
+            v.spec_paused_steps.to_string(),
         );
         let mean =
             if v.spec_drafts > 0 { (v.spec_accepted + v.spec_drafts) as f64 / v.spec_drafts as f64 } else { 0.0 };

@@ -102,9 +102,9 @@ pub fn init_from_hf(dir: &Path, opts: &InitOptions) -> Result<InitResult> {
     let max_prompt_tokens = (ctx - max_output_tokens.min(ctx)).clamp(1, 262144);
     let page_size = if gpu { 64 } else { 16 };
     let speculative = if model.num_nextn_predict_layers > 0 {
-        Speculative { method: SpecMethod::Mtp, depth: if gpu { 4 } else { 2 } }
+        Speculative { method: SpecMethod::Mtp, depth: if gpu { 4 } else { 2 }, max_batch: None }
     } else {
-        Speculative { method: SpecMethod::None, depth: 0 }
+        Speculative { method: SpecMethod::None, depth: 0, max_batch: None }
     };
 
     let mut plan = Plan {

@@ -208,7 +208,14 @@ impl PlanReport {
             ),
         );
         line("weights pin", self.pin.clone());
-        line("speculative", format!("{:?} depth {}", self.speculative.method, self.speculative.depth).to_lowercase());
+        let limit = self
+            .speculative
+            .max_batch
+            .map_or(String::new(), |n| format!(", no drafts in steps decoding more than {n} requests"));
+        line(
+            "speculative",
+            format!("{:?} depth {}{limit}", self.speculative.method, self.speculative.depth).to_lowercase(),
+        );
         let kv = &self.kv_cache;
         line(
             "kv cache",

@@ -31,6 +31,7 @@ fn config(depth: usize) -> EngineConfig {
         kv_pages: 1024,
         prefix_cache: true,
         spec_depth: depth,
+        spec_max_batch: usize::MAX,
     }
 }
 

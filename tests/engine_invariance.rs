@@ -31,6 +31,7 @@ fn config(format: KvFormat, pages: usize, chunk: usize) -> EngineConfig {
         kv_pages: pages,
         prefix_cache: true,
         spec_depth: 0,
+        spec_max_batch: usize::MAX,
     }
 }
 

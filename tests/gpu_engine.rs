@@ -30,6 +30,7 @@ fn config(format: KvFormat, pages: usize, chunk: usize, depth: usize) -> EngineC
         kv_pages: pages,
         prefix_cache: true,
         spec_depth: depth,
+        spec_max_batch: usize::MAX,
     }
 }
 

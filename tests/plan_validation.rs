@@ -305,6 +305,22 @@ fn no_speculation_no_depth() {
 }
 
 #[test]
+fn speculation_batch_limit() {
+    let p = problems(G, &[("speculative.max_batch", int(0))]);
+    assert_problem(&p, "speculative.max_batch", "speculative.max_batch = 0 never drafts");
+    let p = problems(
+        G,
+        &[("speculative.method", string("none")), ("speculative.depth", int(0)), ("speculative.max_batch", int(4))],
+    );
+    assert_problem(
+        &p,
+        "speculative.max_batch",
+        "speculative.max_batch = 4 limits drafting, but speculative.method = none",
+    );
+    assert!(problems(G, &[("speculative.max_batch", int(4))]).is_empty());
+}
+
+#[test]
 fn page_size_power_of_two() {
     let p = problems(G, &[("kv_cache.page_size", int(48))]);
     assert_problem(&p, "kv_cache.page_size", "kv_cache.page_size = 48 must be a power of two");

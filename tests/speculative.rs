@@ -1,7 +1,8 @@
 //! MTP speculative decoding in the engine: greedy output with speculation == without, on the
 //! golden fixtures and the demo model, alone, batched and with the prefix cache; sampled
-//! speculation is reproducible by seed; the demo model's MTP layer gets drafts accepted; and
-//! random submit / cancel runs leave both the main and the MTP pool whole.
+//! speculation is reproducible by seed; drafting pauses in batches over the plan's limit; the
+//! demo model's MTP layer gets drafts accepted; and random submit / cancel runs leave both the
+//! main and the MTP pool whole.
 
 mod common;
 
@@ -29,6 +30,7 @@ fn config(depth: usize, chunk: usize) -> EngineConfig {
         kv_pages: 1024,
         prefix_cache: true,
         spec_depth: depth,
+        spec_max_batch: usize::MAX,
     }
 }
 
@@ -127,6 +129,34 @@ fn greedy_with_speculation_equals_without_on_the_demo_model() {
     let (steps, drafted, accepted, per_pos) = m.speculation();
     eprintln!("demo, depth 2: {steps} verifications, {accepted} of {drafted} drafts accepted, by position {per_pos:?}");
     assert!(accepted * 5 > drafted, "the demo's MTP layer drafts badly: {accepted} of {drafted}");
+}
+
+#[test]
+fn drafting_pauses_while_more_requests_decode_than_the_limit() {
+    let model = demo();
+    let prompts = demo_prompts();
+    let (short, long) = (&prompts[0], &prompts[1]);
+    let alone = |p: &Vec<u32>, n| run(&model, 0, std::slice::from_ref(p), n, SamplingParams::greedy()).0.remove(0);
+    let (short_plain, long_plain) = (alone(short, 8), alone(long, 40));
+    for limit in [1, 2] {
+        let metrics = Arc::new(Metrics::default());
+        let h = start(&model, EngineConfig { spec_max_batch: limit, ..config(2, 64) }, metrics.clone());
+        // Both requests arrive while the engine sleeps, so they prefill in one step and then
+        // decode side by side until the short one ends.
+        h.stall(Duration::from_millis(300));
+        let a = submit(&h, short, 8, SamplingParams::greedy()).0;
+        let b = submit(&h, long, 40, SamplingParams::greedy()).0;
+        assert_eq!(collect(a), short_plain, "limit {limit}");
+        assert_eq!(collect(b), long_plain, "limit {limit}");
+        let (paused, drafted) = (metrics.drafting_paused_steps(), metrics.speculation().1);
+        if limit == 1 {
+            // Two decode side by side for the short request's last seven tokens.
+            assert!(paused >= 5, "limit 1: drafting paused in only {paused} steps");
+            assert!(drafted > 0, "limit 1: the long request never drafted once alone");
+        } else {
+            assert_eq!(paused, 0, "limit 2: two decoding requests paused drafting");
+        }
+    }
 }
 
 #[test]

@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub prefix_cache: bool,
     /// MTP draft tokens per step (0 = no speculative decoding).
     pub spec_depth: usize,
+    /// Steps in which more requests than this decode draft nothing (usize::MAX: no limit).
+    pub spec_max_batch: usize,
 }
 
 /// What `EngineHandle::inspect` reports.

@@ -107,7 +107,13 @@ pub(super) fn draft<B: Backend>(e: &mut Engine<B>) {
 }
 
 fn draft_all<B: Backend>(e: &mut Engine<B>) {
-    let depth = e.spec_depth();
+    // Above the plan's batch limit no request drafts, but the MTP layer still catches up, so
+    // its entries are whole (and pages can join the prefix cache) when the batch shrinks.
+    let paused = e.drafting_paused();
+    if paused {
+        e.metrics.drafting_paused();
+    }
+    let depth = if paused { 0 } else { e.spec_depth() };
     let d = e.model.shape.hidden_size as usize;
     let context = e.model.shape.max_position_embeddings as usize;
     let layer = e.model.mtp_kv_layer(0);

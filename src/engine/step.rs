@@ -121,6 +121,13 @@ impl<B: Backend> Engine<B> {
         if self.speculate { self.config.spec_depth } else { 0 }
     }
 
+    /// Whether the next step decodes more requests than the plan lets draft
+    /// (`speculative.max_batch`).
+    pub(super) fn drafting_paused(&self) -> bool {
+        let decoding = self.running.iter().filter(|s| s.finish.is_none() && s.pending() == 1).count();
+        decoding > self.config.spec_max_batch
+    }
+
     pub fn run(mut self) {
         loop {
             self.shared.beat();

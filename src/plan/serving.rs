@@ -24,6 +24,11 @@ pub struct Speculative {
     pub method: SpecMethod,
     /// Draft tokens proposed per step (0 with method = "none").
     pub depth: u32,
+    /// Drafts are proposed only in steps where at most this many requests decode; in a
+    /// larger batch each request's forward is compute, not weight reads, and a draft costs
+    /// about what it saves (absent: at any batch size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

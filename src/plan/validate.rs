@@ -415,6 +415,16 @@ impl Rules {
             ),
             SpecMethod::None => {}
         }
+        match (s.method, s.max_batch) {
+            (SpecMethod::Mtp, Some(0)) => {
+                self.push("speculative.max_batch", "speculative.max_batch = 0 never drafts; use method = none".into())
+            }
+            (SpecMethod::None, Some(n)) => self.push(
+                "speculative.max_batch",
+                format!("speculative.max_batch = {n} limits drafting, but speculative.method = none drafts nothing"),
+            ),
+            _ => {}
+        }
     }
 
     fn kv_cache_and_server(&mut self, p: &Plan) {
