@@ -49,6 +49,7 @@ struct Values {
     spec_accepted: u64,
     spec_accepted_per_pos: Vec<u64>,
     spec_paused_steps: u64,
+    refused: BTreeMap<&'static str, u64>,
     finished: BTreeMap<&'static str, u64>,
     /// The weights pin's content check: (bytes hashed, bytes pinned, state); None without a pin.
     pin: Option<(u64, u64, PinState)>,
@@ -70,6 +71,11 @@ pub enum PinState {
     Verified = 1,
     Mismatch = 2,
 }
+
+/// Why the server turned a request away before the engine saw it, as `reason` labels it:
+/// running and queued limits full (429), handlers or connections at their caps (503), the
+/// engine gone, a drain under way.
+pub const REFUSAL_REASONS: [&str; 5] = ["queue_full", "overloaded", "connections_full", "engine_down", "shutting_down"];
 
 /// Why a request ended, as `finished_reason` labels it.
 pub const FINISH_REASONS: [&str; 5] = ["stop", "length", "abort", "timeout", "error"];
@@ -130,6 +136,16 @@ impl Metrics {
                 *p += 1;
             }
         });
+    }
+
+    /// A request turned away for `reason` (one of `REFUSAL_REASONS`).
+    pub fn refused(&self, reason: &'static str) {
+        self.with(|v| *v.refused.entry(reason).or_default() += 1);
+    }
+
+    /// Requests turned away for `reason`.
+    pub fn refusals(&self, reason: &str) -> u64 {
+        self.with(|v| v.refused.get(reason).copied().unwrap_or(0))
     }
 
     /// A step in which no request drafted because more decoded than `speculative.max_batch`.
@@ -267,6 +283,14 @@ impl Metrics {
         for reason in FINISH_REASONS {
             let n = v.finished.get(reason).copied().unwrap_or(0);
             let _ = writeln!(s, "kiln:request_success_total{{{l},finished_reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP kiln:request_refused_total Requests turned away before the engine, by reason.\n# TYPE kiln:request_refused_total counter"
+        );
+        for reason in REFUSAL_REASONS {
+            let n = v.refused.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(s, "kiln:request_refused_total{{{l},reason=\"{reason}\"}} {n}");
         }
         for (name, help, h) in [
             ("time_to_first_token_seconds", "Time from arrival to the first token.", &v.ttft),

@@ -105,6 +105,13 @@ fn full_queue_answers_429_with_retry_after() {
     let seen = kiln::bench::stream(&r.addr.to_string(), "/v1/completions", &req, Duration::from_secs(30));
     assert!(!seen.ok && seen.error.as_deref().is_some_and(|e| e.contains("429")), "{seen:?}");
     assert!(seen.total < Duration::from_secs(2), "the refusal took {:?} to read", seen.total);
+    let (_, _, metrics) = curl(&[&format!("{b}/metrics")]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kiln:request_refused_total{") && l.ends_with("reason=\"queue_full\"} 2")),
+        "the two refusals are not counted:\n{metrics}"
+    );
     for t in admitted {
         assert_eq!(t.join().unwrap(), 200);
     }

@@ -175,7 +175,21 @@ fn beyond_the_connection_cap_only_health_and_metrics_answer() {
         std::thread::sleep(Duration::from_millis(20));
     }
     health_is_fast(&r);
+    // Both refusals are counted for the operator.
+    let base = format!("http://{}", r.addr);
+    assert!(refused(&base, "overloaded") >= 1.0);
+    assert!(refused(&base, "connections_full") >= 1.0);
     r.stop();
+}
+
+/// `kiln:request_refused_total` for `reason`.
+fn refused(base: &str, reason: &str) -> f64 {
+    let (_, _, body) = curl(&[&format!("{base}/metrics")]);
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("kiln:request_refused_total{") && l.contains(&format!("reason=\"{reason}\"")))
+        .unwrap_or_else(|| panic!("no refusals for {reason} in:\n{body}"));
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a count")
 }
 
 #[test]

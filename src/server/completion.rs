@@ -156,6 +156,7 @@ const STREAM_BUFFER: usize = 32;
 /// noticed when the next event cannot be delivered.
 pub async fn generate(ctx: Arc<ServerContext>, req: Request<Incoming>, endpoint: Endpoint) -> Reply {
     let Some(slot) = ctx.handler_slot() else {
+        ctx.refuse("overloaded", "every request handler is busy (server.max_connections bounds them)");
         return unavailable(&ApiError::new(503, "server_error", "overloaded", "too many requests in progress"));
     };
     let body = match read_body(req, ctx.body_limit, ctx.transport.body_timeout).await {
@@ -266,6 +267,10 @@ fn run(ctx: &ServerContext, body: &[u8], endpoint: Endpoint, mut client: Client)
     match ctx.engine.submit(request) {
         Ok(()) => {}
         Err(Rejected::QueueFull) => {
+            ctx.refuse(
+                "queue_full",
+                "server.max_running_requests are running and server.max_queued_requests waiting; answered 429",
+            );
             let e = ApiError::new(
                 429,
                 "rate_limit_error",
@@ -276,6 +281,7 @@ fn run(ctx: &ServerContext, body: &[u8], endpoint: Endpoint, mut client: Client)
             return;
         }
         Err(Rejected::EngineDown) => {
+            ctx.refuse("engine_down", "the engine is not running; answered 503");
             let e = ApiError::new(503, "server_error", "engine_down", "the engine is not running");
             client.reply(error(&e));
             return;

@@ -29,7 +29,8 @@ pub const PROBE_SLOTS: usize = 16;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest pause between retries of a failing accept.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// At most one log line per this long for repeated accept errors and refused connections.
+/// At most one log line per this long for repeated accept errors (refused connections log
+/// through `refusals`).
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, mut stop: watch::Receiver<bool>) {
@@ -41,7 +42,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, mut sto
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => {
                     backoff = Duration::from_millis(5);
-                    admit(socket, &ctx, &mut quiet);
+                    admit(socket, &ctx);
                 }
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ECONNABORTED...: the listener stays; wait and retry.
@@ -100,22 +101,17 @@ fn take(counter: &std::sync::atomic::AtomicUsize, limit: usize) -> bool {
     counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).is_ok()
 }
 
-fn admit(socket: TcpStream, ctx: &Arc<ServerContext>, quiet: &mut Quiet) {
+fn admit(socket: TcpStream, ctx: &Arc<ServerContext>) {
     let admission = if take(&ctx.connections, ctx.transport.max_connections) {
         Admission::Full
     } else if take(&ctx.probes, PROBE_SLOTS) {
         Admission::Probe
     } else {
-        if quiet.ready() {
-            log::warn(
-                "connections_full",
-                format!(
-                    "{} connections open (server.max_connections): closing new ones",
-                    ctx.transport.max_connections
-                ),
-            )
-            .emit();
-        }
+        let why = format!(
+            "{} connections open (server.max_connections) and every probe slot taken: closed at once",
+            ctx.transport.max_connections
+        );
+        ctx.refuse("connections_full", &why);
         return; // dropped: closed at once
     };
     let slot = Slot { ctx: ctx.clone(), admission };

@@ -12,6 +12,7 @@ mod connection;
 pub mod glm_output;
 mod http;
 pub mod params;
+mod refusals;
 mod routes;
 mod tools;
 
@@ -111,6 +112,7 @@ pub struct ServerContext {
     /// Open connections with full service, and those over the cap allowed one probe.
     connections: AtomicUsize,
     probes: AtomicUsize,
+    refusals: refusals::Refusals,
 }
 
 impl ServerContext {
@@ -142,6 +144,7 @@ impl ServerContext {
             max_handlers: c.max_handlers,
             connections: AtomicUsize::new(0),
             probes: AtomicUsize::new(0),
+            refusals: refusals::Refusals::default(),
         })
     }
 
@@ -152,6 +155,11 @@ impl ServerContext {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max_handlers).then_some(n + 1))
             .ok()
             .map(|_| HandlerSlot(self.clone()))
+    }
+
+    /// Counts and (at most every few seconds per reason) logs a request turned away.
+    fn refuse(&self, reason: &'static str, why: &str) {
+        self.refusals.note(&self.metrics, reason, why);
     }
 
     /// Connections open now (full service).

@@ -24,6 +24,7 @@ pub async fn handle(ctx: &Arc<ServerContext>, req: Request<Incoming>, admission:
     }
     let probe_route = method == Method::GET && matches!(path.as_str(), "/health" | "/metrics");
     if admission == Admission::Probe && !probe_route {
+        ctx.refuse("overloaded", "a connection over server.max_connections asked for more than /health or /metrics");
         return unavailable(&ApiError::new(503, "server_error", "overloaded", "too many open connections"));
     }
     if path != "/health"
@@ -39,7 +40,10 @@ pub async fn handle(ctx: &Arc<ServerContext>, req: Request<Incoming>, admission:
         return error(&e);
     }
     match (&method, path.as_str()) {
-        (&Method::POST, "/v1/completions" | "/v1/chat/completions") if ctx.is_draining() => shutting_down(),
+        (&Method::POST, "/v1/completions" | "/v1/chat/completions") if ctx.is_draining() => {
+            ctx.refuse("shutting_down", "draining before exit; answered 503");
+            shutting_down()
+        }
         (&Method::POST, "/v1/completions") => completion::generate(ctx.clone(), req, Endpoint::Completions).await,
         (&Method::POST, "/v1/chat/completions") => completion::generate(ctx.clone(), req, Endpoint::Chat).await,
         (&Method::GET, "/v1/models") => {
