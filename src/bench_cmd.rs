@@ -25,7 +25,16 @@ const SPEC_PROMPTS: &[&str] = &[
     "[gMASK]<sop><|user|>\nSplit a string on commas.<|assistant|>\n",
 ];
 
-pub fn bench_spec(depths: &[usize], tokens: usize, weights: Option<PathBuf>) -> Result<ExitCode> {
+/// `--batches`: request counts from 1 to 256.
+fn check_batches(batches: &[usize]) -> Result<()> {
+    if batches.is_empty() || batches.contains(&0) || batches.iter().any(|&b| b > 256) {
+        return Err(Error::Usage("--batches takes request counts from 1 to 256".into()));
+    }
+    Ok(())
+}
+
+pub fn bench_spec(depths: &[usize], batches: &[usize], tokens: usize, weights: Option<PathBuf>) -> Result<ExitCode> {
+    check_batches(batches)?;
     let plan = baked::plan();
     let src = source(weights);
     let app = App::open(plan, baked::PLAN_TEXT, &src)?;
@@ -35,30 +44,29 @@ pub fn bench_spec(depths: &[usize], tokens: usize, weights: Option<PathBuf>) -> 
     let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| app.tokenizer.encode(p, false)).collect::<Result<_>>()?;
     let page_size = app.engine.page_size;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64;
+    let most = batches.iter().copied().max().unwrap_or(1);
     let base = kiln::engine::EngineConfig {
-        max_running: 1,
-        max_queued: 1,
+        max_running: most,
+        max_queued: most,
         request_timeout: std::time::Duration::from_secs(3600),
-        kv_pages: longest.div_ceil(page_size) * 2,
+        kv_pages: longest.div_ceil(page_size) * (most + 1) * 2,
         prefix_cache: false,
         spec_depth: 0,
         ..app.engine.clone()
     };
     let model = std::sync::Arc::new(app.model);
     eprintln!(
-        "kiln bench spec: {} prompts x {tokens} tokens, greedy, single stream, {}",
+        "kiln bench spec: {} prompts x {tokens} tokens, greedy, batches of {batches:?} requests, {}",
         prompts.len(),
         src.describe()
     );
-    let rows = bench::spec_table(&model, &base, &prompts, tokens, depths);
+    let rows = bench::spec_table(&model, &base, &prompts, tokens, batches, depths);
     println!("{}", bench::spec_markdown(&rows));
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn bench_constrain(batches: &[usize], tokens: usize, weights: Option<PathBuf>) -> Result<ExitCode> {
-    if batches.is_empty() || batches.contains(&0) || batches.iter().any(|&b| b > 256) {
-        return Err(Error::Usage("--batches takes request counts from 1 to 256".into()));
-    }
+    check_batches(batches)?;
     if tokens == 0 {
         return Err(Error::Usage("--tokens must be at least 1".into()));
     }

@@ -260,6 +260,10 @@ enum BenchWhat {
     Spec {
         #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4")]
         depths: Vec<usize>,
+        /// Requests decoding together, comma-separated: 1 runs each prompt alone; N runs N
+        /// requests at once (drafting at any batch size, whatever the plan's max_batch).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batches: Vec<usize>,
         /// New tokens per prompt.
         #[arg(long, default_value_t = 128)]
         tokens: usize,
@@ -337,8 +341,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Bench { what: BenchWhat::Prefill { weights, prompt, reps } }) => {
             bench_forward(weights, bench::forward::Measure::Prefill { prompt, reps })
         }
-        Some(Command::Bench { what: BenchWhat::Spec { depths, tokens, weights } }) => {
-            bench_spec(&depths, tokens, weights)
+        Some(Command::Bench { what: BenchWhat::Spec { depths, batches, tokens, weights } }) => {
+            bench_spec(&depths, &batches, tokens, weights)
         }
         Some(Command::Bench { what: BenchWhat::Constrain { batches, tokens, weights } }) => {
             bench_constrain(&batches, tokens, weights)

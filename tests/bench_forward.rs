@@ -57,6 +57,21 @@ fn the_commands_print_their_tables() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("| prompt tokens |") && text.contains("| 8 |"), "{text}");
+
+    // A batch drafts (the demo plan's max_batch of 1 does not apply here) and counts the
+    // decoded tokens of all its requests.
+    let out = kiln(&["bench", "spec", "--batches", "1,3", "--depths", "0,1", "--tokens", "6"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("| 1 |") || l.starts_with("| 3 |"))
+        .map(|l| l.split('|').collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    let batched_depth1 = rows.iter().find(|r| r[1].trim() == "3" && r[2].trim() == "1").expect("batch 3, depth 1");
+    let acceptance: f64 = batched_depth1[5].trim().parse().unwrap();
+    assert!(acceptance > 1.0, "a batch of 3 drafted nothing:\n{text}");
 }
 
 #[test]
@@ -66,6 +81,7 @@ fn bad_arguments_are_named_and_refused() {
         (vec!["bench", "decode", "--context", "0"], "--context"),
         (vec!["bench", "decode", "--context", "100000"], "max_position_embeddings"),
         (vec!["bench", "prefill", "--prompt", "0"], "--prompt"),
+        (vec!["bench", "spec", "--batches", "0"], "--batches"),
         (vec!["bench", "prefill", "--weights", "/nonexistent/model"], "/nonexistent/model"),
     ] {
         let out = kiln(&args);
