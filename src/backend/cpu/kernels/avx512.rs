@@ -199,9 +199,9 @@ fn bytes<const R: usize>(w: [RowRef<'_>; R]) -> [&[u8]; R] {
 /// (measured on the demo model: a 4096 x 256 bf16 lm_head against one token 79 -> 33 us).
 pub(super) const SHORT_ROW: usize = 256;
 
-/// Activation bytes of one `block_dots` call past which its dense rows go in quads (about
-/// an L1 data cache: 48 KiB on Zen 5, 32 on Zen 4).
-const L1_ACTIVATIONS: usize = 48 << 10;
+/// Activation bytes of one `block_dots` call past which rows go in quads (about an L1 data
+/// cache: 48 KiB on Zen 5, 32 on Zen 4); `vnni_whole::whole_rows` uses it too.
+pub(super) const L1_ACTIVATIONS: usize = 48 << 10;
 
 /// Rows shorter than this keep the pairs' tiles whatever the activations' size: a quad's
 /// call and four rows' conversions cost more than its shared fetches save ([768 x 256]

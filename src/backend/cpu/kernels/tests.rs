@@ -137,8 +137,9 @@ fn a_token_gets_the_same_bits_in_any_row_block_and_tile() {
     for kind in ["mxfp4", "bf16", "f32"] {
         // 256 and 512 are whole groups of four blocks (`vnni_whole::whole_rows` for a long row);
         // 1048 is a long row with a half step of 16 and a tail of 8 past its steps of 32; 1560
-        // too, and from 8 tokens on its activations outgrow L1, where dense rows go in quads.
-        for cols in [64, 100, 256, 320, 512, 1048, 1560] {
+        // too, and from 8 tokens on its activations outgrow L1, where dense rows go in quads;
+        // 2048's whole groups do at 9 tokens for MXFP4 rows too.
+        for cols in [64, 100, 256, 320, 512, 1048, 1560, 2048] {
             // Eight-row groups, a pair and a single row.
             let nrows = 11;
             let rows: Vec<Row> = (0..nrows).map(|_| random_row(kind, cols, &mut rng)).collect();
