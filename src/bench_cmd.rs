@@ -33,6 +33,23 @@ fn check_batches(batches: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// The prompts of the in-process batch benches (spec, constrain), and an engine that admits
+/// their largest batch at once, each request with room for its prompt and `tokens` more.
+fn batch_bench(app: &App, batches: &[usize], tokens: usize) -> Result<(Vec<Vec<u32>>, kiln::engine::EngineConfig)> {
+    let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| app.tokenizer.encode(p, false)).collect::<Result<_>>()?;
+    let most = batches.iter().copied().max().unwrap_or(1);
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64;
+    let cfg = kiln::engine::EngineConfig {
+        max_running: most,
+        max_queued: most,
+        request_timeout: std::time::Duration::from_secs(3600),
+        kv_pages: longest.div_ceil(app.engine.page_size) * (most + 1) * 2,
+        prefix_cache: false,
+        ..app.engine.clone()
+    };
+    Ok((prompts, cfg))
+}
+
 pub fn bench_spec(depths: &[usize], batches: &[usize], tokens: usize, weights: Option<PathBuf>) -> Result<ExitCode> {
     check_batches(batches)?;
     let plan = baked::plan();
@@ -41,19 +58,7 @@ pub fn bench_spec(depths: &[usize], batches: &[usize], tokens: usize, weights: O
     if app.model.weights.mtp.is_empty() {
         return Err(Error::Usage("the model has no MTP layer to draft with".into()));
     }
-    let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| app.tokenizer.encode(p, false)).collect::<Result<_>>()?;
-    let page_size = app.engine.page_size;
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64;
-    let most = batches.iter().copied().max().unwrap_or(1);
-    let base = kiln::engine::EngineConfig {
-        max_running: most,
-        max_queued: most,
-        request_timeout: std::time::Duration::from_secs(3600),
-        kv_pages: longest.div_ceil(page_size) * (most + 1) * 2,
-        prefix_cache: false,
-        spec_depth: 0,
-        ..app.engine.clone()
-    };
+    let (prompts, base) = batch_bench(&app, batches, tokens)?;
     let model = std::sync::Arc::new(app.model);
     eprintln!(
         "kiln bench spec: {} prompts x {tokens} tokens, greedy, batches of {batches:?} requests, {}",
@@ -74,17 +79,7 @@ pub fn bench_constrain(batches: &[usize], tokens: usize, weights: Option<PathBuf
     let src = source(weights);
     let app = App::open(plan, baked::PLAN_TEXT, &src)?;
     let grammars = kiln::constrain::Grammars::new(&app.tokenizer, app.model.vocab_size()).map_err(Error::Usage)?;
-    let prompts: Vec<Vec<u32>> = SPEC_PROMPTS.iter().map(|p| app.tokenizer.encode(p, false)).collect::<Result<_>>()?;
-    let most = batches.iter().copied().max().unwrap_or(1);
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0) + tokens + 64;
-    let cfg = kiln::engine::EngineConfig {
-        max_running: most,
-        max_queued: most,
-        request_timeout: std::time::Duration::from_secs(3600),
-        kv_pages: longest.div_ceil(app.engine.page_size) * (most + 1) * 2,
-        prefix_cache: false,
-        ..app.engine.clone()
-    };
+    let (prompts, cfg) = batch_bench(&app, batches, tokens)?;
     eprintln!(
         "kiln bench constrain: {tokens} tokens per request, greedy, MTP depth {}, {}",
         cfg.spec_depth,

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::http::hold;
+use super::refusals::Quiet;
 use super::{ServerContext, routes};
 use crate::log;
 
@@ -29,9 +30,6 @@ pub const PROBE_SLOTS: usize = 16;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest pause between retries of a failing accept.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// At most one log line per this long for repeated accept errors (refused connections log
-/// through `refusals`).
-const LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(5);
@@ -56,20 +54,6 @@ pub async fn accept_loop(listener: TcpListener, ctx: Arc<ServerContext>, mut sto
                 }
             }
         }
-    }
-}
-
-/// Rate limit for a repeating log line.
-#[derive(Default)]
-struct Quiet(Option<Instant>);
-
-impl Quiet {
-    fn ready(&mut self) -> bool {
-        if self.0.is_some_and(|t| t.elapsed() < LOG_EVERY) {
-            return false;
-        }
-        self.0 = Some(Instant::now());
-        true
     }
 }
 

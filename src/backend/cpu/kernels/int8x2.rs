@@ -62,6 +62,11 @@ impl Int8x2 {
         let one_term = q.chunks_exact(GROUP_BYTES).all(|g| g[GROUP_BYTES / 2..].iter().all(|&v| v == 0));
         Int8x2 { groups, q, bias, scale, one_term }
     }
+
+    /// Bytes the kernels read for one token: its groups' terms, bias lanes and scale lanes.
+    pub fn token_bytes(&self) -> usize {
+        self.groups * (GROUP_BYTES + 16 * (size_of::<i32>() + size_of::<f32>()))
+    }
 }
 
 /// One block of 32 into its slots of a token's group (block k of the group). The reference

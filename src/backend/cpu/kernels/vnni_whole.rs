@@ -60,10 +60,9 @@ pub(super) unsafe fn whole_rows(
     // where a pair shared it between two (one core, 64 rows of 1024 in L2, against 32 and
     // 64 tokens: 82-83 -> 100-101 G multiply-adds a second; against 8 and 16, in L1, the
     // pairs' wider tiles stay faster: 104-133 and 118 against 101-107). The mid-size
-    // model's 512-token prefill: 662-700 -> 715-741 tok/s. The same arithmetic per (row,
+    // model's 512-token prefill: 666-687 -> 696-739 tok/s. The same arithmetic per (row,
     // token), so the same bits. One-term activations (W4A4) keep the pairs (not measured).
-    let act_bytes = tb * q.groups * (GROUP_BYTES + 16 * (size_of::<i32>() + size_of::<f32>()));
-    let quads = !q.one_term && act_bytes > super::avx512::L1_ACTIVATIONS;
+    let quads = !q.one_term && tb * q.token_bytes() > super::avx512::L1_ACTIVATIONS;
     while quads && nrows - r >= 4 {
         let (c, s) = (&codes[r * cb..], &scales[r * sb..]);
         let mut t = 0;
