@@ -121,11 +121,17 @@ fn linears_bytes(ws: &[&crate::weights::Linear]) -> usize {
 }
 
 /// The linears of a layer every token goes through: attention, indexer, dense or shared MLP.
-fn layer_fixed_linears(l: &LayerWeights<Cpu>) -> Vec<&crate::weights::Linear> {
+/// The indexer's queries and head weights only in a step that scores (`scoring`): while
+/// every query's causal window fits in its top-k the forward keeps every key without them,
+/// and counting their bytes would credit the step with reads it never made.
+fn layer_fixed_linears(l: &LayerWeights<Cpu>, scoring: bool) -> Vec<&crate::weights::Linear> {
     let a = &l.attn;
     let mut ws = vec![&a.q_a, &a.q_b, &a.kv_a, &a.kv_b, &a.o];
     if let Some(ix) = &l.indexer {
-        ws.extend([&ix.wq_b, &ix.wk, &ix.weights_proj]);
+        ws.push(&ix.wk);
+        if scoring {
+            ws.extend([&ix.wq_b, &ix.weights_proj]);
+        }
     }
     let mlp = match &l.ffn {
         Ffn::Dense(m) => Some(m),
@@ -138,9 +144,9 @@ fn layer_fixed_linears(l: &LayerWeights<Cpu>) -> Vec<&crate::weights::Linear> {
 }
 
 /// Bytes of a layer every token reads: its fixed linears, norms and router.
-fn layer_fixed_bytes(l: &LayerWeights<Cpu>) -> usize {
+fn layer_fixed_bytes(l: &LayerWeights<Cpu>, scoring: bool) -> usize {
     let f = |v: &Vec<f32>| v.len() * 4;
-    let mut b = linears_bytes(&layer_fixed_linears(l))
+    let mut b = linears_bytes(&layer_fixed_linears(l, scoring))
         + f(&l.attn.q_a_norm)
         + f(&l.attn.kv_a_norm)
         + f(&l.input_norm)
@@ -161,8 +167,9 @@ fn step_bytes(model: &Model<Cpu>, format: KvFormat, trace: &Trace, positions: &[
     let geometry = model.kv_geometry();
     let (mla, index) = (format.mla_bytes(&geometry), format.index_bytes(&geometry));
     let topk = model.shape.index_topk as usize;
+    let scoring = crate::model::projections::scoring(topk, positions);
     for (i, l) in w.layers.iter().enumerate() {
-        bytes += layer_fixed_bytes(l);
+        bytes += layer_fixed_bytes(l, scoring);
         if let (Ffn::Moe(moe), Some(routes)) = (&l.ffn, trace.experts.get(&i)) {
             let used: BTreeSet<u32> = routes.iter().flat_map(|r| r.experts.iter().copied()).collect();
             bytes += used
@@ -192,9 +199,10 @@ fn step_macs(model: &Model<Cpu>, trace: &Trace, positions: &[usize], logit_rows:
     let (heads, latent, rope) = (m.num_attention_heads as usize, m.kv_lora_rank as usize, m.qk_rope_head_dim as usize);
     let index = m.index_n_heads as usize * m.index_head_dim as usize;
     let mut macs = logit_rows * params(&[w.lm_head()]);
+    let scoring = crate::model::projections::scoring(topk, positions);
     for (i, l) in w.layers.iter().enumerate() {
         let router = if let Ffn::Moe(moe) = &l.ffn { moe.router.len() } else { 0 };
-        macs += n * (params(&layer_fixed_linears(l)) + router);
+        macs += n * (params(&layer_fixed_linears(l, scoring)) + router);
         if let (Ffn::Moe(moe), Some(routes)) = (&l.ffn, trace.experts.get(&i)) {
             let expert = |e: u32| {
                 let x = &moe.experts[e as usize];
@@ -303,4 +311,52 @@ pub fn run(model: &Model<Cpu>, format: KvFormat, name: &str, what: &Measure) -> 
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::WeightsSource;
+    use std::path::Path;
+
+    fn demo_model() -> Model<Cpu> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("plan/tiny.toml")).expect("the demo plan");
+        let plan = crate::plan::check(&text).expect("the demo plan checks");
+        let ckpt = WeightsSource::Dir(root.join("models/tiny")).checkpoint().expect("the demo weights");
+        Model::load(&plan, &ckpt).expect("the demo model loads")
+    }
+
+    #[test]
+    fn the_indexer_queries_count_only_in_steps_that_score() {
+        let model = demo_model();
+        let topk = model.shape.index_topk as usize;
+        let format = KvFormat::Bf16;
+        let geometry = model.kv_geometry();
+        let (mla, index) = (format.mla_bytes(&geometry), format.index_bytes(&geometry));
+        let indexed: Vec<_> = model.weights.layers.iter().filter_map(|l| l.indexer.as_ref()).collect();
+        assert!(!indexed.is_empty(), "the demo model has indexer layers");
+        let scorer: usize = indexed.iter().map(|ix| ix.wq_b.stored_bytes() + ix.weights_proj.stored_bytes()).sum();
+        // One token just inside the top-k window, one just past it: past it, the step also
+        // reads the indexer's queries and head weights, and scores every cached key.
+        let trace = Trace::default();
+        let (inside, past) = (topk - 1, topk);
+        let a = step_bytes(&model, format, &trace, &[inside]);
+        let b = step_bytes(&model, format, &trace, &[past]);
+        let layers = model.weights.layers.len();
+        let kv = layers * ((past + 1).min(topk) - (inside + 1).min(topk)) * mla + indexed.len() * (past + 1) * index;
+        assert_eq!(b - a, (scorer + kv) as f64);
+        // And the multiply-adds: the scorer's rows once per token when it runs.
+        let params: usize =
+            indexed.iter().map(|ix| ix.wq_b.rows * ix.wq_b.cols + ix.weights_proj.rows * ix.weights_proj.cols).sum();
+        let (ma, mb) = (step_macs(&model, &trace, &[inside], 1), step_macs(&model, &trace, &[past], 1));
+        let m = &model.shape;
+        let attend = |p: usize| {
+            (p + 1).min(topk)
+                * m.num_attention_heads as usize
+                * (2 * m.kv_lora_rank as usize + m.qk_rope_head_dim as usize)
+        };
+        let scores = indexed.len() * (past + 1) * m.index_n_heads as usize * m.index_head_dim as usize;
+        assert_eq!(mb - ma, (params + layers * (attend(past) - attend(inside)) + scores) as f64);
+    }
 }
