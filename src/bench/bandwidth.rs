@@ -68,8 +68,8 @@ fn sum_lines(lines: &[Line], isa: Isa) -> u64 {
 fn sum_portable(lines: &[Line]) -> u64 {
     let mut acc = [0u64; 8];
     for l in lines {
-        for j in 0..8 {
-            acc[j] = acc[j].wrapping_add(l.0[j]);
+        for (a, w) in acc.iter_mut().zip(&l.0) {
+            *a = a.wrapping_add(*w);
         }
     }
     acc.iter().fold(0, |a, &b| a.wrapping_add(b))
