@@ -32,7 +32,8 @@ pub unsafe fn block_dots(
     ostride: usize,
     cached: bool,
 ) {
-    // Long rows against one token (decode) go one row at a time. Against more
+    // Long rows against one token (decode) go one row at a time, prefetched into L2 like
+    // the tiles' (`DENSE_PREFETCH_AHEAD`). Against more
     // (verification, batches, prefill) they go in register tiles of two rows that share
     // each activation load, dense rows prefetched into L2 (`DENSE_PREFETCH_AHEAD`):
     // measured on Zen 4 from memory, bf16 against 2 tokens 17.6 -> 20 GB/s per core and
@@ -303,11 +304,13 @@ unsafe fn mxfp4<const R: usize, const T: usize>(
 /// 3.3 -> 4.4 (when dense rows used it too).
 const PREFETCH_AHEAD: usize = 4096;
 
-/// Bytes ahead of a tile's dense rows that each step asks the L2 cache for, when the tile
-/// has two tokens or more. Measured on Zen 4, one core streaming bf16 rows from memory in
-/// pairs (two prefetched rows; `_MM_HINT_T0` 4 KiB ahead filled L1's few fill buffers):
-/// against 2 tokens 20 GB/s, 3 tokens 16, 4 tokens 15. One token runs fastest one row at
-/// a time, left to the hardware prefetcher (22 GB/s; 21 with this prefetch).
+/// Bytes ahead of dense rows read from memory that each step asks the L2 cache for. Measured
+/// on Zen 4, one core streaming bf16 rows in pairs (two prefetched rows; `_MM_HINT_T0` 4 KiB
+/// ahead filled L1's few fill buffers): against 2 tokens 20 GB/s, 3 tokens 16, 4 tokens 15.
+/// One token (`dense_one_token`) on Zen 5, 256 MB of bf16 rows from memory: one core
+/// 32-33 -> 36-42 GB/s, two 41-43 -> 49-53 (1 and 2 KiB into L1, or 4 KiB into L2, gained
+/// less; the hardware prefetcher alone had been best on Zen 4); the mid-size decode step
+/// 3.73-5.07 -> 3.33-3.90 ms, alternated.
 const DENSE_PREFETCH_AHEAD: usize = 8192;
 
 /// 16 weights at element `c` of a dense row: bf16 widened by a shift, or f32 as stored.
@@ -408,7 +411,8 @@ unsafe fn dense_one_token<const BF16: bool>(
     out: &mut [f32],
     ostride: usize,
 ) {
-    let row_bytes = cols * if BF16 { 2 } else { 4 };
+    let esize = if BF16 { 2 } else { 4 };
+    let row_bytes = cols * esize;
     assert!(w.len() >= nrows * row_bytes && x.len() >= cols, "dense_one_token: short rows or token");
     assert!(nrows == 0 || out.len() > (nrows - 1) * ostride, "dense_one_token: out too short");
     let xp = x.as_ptr();
@@ -424,6 +428,13 @@ unsafe fn dense_one_token<const BF16: bool>(
             // SAFETY (loads): c + 32 <= cols, or c + 16 for the half step, within the row and x.
             unsafe {
                 while c + 32 <= cols {
+                    // Each 32 values' cache lines (one of bf16, two of f32), asked of L2 a
+                    // fixed distance ahead; past the row's end that is the next rows'.
+                    let ahead = row.as_ptr().wrapping_add(c * esize + DENSE_PREFETCH_AHEAD);
+                    _mm_prefetch::<_MM_HINT_T1>(ahead.cast());
+                    if !BF16 {
+                        _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64).cast());
+                    }
                     acc0 = _mm512_fmadd_ps(load16::<BF16>(row, c), _mm512_loadu_ps(xp.add(c)), acc0);
                     acc1 = _mm512_fmadd_ps(load16::<BF16>(row, c + 16), _mm512_loadu_ps(xp.add(c + 16)), acc1);
                     c += 32;
