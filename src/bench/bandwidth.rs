@@ -40,8 +40,8 @@ pub fn read_gb_s() -> f64 {
     best
 }
 
-/// `lines` lines of distinct words, written by every thread (so each page is first touched
-/// by the thread that will read it, and none is a shared zero page).
+/// `lines` lines of distinct words, written in parallel: every page is backed by memory of
+/// its own (an untouched page would read as the shared zero page, from cache).
 fn filled(lines: usize) -> Vec<Line> {
     use rayon::prelude::*;
     (0..lines).into_par_iter().map(|i| Line(std::array::from_fn(|j| (8 * i + j) as u64))).collect()
