@@ -90,7 +90,8 @@ fn serves_from_an_empty_directory() {
 #[test]
 fn the_prefill_bench_counts_the_multiply_adds_of_the_forwards_math() {
     // 16 tokens, fewer than the indexer's top-k: every token attends to all its causal keys
-    // and no key is scored. The count from the plan's shape alone, weight by weight.
+    // and no key is scored, so of the indexer only its keys (wk) are projected, for later
+    // steps. The count from the plan's shape alone, weight by weight.
     let model = demo_model();
     let n = 16u64;
     let row = kiln::bench::forward::prefill(&model, kiln::kv::KvFormat::Bf16, n as usize, 1).unwrap();
@@ -101,7 +102,7 @@ fn the_prefill_bench_counts_the_multiply_adds_of_the_forwards_math() {
         + (lat + rope) * d
         + h * (m.qk_nope_head_dim + m.v_head_dim) * lat
         + d * h * m.v_head_dim;
-    let indexer = m.index_n_heads * m.index_head_dim * m.q_lora_rank + m.index_head_dim * d + m.index_n_heads * d;
+    let indexer = m.index_head_dim * d;
     let expert = 3 * m.moe_intermediate_size * d;
     let mut want = m.vocab_size * d; // lm_head, for the last token only
     for (i, layer) in model.weights.layers.iter().enumerate() {
