@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::RowsRef;
-use super::avx512::load16;
+use super::avx512::{load16, value_bytes};
 
 /// out[t, :] += sum over r of coefs[t * cstride + r] * row r, dense rows only.
 ///
@@ -53,7 +53,7 @@ unsafe fn accumulate<const BF16: bool>(
     out: &mut [f32],
 ) {
     let n = out.len() / cols.max(1);
-    let row_bytes = cols * if BF16 { 2 } else { 4 };
+    let row_bytes = cols * value_bytes::<BF16>();
     let mut t0 = 0;
     while t0 < n {
         let tn = (n - t0).min(4);
@@ -118,7 +118,7 @@ unsafe fn acc_tile<const T: usize, const C: usize, const BF16: bool>(
     out: &mut [f32],
 ) {
     let op = out.as_mut_ptr();
-    let esize = if BF16 { 2 } else { 4 };
+    let esize = value_bytes::<BF16>();
     // SAFETY (loads and stores): the caller's guarantees.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); C]; T];

@@ -313,6 +313,11 @@ const PREFETCH_AHEAD: usize = 4096;
 /// 3.73-5.07 -> 3.33-3.90 ms, alternated.
 const DENSE_PREFETCH_AHEAD: usize = 8192;
 
+/// Bytes of one stored value of a dense row: bf16 or f32.
+pub(super) const fn value_bytes<const BF16: bool>() -> usize {
+    if BF16 { 2 } else { 4 }
+}
+
 /// 16 weights at element `c` of a dense row: bf16 widened by a shift, or f32 as stored.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -350,9 +355,7 @@ unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
         for r in 0..R {
             if T >= 2 {
                 _mm_prefetch::<_MM_HINT_T1>(
-                    w[r].as_ptr()
-                        .wrapping_add(DENSE_PREFETCH_AHEAD + c * size_of::<u16>() * if BF16 { 1 } else { 2 })
-                        .cast(),
+                    w[r].as_ptr().wrapping_add(DENSE_PREFETCH_AHEAD + c * value_bytes::<BF16>()).cast(),
                 );
             }
             unsafe { (w0[r], w1[r]) = (load16::<BF16>(w[r], c), load16::<BF16>(w[r], c + 16)) };
@@ -411,7 +414,7 @@ unsafe fn dense_one_token<const BF16: bool>(
     out: &mut [f32],
     ostride: usize,
 ) {
-    let esize = if BF16 { 2 } else { 4 };
+    let esize = value_bytes::<BF16>();
     let row_bytes = cols * esize;
     assert!(w.len() >= nrows * row_bytes && x.len() >= cols, "dense_one_token: short rows or token");
     assert!(nrows == 0 || out.len() > (nrows - 1) * ostride, "dense_one_token: out too short");
