@@ -9,16 +9,21 @@ use kiln::backend::Backend;
 use kiln::model::weights::Ffn;
 use kiln::model::{AttentionForm, moe};
 
-/// The twins differ by f32 rounding (1e-5 of the largest logit). With VNNI, MXFP4 layers
-/// take their inputs as two int8 terms (about 3e-5 of a block's largest value), and a last-bit
-/// difference upstream can move such a term by one step, which is larger than what these
-/// tests resolve. They check algebra, not the kernels (the golden suite checks those against
-/// HF), so they run the f32 AVX-512 kernels, or what the CPU has below them.
+/// The twins differ by f32 rounding (1e-5 of the largest logit). With VNNI or AVX2-int16,
+/// MXFP4 layers take their inputs as integers (about 3e-5 of a block's largest value), and a
+/// last-bit difference upstream can move such an integer by one step, which is larger than
+/// what these tests resolve. They check algebra, not the kernels (the golden suite checks
+/// those against HF), so they run the f32 kernels: AVX-512 where the CPU has it, else AVX2
+/// (or what the CPU has below it).
 fn f32_kernels() {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    #[cfg(target_arch = "x86_64")]
+    let isa = if std::arch::is_x86_feature_detected!("avx512f") { "avx512" } else { "avx2" };
+    #[cfg(not(target_arch = "x86_64"))]
+    let isa = "portable";
     // SAFETY: every test here calls this before anything else, so no other thread of this
     // binary reads the environment while it is written.
-    ONCE.call_once(|| unsafe { std::env::set_var("KILN_CPU_ISA", "avx512") });
+    ONCE.call_once(|| unsafe { std::env::set_var("KILN_CPU_ISA", isa) });
 }
 
 fn close(a: &[f32], b: &[f32], rel: f32) -> Result<(), String> {

@@ -54,7 +54,7 @@ fn sum_lines(lines: &[Line], isa: Isa) -> u64 {
             // SAFETY: `Isa::current` gives AVX-512 only where the CPU has AVX-512F.
             return unsafe { x86::sum_avx512(lines) };
         }
-        if isa == Isa::Avx2 {
+        if isa.is_avx2() {
             // SAFETY: `Isa::current` gives AVX2 only where the CPU has it.
             return unsafe { x86::sum_avx2(lines) };
         }

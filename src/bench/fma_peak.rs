@@ -35,7 +35,7 @@ pub fn fma_gmacs() -> f64 {
 pub fn lanes() -> usize {
     match Isa::current() {
         isa if isa.is_avx512() => 16,
-        Isa::Avx2 => 8,
+        isa if isa.is_avx2() => 8,
         _ => 1,
     }
 }

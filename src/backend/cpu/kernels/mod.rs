@@ -2,12 +2,14 @@
 //! activation rows (`block_dots` takes a block of rows per call), each row decoded into
 //! registers a block at a time and never into memory.
 //!
-//! Four instruction sets, chosen once at run time (the release binary runs on any x86-64):
+//! Five kernel sets, chosen once at run time (the release binary runs on any x86-64):
 //! AVX-512 with VNNI (MXFP4 rows as integer dot products against activations in two int8
 //! terms, `int8x2`; everything else as AVX-512F), AVX-512F (16 lanes, a 16-entry E2M1 table
-//! in one register), AVX2 + FMA (8 lanes), and a portable path that is also the reference
-//! the others are tested against. `KILN_CPU_ISA` (`avx512-vnni`, `avx512`, `avx2` or
-//! `portable`) picks a lower one than the CPU has, for comparisons.
+//! in one register), AVX2 + FMA with MXFP4 rows as integer dot products against int16
+//! activations (`int16`), AVX2 + FMA all in f32 (8 lanes), and a portable path that is also
+//! the reference the others are tested against. `KILN_CPU_ISA` (`avx512-vnni`, `avx512`,
+//! `avx2-int16`, `avx2` or `portable`) picks a lower one than the CPU has, for comparisons;
+//! `avx512` and `avx2` are the best all-f32 sets.
 //!
 //! Every token's arithmetic is the same whatever tile it falls in (its own accumulators, the
 //! same block order, the same final reduction), so a request's numbers do not depend on what
@@ -18,9 +20,12 @@ mod accumulate;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+mod avx2_int16;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod hsum;
+mod int16;
 mod int8x2;
 mod portable;
 #[cfg(target_arch = "x86_64")]
@@ -84,7 +89,10 @@ impl<'a> RowsRef<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     Portable,
+    /// AVX2 + FMA, every weight format against f32 activations.
     Avx2,
+    /// AVX2 + FMA, MXFP4 rows against int16 activations (`int16`).
+    Avx2Int16,
     Avx512,
     /// AVX-512 plus BW and VNNI: MXFP4 rows against int8 activations (`int8x2`).
     Avx512Vnni,
@@ -95,6 +103,7 @@ impl Isa {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
+            Isa::Avx2Int16 => "avx2-int16",
             Isa::Avx512 => "avx512",
             Isa::Avx512Vnni => "avx512-vnni",
         }
@@ -107,6 +116,7 @@ impl Isa {
         {
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 v.push(Isa::Avx2);
+                v.push(Isa::Avx2Int16);
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
                 v.push(Isa::Avx512);
@@ -117,6 +127,11 @@ impl Isa {
             }
         }
         v
+    }
+
+    /// Whether the AVX2 kernels (f32, or int16 for MXFP4) run.
+    pub fn is_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx2Int16)
     }
 
     /// Whether the AVX-512 kernels (F, and VNNI for MXFP4) run.
@@ -133,12 +148,13 @@ impl Isa {
                 None | Some("") | Some("avx512-vnni") => best,
                 Some("avx512") => best.min(Isa::Avx512),
                 Some("portable") => Isa::Portable,
+                Some("avx2-int16") => best.min(Isa::Avx2Int16),
                 Some("avx2") => best.min(Isa::Avx2),
                 Some(other) => {
                     crate::log::warn(
                         "cpu_isa",
                         format!(
-                            "KILN_CPU_ISA={other:?} is not avx512-vnni, avx512, avx2 or portable; using {}",
+                            "KILN_CPU_ISA={other:?} is not avx512-vnni, avx512, avx2-int16, avx2 or portable; using {}",
                             best.name()
                         ),
                     )
@@ -163,11 +179,13 @@ const TILE: usize = 8;
 /// kernel wants each whole block of 32 as its 16 even elements and then its 16 odd ones (the
 /// order a block's code bytes decode in without shuffling), so that copy is made once per
 /// matmul here; the elements past the last whole block stay where they are. With VNNI,
-/// MXFP4 weights meet the activations as two int8 terms (`int8x2`), also made once here.
+/// MXFP4 weights meet the activations as two int8 terms (`int8x2`), on AVX2-int16 as int16
+/// (`int16`), also made once here.
 pub struct Acts<'a> {
     isa: Isa,
-    x: std::borrow::Cow<'a, [f32]>, // [n, cols]
-    int8: Option<int8x2::Int8x2>,   // [n, groups, ...], VNNI and MXFP4 only
+    x: std::borrow::Cow<'a, [f32]>,  // [n, cols]
+    int8: Option<int8x2::Int8x2>,    // [n, groups, ...], VNNI and MXFP4 only
+    int16: Option<int16::Int16Acts>, // [n, blocks, 32], AVX2-int16 and MXFP4 only
     /// The weight is small enough to stay in cache between uses (see `CACHED_WEIGHT_BYTES`).
     pub cached: bool,
     pub n: usize,
@@ -181,7 +199,11 @@ impl<'a> Acts<'a> {
         let x = &x[..n * cols];
         if mxfp4 && isa == Isa::Avx512Vnni {
             let int8 = Some(int8x2::Int8x2::new(x, n, cols));
-            return Acts { isa, x: std::borrow::Cow::Borrowed(x), int8, cached: false, n, cols };
+            return Acts { isa, x: std::borrow::Cow::Borrowed(x), int8, int16: None, cached: false, n, cols };
+        }
+        if mxfp4 && isa == Isa::Avx2Int16 {
+            let int16 = Some(int16::Int16Acts::new(x, n, cols));
+            return Acts { isa, x: std::borrow::Cow::Borrowed(x), int8: None, int16, cached: false, n, cols };
         }
         let x = if mxfp4 && isa == Isa::Avx512 {
             let mut split = x.to_vec();
@@ -197,7 +219,7 @@ impl<'a> Acts<'a> {
         } else {
             std::borrow::Cow::Borrowed(x)
         };
-        Acts { isa, x, int8: None, cached: false, n, cols }
+        Acts { isa, x, int8: None, int16: None, cached: false, n, cols }
     }
 
     /// Rows [t0, t0 + len) in the kernel's layout.
@@ -219,8 +241,8 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
     let cols = acts.cols;
     assert!(t0 + out.len() <= acts.n, "acts_dots: tokens {t0}..{} of {}", t0 + out.len(), acts.n);
     check_row(&w, cols);
-    if acts.isa.is_avx512() {
-        // The AVX-512 kernels tile tokens themselves.
+    if acts.isa.is_avx512() || (acts.int16.is_some() && matches!(w, RowRef::Mxfp4 { .. })) {
+        // The AVX-512 and AVX2-int16 kernels tile tokens themselves.
         let n = out.len();
         return block_dots(acts, w.as_rows(), 1, t0, n, out, n);
     }
@@ -230,7 +252,7 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::available` listed AVX2 and FMA before anyone could ask for them;
             // the row was checked against cols and xs holds o.len() rows.
-            Isa::Avx2 => unsafe { avx2::row_dots(w, xs, cols, o) },
+            Isa::Avx2 | Isa::Avx2Int16 => unsafe { avx2::row_dots(w, xs, cols, o) },
             _ => portable::row_dots(w, xs, cols, o),
         }
     }
@@ -264,6 +286,13 @@ pub fn block_dots(
         // SAFETY: `int8` is made only for Isa::Avx512Vnni, which `Isa::available` listed
         // after checking AVX-512F, BW and VNNI; rows and buffers were checked above.
         unsafe { vnni::block_dots(codes, scales, nrows, q, &acts.x, t0, tb, cols, out, ostride) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(a), RowsRef::Mxfp4 { codes, scales }) = (&acts.int16, w) {
+        // SAFETY: `int16` is made only for Isa::Avx2Int16, which `Isa::available` listed
+        // after checking AVX2 and FMA; rows and buffers were checked above.
+        unsafe { avx2_int16::block_dots(codes, scales, nrows, a, acts.rows(t0, tb), t0, tb, cols, out, ostride) };
         return;
     }
     let xs = acts.rows(t0, tb);
@@ -332,7 +361,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         Isa::Avx512 | Isa::Avx512Vnni => unsafe { avx512::dot(a, b) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in row_dots_on.
-        Isa::Avx2 => unsafe { avx2::dot(a, b) },
+        Isa::Avx2 | Isa::Avx2Int16 => unsafe { avx2::dot(a, b) },
         _ => portable::dot(a, b),
     }
 }

@@ -76,8 +76,8 @@ fn every_isa_matches_the_reference_on_odd_sizes() {
                     .collect();
                 let mut portable = vec![0.0f32; n];
                 row_dots_on(Isa::Portable, row.as_ref(kind), &x, cols, &mut portable);
-                // The int8x2 activations' error: at most 1/32000 of the block's amax per
-                // element (see int8x2.rs), times |w|, over the whole blocks.
+                // The int8x2 and int16 activations' error: at most 1/32000 of the block's
+                // amax per element (see int8x2.rs, int16.rs), times |w|, over the whole blocks.
                 let quant: Vec<f64> = (0..n)
                     .map(|t| {
                         let xt = &x[t * cols..(t + 1) * cols];
@@ -95,7 +95,7 @@ fn every_isa_matches_the_reference_on_odd_sizes() {
                     for t in 0..n {
                         // f32 accumulation error: a few ulps of the sum of |products|.
                         let mut tol = 1e-6 * bound[t] * (cols as f64).sqrt().max(1.0) + 1e-30;
-                        if isa == Isa::Avx512Vnni && kind == "mxfp4" {
+                        if matches!(isa, Isa::Avx512Vnni | Isa::Avx2Int16) && kind == "mxfp4" {
                             tol += quant[t];
                         }
                         let (g, p) = (f64::from(got[t]), f64::from(portable[t]));

@@ -1,0 +1,117 @@
+//! AVX2 MXFP4 rows against int16 activations (`int16`): one byte shuffle turns a block's 16
+//! code bytes into its 32 weights as whole numbers (twice the E2M1 values, -12..12),
+//! unpacking them under a zero byte makes int16 lanes of 256 times those, two `vpmaddwd`
+//! per token take the block's 32 products into 8 int32 lanes exactly (at most 2^29 each),
+//! and one fused multiply-add applies the weight's and the token's block scales. The 256 is
+//! taken out of the sum at the end, not out of the scales: a row scale of 2^-127 times a
+//! small token scale would leave f32's range.
+
+// Register tiles are indexed [token] in fixed-size loops.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::avx2::hsum;
+use super::int16::Int16Acts;
+use super::mxfp4_tail;
+use crate::weights::decode::e8m0;
+
+/// Twice each E2M1 value by 4-bit code (bit 3 the sign), the table the shuffle reads.
+const E2M1_DOUBLED: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// `nrows` MXFP4 rows (codes [rows, cols/2], scales [rows, cols/32]) against tokens
+/// [t0, t0 + tb) of `a` -> out[r * ostride + t]; `x` holds those tokens' f32 rows
+/// [tb, cols], read only past the last whole block. One call for a block of rows: a decode
+/// step's rows are short, and the calls around a row cost a third of it.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; codes and scales hold `nrows` rows of `cols`, `a` was made
+/// from x [n, cols] with t0 + tb <= n, and out reaches (nrows - 1) * ostride + tb.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn block_dots(
+    codes: &[u8],
+    scales: &[u8],
+    nrows: usize,
+    a: &Int16Acts,
+    x: &[f32],
+    t0: usize,
+    tb: usize,
+    cols: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    let (cb, sb) = (cols.div_ceil(2), cols.div_ceil(32));
+    for r in 0..nrows {
+        let (c, s) = (&codes[r * cb..(r + 1) * cb], &scales[r * sb..(r + 1) * sb]);
+        let o = &mut out[r * ostride..r * ostride + tb];
+        let mut t = 0;
+        for tile in [4usize, 2, 1] {
+            while tb - t >= tile {
+                // SAFETY: the caller's guarantees, for tokens t0 + t .. t0 + t + tile.
+                unsafe {
+                    match tile {
+                        4 => tile_dots::<4>(c, s, a, t0 + t, &mut o[t..t + 4]),
+                        2 => tile_dots::<2>(c, s, a, t0 + t, &mut o[t..t + 2]),
+                        _ => tile_dots::<1>(c, s, a, t0 + t, &mut o[t..t + 1]),
+                    }
+                }
+                t += tile;
+            }
+        }
+        if !cols.is_multiple_of(32) {
+            for (i, v) in o.iter_mut().enumerate() {
+                *v += mxfp4_tail(c, s, &x[i * cols..(i + 1) * cols], cols);
+            }
+        }
+    }
+}
+
+/// The whole blocks of tokens [t0, t0 + T) -> out [T]. Two accumulators per token (even and
+/// odd blocks) keep the adds off one latency chain; every token sums its blocks in the same
+/// order in any tile.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_dots<const T: usize>(codes: &[u8], scales: &[u8], a: &Int16Acts, t0: usize, out: &mut [f32]) {
+    let nb = a.blocks;
+    // SAFETY: the table is 16 bytes.
+    let lut = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(E2M1_DOUBLED.as_ptr().cast()) });
+    let (nib, zero) = (_mm256_set1_epi8(0x0F), _mm256_setzero_si256());
+    // SAFETY (pointers): q [n, B, 32] and scale [n, B] hold tokens t0..t0 + T (the caller's
+    // guarantee), and block g < B lies inside the row's codes and scales.
+    let (qp, sp) = unsafe { (a.q.as_ptr().add(t0 * nb * 32), a.scale.as_ptr().add(t0 * nb)) };
+    let add_block = |g: usize, acc: &mut [__m256; T]| {
+        let (b, sw) = unsafe {
+            (_mm_loadu_si128(codes.as_ptr().add(16 * g).cast()), _mm256_set1_ps(e8m0(*scales.get_unchecked(g))))
+        };
+        // [low nibbles | high nibbles] = [even elements | odd elements] as int8, then
+        // 256 times each as int16: lo [e0..e7 | o0..o7], hi [e8..e15 | o8..o15], the
+        // order `int16` stores a block's activations in.
+        let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(b), _mm_srli_epi16::<4>(b));
+        let w8 = _mm256_shuffle_epi8(lut, _mm256_and_si256(both, nib));
+        let (lo, hi) = (_mm256_unpacklo_epi8(zero, w8), _mm256_unpackhi_epi8(zero, w8));
+        for t in 0..T {
+            unsafe {
+                let p = qp.add((t * nb + g) * 32);
+                let d = _mm256_add_epi32(
+                    _mm256_madd_epi16(lo, _mm256_loadu_si256(p.cast())),
+                    _mm256_madd_epi16(hi, _mm256_loadu_si256(p.add(16).cast())),
+                );
+                let s = _mm256_mul_ps(sw, _mm256_broadcast_ss(&*sp.add(t * nb + g)));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[t]);
+            }
+        }
+    };
+    let (mut even, mut odd) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+    let mut g = 0;
+    while g + 2 <= nb {
+        add_block(g, &mut even);
+        add_block(g + 1, &mut odd);
+        g += 2;
+    }
+    if g < nb {
+        add_block(g, &mut even);
+    }
+    for t in 0..T {
+        out[t] = hsum(_mm256_add_ps(even[t], odd[t])) * (1.0 / 256.0);
+    }
+}
