@@ -40,6 +40,44 @@ pub unsafe fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
     }
 }
 
+/// `nrows` dense rows (bf16 or f32) against tokens x [tb, cols] -> out[r * ostride + t], the
+/// row loop inside one call: the demo model's rows are 256 wide, and a call per row cost
+/// more than the row's multiply-adds.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `w` holds `nrows` rows of `cols`, x holds tb rows of `cols`,
+/// and out reaches (nrows - 1) * ostride + tb.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dense_block_dots<const BF16: bool>(
+    w: &[u8],
+    nrows: usize,
+    x: &[f32],
+    tb: usize,
+    cols: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
+    let row_bytes = cols * if BF16 { 2 } else { 4 };
+    for r in 0..nrows {
+        let (row, o) = (&w[r * row_bytes..(r + 1) * row_bytes], &mut out[r * ostride..r * ostride + tb]);
+        let mut t = 0;
+        for tile in [4usize, 2, 1] {
+            while tb - t >= tile {
+                let (xs, ot) = (&x[t * cols..], &mut o[t..t + tile]);
+                // SAFETY: the caller's guarantees, for tokens t..t + tile.
+                unsafe {
+                    match tile {
+                        4 => dense::<4, BF16>(row, xs, cols, ot),
+                        2 => dense::<2, BF16>(row, xs, cols, ot),
+                        _ => dense::<1, BF16>(row, xs, cols, ot),
+                    }
+                }
+                t += tile;
+            }
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

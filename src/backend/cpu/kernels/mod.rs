@@ -296,12 +296,22 @@ pub fn block_dots(
         return;
     }
     let xs = acts.rows(t0, tb);
-    match acts.isa {
+    match (acts.isa, w) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; rows and
         // buffers were checked above.
-        Isa::Avx512 | Isa::Avx512Vnni => unsafe {
+        (Isa::Avx512 | Isa::Avx512Vnni, _) => unsafe {
             avx512::block_dots(w, nrows, xs, tb, cols, out, ostride, acts.cached)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY (both): `Isa::available` listed AVX2 and FMA before anyone could ask for
+        // them; rows and buffers were checked above.
+        (Isa::Avx2 | Isa::Avx2Int16, RowsRef::Bf16(b)) => unsafe {
+            avx2::dense_block_dots::<true>(b, nrows, xs, tb, cols, out, ostride)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2 | Isa::Avx2Int16, RowsRef::F32(b)) => unsafe {
+            avx2::dense_block_dots::<false>(b, nrows, xs, tb, cols, out, ostride)
         },
         _ => {
             for r in 0..nrows {
