@@ -132,7 +132,7 @@ unsafe fn mxfp4<const T: usize>(codes: &[u8], scales: &[u8], x: &[f32], cols: us
 
 /// 8 weights at element `c` of a dense row: bf16 widened by a shift, or f32 as stored.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn load8<const BF16: bool>(w: &[u8], c: usize) -> __m256 {
+pub(super) unsafe fn load8<const BF16: bool>(w: &[u8], c: usize) -> __m256 {
     // SAFETY: the caller keeps c + 8 <= cols.
     unsafe {
         if BF16 {

@@ -18,6 +18,8 @@
 #[cfg(target_arch = "x86_64")]
 mod accumulate;
 #[cfg(target_arch = "x86_64")]
+mod accumulate_avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_int16;
@@ -329,13 +331,24 @@ pub fn accumulate_rows(w: RowsRef<'_>, nrows: usize, cols: usize, coefs: &[f32],
     let n = out.len() / cols.max(1);
     assert!(n == 0 || coefs.len() >= (n - 1) * cstride + nrows, "accumulate_rows: coefs too short");
     #[cfg(target_arch = "x86_64")]
-    if Isa::current().is_avx512() && !matches!(w, RowsRef::Mxfp4 { .. }) {
+    if (Isa::current().is_avx512() || Isa::current().is_avx2()) && !matches!(w, RowsRef::Mxfp4 { .. }) {
         for r in 0..nrows {
             check_row(&w.row(r, cols), cols);
         }
-        // SAFETY: AVX-512F is current only where the CPU has it; rows checked above, out is
-        // [n, cols] and coefs reach every (t, r).
-        unsafe { accumulate::accumulate_rows(w, nrows, cols, coefs, cstride, out) };
+        // SAFETY: AVX-512F (or AVX2 and FMA) is current only where the CPU has it; rows
+        // checked above, out is [n, cols] and coefs reach every (t, r).
+        unsafe {
+            match (Isa::current().is_avx512(), w) {
+                (true, _) => accumulate::accumulate_rows(w, nrows, cols, coefs, cstride, out),
+                (false, RowsRef::Bf16(b)) => {
+                    accumulate_avx2::accumulate_rows::<true>(b, nrows, cols, coefs, cstride, out)
+                }
+                (false, RowsRef::F32(b)) => {
+                    accumulate_avx2::accumulate_rows::<false>(b, nrows, cols, coefs, cstride, out)
+                }
+                (false, RowsRef::Mxfp4 { .. }) => {} // not taken: dense rows only
+            }
+        }
         return;
     }
     let mut row = vec![0.0f32; cols]; // [cols], row r decoded
