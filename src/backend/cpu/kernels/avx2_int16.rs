@@ -42,66 +42,93 @@ pub unsafe fn block_dots(
     ostride: usize,
 ) {
     let (cb, sb) = (cols.div_ceil(2), cols.div_ceil(32));
-    for r in 0..nrows {
-        let (c, s) = (&codes[r * cb..(r + 1) * cb], &scales[r * sb..(r + 1) * sb]);
-        let o = &mut out[r * ostride..r * ostride + tb];
+    let mut r = 0;
+    while r < nrows {
+        // One token takes rows in pairs: each row's loop is short against one token, and a
+        // pair shares the activation loads and the fixed costs around the loop.
+        let rows = if tb == 1 && r + 2 <= nrows { 2 } else { 1 };
+        let (c, s) = (&codes[r * cb..], &scales[r * sb..]);
         let mut t = 0;
         for tile in [4usize, 2, 1] {
             while tb - t >= tile {
-                // SAFETY: the caller's guarantees, for tokens t0 + t .. t0 + t + tile.
+                let o = &mut out[r * ostride + t..];
+                // SAFETY: the caller's guarantees, for rows r..r + rows and tokens
+                // t0 + t .. t0 + t + tile.
                 unsafe {
-                    match tile {
-                        4 => tile_dots::<4>(c, s, a, t0 + t, &mut o[t..t + 4]),
-                        2 => tile_dots::<2>(c, s, a, t0 + t, &mut o[t..t + 2]),
-                        _ => tile_dots::<1>(c, s, a, t0 + t, &mut o[t..t + 1]),
+                    match (rows, tile) {
+                        (2, _) => tile_dots::<2, 1>(c, s, cb, sb, a, t0 + t, o, ostride),
+                        (_, 4) => tile_dots::<1, 4>(c, s, cb, sb, a, t0 + t, o, ostride),
+                        (_, 2) => tile_dots::<1, 2>(c, s, cb, sb, a, t0 + t, o, ostride),
+                        _ => tile_dots::<1, 1>(c, s, cb, sb, a, t0 + t, o, ostride),
                     }
                 }
                 t += tile;
             }
         }
         if !cols.is_multiple_of(32) {
-            for (i, v) in o.iter_mut().enumerate() {
-                *v += mxfp4_tail(c, s, &x[i * cols..(i + 1) * cols], cols);
+            for i in r..r + rows {
+                let (c, s) = (&codes[i * cb..(i + 1) * cb], &scales[i * sb..(i + 1) * sb]);
+                for (j, v) in out[i * ostride..i * ostride + tb].iter_mut().enumerate() {
+                    *v += mxfp4_tail(c, s, &x[j * cols..(j + 1) * cols], cols);
+                }
             }
         }
+        r += rows;
     }
 }
 
-/// The whole blocks of tokens [t0, t0 + T) -> out [T]. Two accumulators per token (even and
-/// odd blocks) keep the adds off one latency chain; every token sums its blocks in the same
-/// order in any tile.
+/// The whole blocks of rows [0, R) (codes and scales from the first of them, rows cb and sb
+/// bytes apart) against tokens [t0, t0 + T) -> out[r * ostride + t]. Two accumulators per
+/// (row, token) (even and odd blocks) keep the adds off one latency chain; every pair sums
+/// its blocks in the same order in any tile.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_dots<const T: usize>(codes: &[u8], scales: &[u8], a: &Int16Acts, t0: usize, out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_dots<const R: usize, const T: usize>(
+    codes: &[u8],
+    scales: &[u8],
+    cb: usize,
+    sb: usize,
+    a: &Int16Acts,
+    t0: usize,
+    out: &mut [f32],
+    ostride: usize,
+) {
     let nb = a.blocks;
     // SAFETY: the table is 16 bytes.
     let lut = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(E2M1_DOUBLED.as_ptr().cast()) });
     let (nib, zero) = (_mm256_set1_epi8(0x0F), _mm256_setzero_si256());
     // SAFETY (pointers): q [n, B, 32] and scale [n, B] hold tokens t0..t0 + T (the caller's
-    // guarantee), and block g < B lies inside the row's codes and scales.
+    // guarantee), and block g < B of rows 0..R lies inside codes and scales.
     let (qp, sp) = unsafe { (a.q.as_ptr().add(t0 * nb * 32), a.scale.as_ptr().add(t0 * nb)) };
-    let add_block = |g: usize, acc: &mut [__m256; T]| {
-        let (b, sw) = unsafe {
-            (_mm_loadu_si128(codes.as_ptr().add(16 * g).cast()), _mm256_set1_ps(e8m0(*scales.get_unchecked(g))))
-        };
-        // [low nibbles | high nibbles] = [even elements | odd elements] as int8, then
-        // 256 times each as int16: lo [e0..e7 | o0..o7], hi [e8..e15 | o8..o15], the
+    let add_block = |g: usize, acc: &mut [[__m256; T]; R]| {
+        // Per row: [low nibbles | high nibbles] = [even elements | odd elements] as int8,
+        // then 256 times each as int16: lo [e0..e7 | o0..o7], hi [e8..e15 | o8..o15], the
         // order `int16` stores a block's activations in.
-        let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(b), _mm_srli_epi16::<4>(b));
-        let w8 = _mm256_shuffle_epi8(lut, _mm256_and_si256(both, nib));
-        let (lo, hi) = (_mm256_unpacklo_epi8(zero, w8), _mm256_unpackhi_epi8(zero, w8));
+        let w: [(__m256i, __m256i, __m256); R] = std::array::from_fn(|r| {
+            let (b, sw) = unsafe {
+                (
+                    _mm_loadu_si128(codes.as_ptr().add(r * cb + 16 * g).cast()),
+                    _mm256_set1_ps(e8m0(*scales.get_unchecked(r * sb + g))),
+                )
+            };
+            let both = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(b), _mm_srli_epi16::<4>(b));
+            let w8 = _mm256_shuffle_epi8(lut, _mm256_and_si256(both, nib));
+            (_mm256_unpacklo_epi8(zero, w8), _mm256_unpackhi_epi8(zero, w8), sw)
+        });
         for t in 0..T {
             unsafe {
                 let p = qp.add((t * nb + g) * 32);
-                let d = _mm256_add_epi32(
-                    _mm256_madd_epi16(lo, _mm256_loadu_si256(p.cast())),
-                    _mm256_madd_epi16(hi, _mm256_loadu_si256(p.add(16).cast())),
-                );
-                let s = _mm256_mul_ps(sw, _mm256_broadcast_ss(&*sp.add(t * nb + g)));
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[t]);
+                let (q0, q1) = (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(16).cast()));
+                let sx = _mm256_broadcast_ss(&*sp.add(t * nb + g));
+                for r in 0..R {
+                    let (lo, hi, sw) = w[r];
+                    let d = _mm256_add_epi32(_mm256_madd_epi16(lo, q0), _mm256_madd_epi16(hi, q1));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(sw, sx), acc[r][t]);
+                }
             }
         }
     };
-    let (mut even, mut odd) = ([_mm256_setzero_ps(); T], [_mm256_setzero_ps(); T]);
+    let (mut even, mut odd) = ([[_mm256_setzero_ps(); T]; R], [[_mm256_setzero_ps(); T]; R]);
     let mut g = 0;
     while g + 2 <= nb {
         add_block(g, &mut even);
@@ -111,7 +138,9 @@ unsafe fn tile_dots<const T: usize>(codes: &[u8], scales: &[u8], a: &Int16Acts, 
     if g < nb {
         add_block(g, &mut even);
     }
-    for t in 0..T {
-        out[t] = hsum(_mm256_add_ps(even[t], odd[t])) * (1.0 / 256.0);
+    for r in 0..R {
+        for t in 0..T {
+            out[r * ostride + t] = hsum(_mm256_add_ps(even[r][t], odd[r][t])) * (1.0 / 256.0);
+        }
     }
 }
