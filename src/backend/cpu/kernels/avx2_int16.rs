@@ -6,7 +6,7 @@
 //! taken out of the sum at the end, not out of the scales: a row scale of 2^-127 times a
 //! small token scale would leave f32's range.
 
-// Register tiles are indexed [token] in fixed-size loops.
+// Register tiles are indexed [row][token] in fixed-size loops.
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
