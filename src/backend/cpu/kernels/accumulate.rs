@@ -7,7 +7,8 @@
 use std::arch::x86_64::*;
 
 use super::RowsRef;
-use super::avx512::{load16, value_bytes};
+use super::avx512::load16;
+use super::value_bytes;
 
 /// out[t, :] += sum over r of coefs[t * cstride + r] * row r, dense rows only.
 ///

@@ -31,7 +31,7 @@ pub unsafe fn accumulate_rows<const BF16: bool>(
     cstride: usize,
     out: &mut [f32],
 ) {
-    let row_bytes = cols * if BF16 { 2 } else { 4 };
+    let row_bytes = cols * super::value_bytes::<BF16>();
     for (t, o) in out.chunks_exact_mut(cols).enumerate() {
         let k = &coefs[t * cstride..t * cstride + nrows];
         let mut c = 0;

@@ -57,7 +57,7 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
     out: &mut [f32],
     ostride: usize,
 ) {
-    let row_bytes = cols * if BF16 { 2 } else { 4 };
+    let row_bytes = cols * super::value_bytes::<BF16>();
     for r in 0..nrows {
         let (row, o) = (&w[r * row_bytes..(r + 1) * row_bytes], &mut out[r * ostride..r * ostride + tb]);
         let mut t = 0;

@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 
 use super::hsum::{hsum8, tile_sums};
-use super::{E2M1_SIGNED, RowRef, RowsRef, mxfp4_tail};
+use super::{E2M1_SIGNED, RowRef, RowsRef, mxfp4_tail, value_bytes};
 
 /// Rows of `w` against x [tb, cols] -> out[r * ostride + t]: rows in pairs, tokens in tiles
 /// of 4 (4 tokens of a 1024-wide row are 16 KiB, which stays in L1 beside the weights).
@@ -312,11 +312,6 @@ const PREFETCH_AHEAD: usize = 4096;
 /// less; the hardware prefetcher alone had been best on Zen 4); the mid-size decode step
 /// 3.73-5.07 -> 3.33-3.90 ms, alternated.
 const DENSE_PREFETCH_AHEAD: usize = 8192;
-
-/// Bytes of one stored value of a dense row: bf16 or f32.
-pub(super) const fn value_bytes<const BF16: bool>() -> usize {
-    if BF16 { 2 } else { 4 }
-}
 
 /// 16 weights at element `c` of a dense row: bf16 widened by a shift, or f32 as stored.
 #[inline]

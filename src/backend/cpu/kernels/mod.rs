@@ -331,14 +331,16 @@ pub fn accumulate_rows(w: RowsRef<'_>, nrows: usize, cols: usize, coefs: &[f32],
     let n = out.len() / cols.max(1);
     assert!(n == 0 || coefs.len() >= (n - 1) * cstride + nrows, "accumulate_rows: coefs too short");
     #[cfg(target_arch = "x86_64")]
-    if (Isa::current().is_avx512() || Isa::current().is_avx2()) && !matches!(w, RowsRef::Mxfp4 { .. }) {
+    let isa = Isa::current();
+    #[cfg(target_arch = "x86_64")]
+    if (isa.is_avx512() || isa.is_avx2()) && !matches!(w, RowsRef::Mxfp4 { .. }) {
         for r in 0..nrows {
             check_row(&w.row(r, cols), cols);
         }
         // SAFETY: AVX-512F (or AVX2 and FMA) is current only where the CPU has it; rows
         // checked above, out is [n, cols] and coefs reach every (t, r).
         unsafe {
-            match (Isa::current().is_avx512(), w) {
+            match (isa.is_avx512(), w) {
                 (true, _) => accumulate::accumulate_rows(w, nrows, cols, coefs, cstride, out),
                 (false, RowsRef::Bf16(b)) => {
                     accumulate_avx2::accumulate_rows::<true>(b, nrows, cols, coefs, cstride, out)
@@ -404,6 +406,11 @@ pub fn decode_range(w: RowRef<'_>, c0: usize, out: &mut [f32]) {
             }
         }
     }
+}
+
+/// Bytes of one stored value of a dense row: bf16 or f32.
+const fn value_bytes<const BF16: bool>() -> usize {
+    if BF16 { 2 } else { 4 }
 }
 
 /// Element `c` of a dense row: bf16 (widened by a shift) or f32.
