@@ -309,11 +309,11 @@ pub fn block_dots(
         // SAFETY (both): `Isa::available` listed AVX2 and FMA before anyone could ask for
         // them; rows and buffers were checked above.
         (Isa::Avx2 | Isa::Avx2Int16, RowsRef::Bf16(b)) => unsafe {
-            avx2::dense_block_dots::<true>(b, nrows, xs, tb, cols, out, ostride)
+            avx2::dense_block_dots::<true>(b, nrows, xs, tb, cols, out, ostride, !acts.cached)
         },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2 | Isa::Avx2Int16, RowsRef::F32(b)) => unsafe {
-            avx2::dense_block_dots::<false>(b, nrows, xs, tb, cols, out, ostride)
+            avx2::dense_block_dots::<false>(b, nrows, xs, tb, cols, out, ostride, !acts.cached)
         },
         _ => {
             for r in 0..nrows {
