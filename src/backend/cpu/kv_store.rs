@@ -1,6 +1,7 @@
 //! The CPU backend's KV store: per layer, one byte array of entries in the plan's format,
 //! indexed by slot (the page table's addressing). Ops write new tokens' entries and read the
-//! entries they attend to in place; nothing gathers a sequence's history.
+//! entries they attend to in place, or copy out just those (a scattered top-k); nothing
+//! gathers a sequence's history.
 
 use super::kernels::RowsRef;
 use crate::kv::{KvFormat, KvGeometry, PageCopy};
@@ -99,6 +100,23 @@ impl HostKvStore {
     pub fn mla_rows(&self, layer: usize, slot: usize, n: usize) -> Option<RowsRef<'_>> {
         let b = self.mla_bytes();
         self.as_rows(&self.mla[layer][slot * b..(slot + n) * b])
+    }
+
+    /// One token's MLA entry as stored.
+    pub fn mla_entry(&self, layer: usize, slot: usize) -> &[u8] {
+        let b = self.mla_bytes();
+        &self.mla[layer][slot * b..(slot + 1) * b]
+    }
+
+    /// Whether the kernels read this store's entries as they are stored (`mla_rows`).
+    pub fn reads_in_place(&self) -> bool {
+        self.as_rows(&[]).is_some()
+    }
+
+    /// Entries copied out of the store (`mla_entry`, one after another) as kernel rows; None
+    /// unless `reads_in_place`.
+    pub fn copied_rows<'a>(&self, bytes: &'a [u8]) -> Option<RowsRef<'a>> {
+        self.as_rows(bytes)
     }
 
     /// Indexer keys of `n` consecutive slots from `slot` on, in place, likewise (fp8 keys
