@@ -33,12 +33,12 @@ pub unsafe fn row_dots(w: RowRef<'_>, x: &[f32], cols: usize, out: &mut [f32]) {
                     (RowRef::Mxfp4 { codes, scales }, 4) => mxfp4::<4>(codes, scales, xs, cols, o),
                     (RowRef::Mxfp4 { codes, scales }, 2) => mxfp4::<2>(codes, scales, xs, cols, o),
                     (RowRef::Mxfp4 { codes, scales }, _) => mxfp4::<1>(codes, scales, xs, cols, o),
-                    (RowRef::Bf16(b), 4) => dense::<4, true>(b, xs, cols, o, false),
-                    (RowRef::Bf16(b), 2) => dense::<2, true>(b, xs, cols, o, false),
-                    (RowRef::Bf16(b), _) => dense::<1, true>(b, xs, cols, o, false),
-                    (RowRef::F32(b), 4) => dense::<4, false>(b, xs, cols, o, false),
-                    (RowRef::F32(b), 2) => dense::<2, false>(b, xs, cols, o, false),
-                    (RowRef::F32(b), _) => dense::<1, false>(b, xs, cols, o, false),
+                    (RowRef::Bf16(b), 4) => dense::<1, 4, true>(b, b.len(), xs, cols, o, 1, false),
+                    (RowRef::Bf16(b), 2) => dense::<1, 2, true>(b, b.len(), xs, cols, o, 1, false),
+                    (RowRef::Bf16(b), _) => dense::<1, 1, true>(b, b.len(), xs, cols, o, 1, false),
+                    (RowRef::F32(b), 4) => dense::<1, 4, false>(b, b.len(), xs, cols, o, 1, false),
+                    (RowRef::F32(b), 2) => dense::<1, 2, false>(b, b.len(), xs, cols, o, 1, false),
+                    (RowRef::F32(b), _) => dense::<1, 1, false>(b, b.len(), xs, cols, o, 1, false),
                 }
             }
             t0 += tile;
@@ -66,23 +66,35 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
     ahead: bool,
 ) {
     let row_bytes = cols * super::value_bytes::<BF16>();
-    for r in 0..nrows {
-        let (row, o) = (&w[r * row_bytes..(r + 1) * row_bytes], &mut out[r * ostride..r * ostride + tb]);
+    let mut r = 0;
+    while r < nrows {
+        // One token takes rows four at a time, two or three tokens two (see `dense`); four
+        // and more share each row enough alone.
+        let rows = match tb {
+            1 if r + 4 <= nrows => 4,
+            2 | 3 if r + 2 <= nrows => 2,
+            _ => 1,
+        };
+        let (rw, o) = (&w[r * row_bytes..(r + rows) * row_bytes], &mut out[r * ostride..]);
         let mut t = 0;
         for tile in [4usize, 2, 1] {
             while tb - t >= tile {
-                let (xs, ot) = (&x[t * cols..], &mut o[t..t + tile]);
-                // SAFETY: the caller's guarantees, for tokens t..t + tile.
+                let (xs, ot, pf) = (&x[t * cols..], &mut o[t..], ahead && t == 0);
+                // SAFETY: the caller's guarantees, for rows r..r + rows and tokens t..t + tile.
                 unsafe {
-                    match tile {
-                        4 => dense::<4, BF16>(row, xs, cols, ot, ahead && t == 0),
-                        2 => dense::<2, BF16>(row, xs, cols, ot, ahead && t == 0),
-                        _ => dense::<1, BF16>(row, xs, cols, ot, ahead && t == 0),
+                    match (rows, tile) {
+                        (4, _) => dense::<4, 1, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
+                        (2, 2) => dense::<2, 2, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
+                        (2, _) => dense::<2, 1, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
+                        (_, 4) => dense::<1, 4, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
+                        (_, 2) => dense::<1, 2, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
+                        _ => dense::<1, 1, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
                     }
                 }
                 t += tile;
             }
         }
+        r += rows;
     }
 }
 
@@ -152,43 +164,68 @@ pub(super) unsafe fn load8<const BF16: bool>(w: &[u8], c: usize) -> __m256 {
     }
 }
 
+/// Rows [0, R) (each `row_bytes` after the one before) against tokens x [T, cols] ->
+/// out[r * ostride + t]. Each (row, token) pair keeps two accumulators (even and odd strips
+/// of 8) and sums them the same way in any tile, so a row's result does not depend on the
+/// rows beside it; R rows of one token share its loads and hide the FMA latency that one
+/// row's two chains wait on.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; w holds R rows of `cols`, x holds T rows of `cols`, out reaches
+/// (R - 1) * ostride + T.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dense<const T: usize, const BF16: bool>(w: &[u8], x: &[f32], cols: usize, out: &mut [f32], ahead: bool) {
-    let mut acc0 = [_mm256_setzero_ps(); T];
-    let mut acc1 = [_mm256_setzero_ps(); T];
+#[allow(clippy::too_many_arguments)]
+unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
+    w: &[u8],
+    row_bytes: usize,
+    x: &[f32],
+    cols: usize,
+    out: &mut [f32],
+    ostride: usize,
+    ahead: bool,
+) {
+    let mut acc0 = [[_mm256_setzero_ps(); T]; R];
+    let mut acc1 = [[_mm256_setzero_ps(); T]; R];
     let xp = x.as_ptr();
+    let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
     let mut c = 0;
-    // SAFETY (all loads below): c + 16 <= cols, or c + 8 <= cols for the half step, and
-    // t < T rows of x.
+    // SAFETY (all loads below): c + 16 <= cols, or c + 8 <= cols for the half step, in rows
+    // r < R of w and t < T of x.
     while c + 16 <= cols {
-        if ahead {
-            _mm_prefetch::<_MM_HINT_T1>(
-                w.as_ptr().wrapping_add(c * super::value_bytes::<BF16>() + PREFETCH_AHEAD).cast(),
-            );
-        }
-        let (w0, w1) = unsafe { (load8::<BF16>(w, c), load8::<BF16>(w, c + 8)) };
-        for t in 0..T {
-            unsafe {
-                let p = xp.add(t * cols + c);
-                acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(p), acc0[t]);
-                acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(p.add(8)), acc1[t]);
+        for r in 0..R {
+            if ahead {
+                _mm_prefetch::<_MM_HINT_T1>(
+                    w.as_ptr().wrapping_add(r * row_bytes + c * super::value_bytes::<BF16>() + PREFETCH_AHEAD).cast(),
+                );
+            }
+            let (w0, w1) = unsafe { (load8::<BF16>(row(r), c), load8::<BF16>(row(r), c + 8)) };
+            for t in 0..T {
+                unsafe {
+                    let p = xp.add(t * cols + c);
+                    acc0[r][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(p), acc0[r][t]);
+                    acc1[r][t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(p.add(8)), acc1[r][t]);
+                }
             }
         }
         c += 16;
     }
     if c + 8 <= cols {
-        let w0 = unsafe { load8::<BF16>(w, c) };
-        for t in 0..T {
-            unsafe { acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(t * cols + c)), acc0[t]) };
+        for r in 0..R {
+            let w0 = unsafe { load8::<BF16>(row(r), c) };
+            for t in 0..T {
+                unsafe { acc0[r][t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(t * cols + c)), acc0[r][t]) };
+            }
         }
         c += 8;
     }
-    for t in 0..T {
-        let mut tail = 0.0f32;
-        for i in c..cols {
-            tail += super::dense_scalar::<BF16>(w, i) * x[t * cols + i];
+    for r in 0..R {
+        for t in 0..T {
+            let mut tail = 0.0f32;
+            for i in c..cols {
+                tail += super::dense_scalar::<BF16>(row(r), i) * x[t * cols + i];
+            }
+            out[r * ostride + t] = hsum(_mm256_add_ps(acc0[r][t], acc1[r][t])) + tail;
         }
-        out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t])) + tail;
     }
 }
 
