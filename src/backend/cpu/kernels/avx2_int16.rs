@@ -63,10 +63,10 @@ pub unsafe fn block_dots(
                 // t0 + t .. t0 + t + tile.
                 unsafe {
                     match (rows, tile) {
-                        (2, _) => tile_dots::<2, 1>(c, s, cb, sb, a, t0 + t, o, ostride),
-                        (_, 4) => tile_dots::<1, 4>(c, s, cb, sb, a, t0 + t, o, ostride),
-                        (_, 2) => tile_dots::<1, 2>(c, s, cb, sb, a, t0 + t, o, ostride),
-                        _ => tile_dots::<1, 1>(c, s, cb, sb, a, t0 + t, o, ostride),
+                        (2, _) => tile_dots::<2, 1>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
+                        (_, 4) => tile_dots::<1, 4>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
+                        (_, 2) => tile_dots::<1, 2>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
+                        _ => tile_dots::<1, 1>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
                     }
                 }
                 t += tile;
@@ -88,6 +88,8 @@ pub unsafe fn block_dots(
 /// bytes apart) against tokens [t0, t0 + T) -> out[r * ostride + t]. Two accumulators per
 /// (row, token) (even and odd blocks) keep the adds off one latency chain; every pair sums
 /// its blocks in the same order in any tile.
+/// `ahead`: the rows' first tile of tokens, which prefetches them (`PREFETCH_AHEAD`); the
+/// later tiles find them in cache.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_dots<const R: usize, const T: usize>(
@@ -99,6 +101,7 @@ unsafe fn tile_dots<const R: usize, const T: usize>(
     t0: usize,
     out: &mut [f32],
     ostride: usize,
+    ahead: bool,
 ) {
     let nb = a.blocks;
     // SAFETY: the table is 16 bytes.
@@ -138,8 +141,10 @@ unsafe fn tile_dots<const R: usize, const T: usize>(
     let (mut even, mut odd) = ([[_mm256_setzero_ps(); T]; R], [[_mm256_setzero_ps(); T]; R]);
     let mut g = 0;
     while g + 2 <= nb {
-        for r in 0..R {
-            _mm_prefetch::<_MM_HINT_T1>(codes.as_ptr().wrapping_add(r * cb + 16 * g + PREFETCH_AHEAD).cast());
+        if ahead {
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T1>(codes.as_ptr().wrapping_add(r * cb + 16 * g + PREFETCH_AHEAD).cast());
+            }
         }
         add_block(g, &mut even);
         add_block(g + 1, &mut odd);
