@@ -1,6 +1,7 @@
 //! AVX2 + FMA kernels: 8 lanes; an MXFP4 block of 32 is four permutes of the 8 magnitudes
-//! (scaled) with the sign bit moved into place. Tiles of at most 4 tokens keep two
-//! accumulators per token in the 16 registers.
+//! (scaled) with the sign bit moved into place. Tiles of 4 dense rows x 1 token, 2 x 2 or
+//! 1 x 4 (MXFP4: 1 row x up to 4 tokens) keep two accumulators per (row, token) in the 16
+//! registers.
 
 // Register tiles are indexed [row][token] in fixed-size loops; iterator chains over several
 // such arrays at once would hide which accumulator meets which load.
