@@ -141,7 +141,7 @@ fn entry_blocks<'a>(
         for &s in slots {
             scratch.extend_from_slice(store.mla_entry(layer, s));
         }
-        return vec![(0, slots.len(), store.copied_rows(scratch).expect("read in place"))];
+        return vec![(0, slots.len(), store.as_rows(scratch).expect("read in place"))];
     }
     let (r, dr) = (store.geometry.latent, store.geometry.rope);
     let (mut latent, mut rope) = (vec![0.0f32; r], vec![0.0f32; dr]);

@@ -113,12 +113,6 @@ impl HostKvStore {
         self.as_rows(&[]).is_some()
     }
 
-    /// Entries copied out of the store (`mla_entry`, one after another) as kernel rows; None
-    /// unless `reads_in_place`.
-    pub fn copied_rows<'a>(&self, bytes: &'a [u8]) -> Option<RowsRef<'a>> {
-        self.as_rows(bytes)
-    }
-
     /// Indexer keys of `n` consecutive slots from `slot` on, in place, likewise (fp8 keys
     /// carry a scale and are decoded).
     pub fn index_rows(&self, layer: usize, slot: usize, n: usize) -> Option<RowsRef<'_>> {
@@ -126,8 +120,9 @@ impl HostKvStore {
         self.as_rows(&self.index[layer][slot * b..(slot + n) * b])
     }
 
-    /// Entries of the store's format as kernel rows, where the kernels read it as stored.
-    fn as_rows<'a>(&self, bytes: &'a [u8]) -> Option<RowsRef<'a>> {
+    /// Entries of the store's format (in place, or copied out with `mla_entry`) as kernel
+    /// rows, where the kernels read it as stored.
+    pub fn as_rows<'a>(&self, bytes: &'a [u8]) -> Option<RowsRef<'a>> {
         match self.format {
             KvFormat::F32 => Some(RowsRef::F32(bytes)),
             KvFormat::Bf16 => Some(RowsRef::Bf16(bytes)),
