@@ -67,20 +67,26 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
     ahead: bool,
 ) {
     let row_bytes = cols * super::value_bytes::<BF16>();
-    let mut r = 0;
-    while r < nrows {
-        // One token takes rows four at a time, two or three tokens two (see `dense`); four
-        // and more share each row enough alone.
-        let rows = match tb {
-            1 if r + 4 <= nrows => 4,
-            2 | 3 if r + 2 <= nrows => 2,
-            _ => 1,
-        };
-        let (rw, o) = (&w[r * row_bytes..(r + rows) * row_bytes], &mut out[r * ostride..]);
-        let mut t = 0;
-        for tile in [4usize, 2, 1] {
-            while tb - t >= tile {
-                let (xs, ot, pf) = (&x[t * cols..], &mut o[t..], ahead && t == 0);
+    // One token takes rows four at a time, two or three tokens two (see `dense`); four and
+    // more share each row enough alone.
+    let rows_at = |r: usize| match tb {
+        1 if r + 4 <= nrows => 4,
+        2 | 3 if r + 2 <= nrows => 2,
+        _ => 1,
+    };
+    // Token tiles outside, rows inside: a tile's activations (4 x cols f32) stay in L1 while
+    // every row passes over them. Rows outside streamed all tb tokens from L2 for each row,
+    // and L2's bandwidth, not the multiply-adds, set a prefill's pace. With the int16 kernel
+    // likewise: mid-size 512-token prefill on Zen 3, three alternated runs, 154-168 ->
+    // 165-194 tok/s.
+    let mut t = 0;
+    for tile in [4usize, 2, 1] {
+        while tb - t >= tile {
+            let (xs, pf) = (&x[t * cols..], ahead && t == 0);
+            let mut r = 0;
+            while r < nrows {
+                let rows = rows_at(r);
+                let (rw, ot) = (&w[r * row_bytes..(r + rows) * row_bytes], &mut out[r * ostride + t..]);
                 // SAFETY: the caller's guarantees, for rows r..r + rows and tokens t..t + tile.
                 unsafe {
                     match (rows, tile) {
@@ -92,10 +98,10 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
                         _ => dense::<1, 1, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
                     }
                 }
-                t += tile;
+                r += rows;
             }
+            t += tile;
         }
-        r += rows;
     }
 }
 

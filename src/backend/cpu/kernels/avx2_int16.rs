@@ -49,16 +49,18 @@ pub unsafe fn block_dots(
     ostride: usize,
 ) {
     let (cb, sb) = (cols.div_ceil(2), cols.div_ceil(32));
-    let mut r = 0;
-    while r < nrows {
-        // One token takes rows in pairs: each row's loop is short against one token, and a
-        // pair shares the activation loads and the fixed costs around the loop.
-        let rows = if tb == 1 && r + 2 <= nrows { 2 } else { 1 };
-        let (c, s) = (&codes[r * cb..], &scales[r * sb..]);
-        let mut t = 0;
-        for tile in [4usize, 2, 1] {
-            while tb - t >= tile {
-                let o = &mut out[r * ostride + t..];
+    // One token takes rows in pairs: each row's loop is short against one token, and a pair
+    // shares the activation loads and the fixed costs around the loop.
+    let rows_at = |r: usize| if tb == 1 && r + 2 <= nrows { 2 } else { 1 };
+    // Token tiles outside, rows inside: a tile's activations stay in L1 while every row passes
+    // over them (rows outside streamed all tb tokens from L2 for each row; see `avx2::dense_block_dots`).
+    let mut t = 0;
+    for tile in [4usize, 2, 1] {
+        while tb - t >= tile {
+            let mut r = 0;
+            while r < nrows {
+                let rows = rows_at(r);
+                let (c, s, o) = (&codes[r * cb..], &scales[r * sb..], &mut out[r * ostride + t..]);
                 // SAFETY: the caller's guarantees, for rows r..r + rows and tokens
                 // t0 + t .. t0 + t + tile.
                 unsafe {
@@ -69,18 +71,18 @@ pub unsafe fn block_dots(
                         _ => tile_dots::<1, 1>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
                     }
                 }
-                t += tile;
+                r += rows;
+            }
+            t += tile;
+        }
+    }
+    if !cols.is_multiple_of(32) {
+        for i in 0..nrows {
+            let (c, s) = (&codes[i * cb..(i + 1) * cb], &scales[i * sb..(i + 1) * sb]);
+            for (j, v) in out[i * ostride..i * ostride + tb].iter_mut().enumerate() {
+                *v += mxfp4_tail(c, s, &x[j * cols..(j + 1) * cols], cols);
             }
         }
-        if !cols.is_multiple_of(32) {
-            for i in r..r + rows {
-                let (c, s) = (&codes[i * cb..(i + 1) * cb], &scales[i * sb..(i + 1) * sb]);
-                for (j, v) in out[i * ostride..i * ostride + tb].iter_mut().enumerate() {
-                    *v += mxfp4_tail(c, s, &x[j * cols..(j + 1) * cols], cols);
-                }
-            }
-        }
-        r += rows;
     }
 }
 
