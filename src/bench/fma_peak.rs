@@ -17,11 +17,22 @@ const PASSES: usize = 3;
 
 /// Best G multiply-adds per second (f32 lanes x FMAs, all threads together) of a few passes.
 pub fn fma_gmacs() -> f64 {
+    best_rate(|lanes| rayon::broadcast(|_| chains(lanes)))
+}
+
+/// The same for the calling thread alone: what one core's kernel is measured against.
+pub fn fma_gmacs_one_thread() -> f64 {
+    best_rate(|lanes| vec![chains(lanes)])
+}
+
+/// Best rate of a few passes of `run`, which runs one set of chains per thread it uses and
+/// returns their sums (one per thread).
+fn best_rate(run: impl Fn(usize) -> Vec<f32>) -> f64 {
     let lanes = lanes();
     let mut best = 0.0f64;
     for _ in 0..PASSES {
         let t = Instant::now();
-        let sums = rayon::broadcast(|_| chains(lanes)); // [threads]
+        let sums = run(lanes); // [threads]
         let s = t.elapsed().as_secs_f64();
         let macs = (sums.len() * CHAINS * ROUNDS * lanes) as f64;
         std::hint::black_box(sums);

@@ -11,6 +11,8 @@
 //! exactly: s < 2 amax / 32767 <= 12 p / 32767 < p / 2, so every k p / 2 is a whole number
 //! of s.
 
+use super::aligned::Aligned;
+
 /// Elements per block, the MXFP4 block size.
 const BLOCK: usize = 32;
 
@@ -20,7 +22,7 @@ pub struct Int16Acts {
     pub blocks: usize, // B = cols / 32
     /// [n, B, 32]: per half of a block (elements 16h..16h + 16) its 8 even elements, then its
     /// 8 odd ones: the order the kernel's unpacked code bytes give them in.
-    pub q: Vec<i16>,
+    pub q: Aligned<i16>,
     /// [n, B]: s / 2 (undoing the doubled E2M1 values of the kernel's weights); NaN for a
     /// block with a non-finite element, 0 for a block of zeros.
     pub scale: Vec<f32>,
@@ -30,7 +32,7 @@ impl Int16Acts {
     /// x [n, cols].
     pub fn new(x: &[f32], n: usize, cols: usize) -> Int16Acts {
         let blocks = cols / BLOCK;
-        let mut q = vec![0i16; n * blocks * BLOCK];
+        let mut q = Aligned::zeroed(n * blocks * BLOCK);
         let mut scale = vec![0.0f32; n * blocks];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -183,7 +185,7 @@ mod tests {
         let a = Int16Acts::new(&x, 5, 100);
         let (mut q, mut scale) = (vec![0i16; a.q.len()], vec![0.0f32; a.scale.len()]);
         quantize(&x, 100, &mut q, &mut scale);
-        assert_eq!(a.q, q);
+        assert_eq!(&a.q[..], &q[..]);
         assert_eq!(
             a.scale.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
             scale.iter().map(|s| s.to_bits()).collect::<Vec<_>>()

@@ -11,6 +11,8 @@
 //! E2M1 codes as u = 2 * value + 12 (0..24), so each int32 lane starts from a bias of
 //! -12 times its own elements' (256 q1 + q2) sum, computed here once per token.
 
+use super::aligned::Aligned;
+
 /// Blocks of 32 per group: one 64-byte load of codes is four blocks.
 pub const GROUP_BLOCKS: usize = 4;
 /// Bytes of one token's group: q1 even, q1 odd, q2 even, q2 odd, 64 each.
@@ -22,12 +24,12 @@ pub struct Int8x2 {
     pub groups: usize, // G = ceil(blocks / 4)
     /// [n, G, 256]: per group, q1 of each block's even elements (block k at bytes 16k..),
     /// then q1's odd elements, then q2 even, q2 odd.
-    pub q: Vec<i8>,
+    pub q: Aligned<i8>,
     /// [n, G, 16] int32: lane 4k + j (block k, elements 8j..8j+8) = -12 (256 sum q1 + sum q2).
-    pub bias: Vec<i32>,
+    pub bias: Aligned<i32>,
     /// [n, G, 16] f32: lane 4k + j = s / 512 of block k (the 1/2 undoes u's doubling); NaN
     /// for a block with a non-finite element, 0 for padding.
-    pub scale: Vec<f32>,
+    pub scale: Aligned<f32>,
     /// Every q2 is zero: x is on the MXFP4 grid (a W4A4 layer's input), and the kernels may
     /// skip the second term's products, which would all be zero.
     pub one_term: bool,
@@ -38,9 +40,9 @@ impl Int8x2 {
     pub fn new(x: &[f32], n: usize, cols: usize) -> Int8x2 {
         let blocks = cols / 32;
         let groups = blocks.div_ceil(GROUP_BLOCKS);
-        let mut q = vec![0i8; n * groups * GROUP_BYTES];
-        let mut bias = vec![0i32; n * groups * 16];
-        let mut scale = vec![0.0f32; n * groups * 16];
+        let mut q = Aligned::zeroed(n * groups * GROUP_BYTES);
+        let mut bias = Aligned::zeroed(n * groups * 16);
+        let mut scale = Aligned::zeroed(n * groups * 16);
         #[cfg(target_arch = "x86_64")]
         let simd = std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw");
         for t in 0..n {

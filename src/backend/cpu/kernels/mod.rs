@@ -19,6 +19,7 @@
 mod accumulate;
 #[cfg(target_arch = "x86_64")]
 mod accumulate_avx2;
+mod aligned;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -185,7 +186,7 @@ const TILE: usize = 8;
 /// (`int16`), also made once here.
 pub struct Acts<'a> {
     isa: Isa,
-    x: std::borrow::Cow<'a, [f32]>,  // [n, cols]
+    x: XRows<'a>,                    // [n, cols]
     int8: Option<int8x2::Int8x2>,    // [n, groups, ...], VNNI and MXFP4 only
     int16: Option<int16::Int16Acts>, // [n, blocks, 32], AVX2-int16 and MXFP4 only
     /// The weight is small enough to stay in cache between uses (see `CACHED_WEIGHT_BYTES`).
@@ -201,14 +202,14 @@ impl<'a> Acts<'a> {
         let x = &x[..n * cols];
         if mxfp4 && isa == Isa::Avx512Vnni {
             let int8 = Some(int8x2::Int8x2::new(x, n, cols));
-            return Acts { isa, x: std::borrow::Cow::Borrowed(x), int8, int16: None, cached: false, n, cols };
+            return Acts { isa, x: XRows::Given(x), int8, int16: None, cached: false, n, cols };
         }
         if mxfp4 && isa == Isa::Avx2Int16 {
             let int16 = Some(int16::Int16Acts::new(x, n, cols));
-            return Acts { isa, x: std::borrow::Cow::Borrowed(x), int8: None, int16, cached: false, n, cols };
+            return Acts { isa, x: XRows::Given(x), int8: None, int16, cached: false, n, cols };
         }
         let x = if mxfp4 && isa == Isa::Avx512 {
-            let mut split = x.to_vec();
+            let mut split = aligned::Aligned::copy_of(x);
             for (row, src) in split.chunks_mut(cols).zip(x.chunks(cols)) {
                 for (blk, s) in row.chunks_exact_mut(32).zip(src.chunks_exact(32)) {
                     for i in 0..16 {
@@ -217,17 +218,31 @@ impl<'a> Acts<'a> {
                     }
                 }
             }
-            std::borrow::Cow::Owned(split)
+            XRows::Copied(split)
+        } else if isa != Isa::Portable && !(x.as_ptr() as usize).is_multiple_of(64) {
+            // The SIMD kernels' vector loads each span two cache lines from a misaligned
+            // start (see `aligned`); the copy is one pass over x, the kernels make many.
+            XRows::Copied(aligned::Aligned::copy_of(x))
         } else {
-            std::borrow::Cow::Borrowed(x)
+            XRows::Given(x)
         };
         Acts { isa, x, int8: None, int16: None, cached: false, n, cols }
     }
 
     /// Rows [t0, t0 + len) in the kernel's layout.
     fn rows(&self, t0: usize, len: usize) -> &[f32] {
-        &self.x[t0 * self.cols..(t0 + len) * self.cols]
+        let x: &[f32] = match &self.x {
+            XRows::Given(x) => x,
+            XRows::Copied(x) => x,
+        };
+        &x[t0 * self.cols..(t0 + len) * self.cols]
     }
+}
+
+/// The activation rows a kernel reads: the caller's, or a copy (aligned, reordered).
+enum XRows<'a> {
+    Given(&'a [f32]),
+    Copied(aligned::Aligned<f32>),
 }
 
 /// One weight row's dot products with each of n activation rows, x [n, cols] -> out [n], on a
@@ -287,7 +302,7 @@ pub fn block_dots(
     if let (Some(q), RowsRef::Mxfp4 { codes, scales }) = (&acts.int8, w) {
         // SAFETY: `int8` is made only for Isa::Avx512Vnni, which `Isa::available` listed
         // after checking AVX-512F, BW and VNNI; rows and buffers were checked above.
-        unsafe { vnni::block_dots(codes, scales, nrows, q, &acts.x, t0, tb, cols, out, ostride) };
+        unsafe { vnni::block_dots(codes, scales, nrows, q, acts.rows(0, acts.n), t0, tb, cols, out, ostride) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
