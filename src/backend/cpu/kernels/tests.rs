@@ -399,9 +399,10 @@ fn accumulate_rows_adds_every_tokens_weighted_rows() {
 #[ignore]
 fn kernel_tile_speed() {
     let cols = 1024;
-    let rows = 64; // 128 KiB of bf16: stays in L2
+    let rows = 64; // 128 KiB of bf16, 256 KiB of f32: stays in L2
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let bf: Vec<u8> = (0..rows * cols * 2).map(|_| rng.random_range(0..0x3F)).collect();
+    let f32w: Vec<u8> = (0..rows * cols).flat_map(|_| rng.random_range(-1.0f32..1.0).to_le_bytes()).collect();
     let codes: Vec<u8> = (0..rows * cols / 2).map(|_| rng.random()).collect();
     let scales: Vec<u8> = (0..rows * cols / 32).map(|_| rng.random_range(120..130)).collect();
     // One core's f32 multiply-add rate, measured in the same run: the clock moves.
@@ -409,42 +410,23 @@ fn kernel_tile_speed() {
     for n in [1usize, 2, 4, 8, 64] {
         let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
         let mut out = vec![0.0f32; rows * n];
-        let acts = Acts::new(Isa::current(), false, &x, n, cols);
         let reps = 8000 / n;
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            block_dots(&acts, RowsRef::Bf16(&bf), rows, 0, n, &mut out, n);
-        }
-        let s = t.elapsed().as_secs_f64();
         let macs = (reps * rows * cols * n) as f64;
-        println!(
-            "bf16 n={n}: {:.1} GMAC/s, {:.0}% of one core's FMA peak",
-            macs / s / 1e9,
-            100.0 * macs / s / 1e9 / peak
-        );
-        let f32w: Vec<u8> = (0..rows * cols).flat_map(|_| (rng.random_range(-1.0f32..1.0)).to_le_bytes()).collect();
-        let acts = Acts::new(Isa::current(), false, &x, n, cols);
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            block_dots(&acts, RowsRef::F32(&f32w), rows, 0, n, &mut out, n);
+        let dense = Acts::new(Isa::current(), false, &x, n, cols);
+        let mxfp4 = Acts::new(Isa::current(), true, &x, n, cols);
+        let weights = [
+            ("bf16", &dense, RowsRef::Bf16(&bf)),
+            ("f32", &dense, RowsRef::F32(&f32w)),
+            ("mxfp4", &mxfp4, RowsRef::Mxfp4 { codes: &codes, scales: &scales }),
+        ];
+        for (name, acts, w) in weights {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                block_dots(acts, w, rows, 0, n, &mut out, n);
+            }
+            let gmacs = macs / t.elapsed().as_secs_f64() / 1e9;
+            println!("{name} n={n}: {gmacs:.1} GMAC/s, {:.0}% of one core's FMA peak", 100.0 * gmacs / peak);
         }
-        let s = t.elapsed().as_secs_f64();
-        println!(
-            "f32 n={n}: {:.1} GMAC/s, {:.0}% of one core's FMA peak",
-            macs / s / 1e9,
-            100.0 * macs / s / 1e9 / peak
-        );
-        let acts = Acts::new(Isa::current(), true, &x, n, cols);
-        let t = std::time::Instant::now();
-        for _ in 0..reps {
-            block_dots(&acts, RowsRef::Mxfp4 { codes: &codes, scales: &scales }, rows, 0, n, &mut out, n);
-        }
-        let s = t.elapsed().as_secs_f64();
-        println!(
-            "mxfp4 n={n}: {:.1} GMAC/s, {:.0}% of one core's FMA peak",
-            macs / s / 1e9,
-            100.0 * macs / s / 1e9 / peak
-        );
     }
 }
 
