@@ -67,10 +67,14 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
     ahead: bool,
 ) {
     let row_bytes = cols * super::value_bytes::<BF16>();
-    // One token takes rows four at a time, two or three tokens two (see `dense`); four and
-    // more share each row enough alone.
+    // One token takes rows from cache four at a time, two or three tokens two (see `dense`);
+    // four and more share each row enough alone. One token's rows from memory go one after
+    // the other: a core then reads one stream, not four 2 KiB apart. Measured on Zen 3 (a
+    // stand-alone copy of the loop, 256 MB of bf16 rows of 1024 against one token, with the
+    // same L2 prefetch): one core 8.8-9.1 -> 11.0-11.2 GB/s, two cores 12.8-16.5 ->
+    // 14.2-20.4. A (row, token)'s sum is the same in either tile.
     let rows_at = |r: usize| match tb {
-        1 if r + 4 <= nrows => 4,
+        1 if !ahead && r + 4 <= nrows => 4,
         2 | 3 if r + 2 <= nrows => 2,
         _ => 1,
     };
