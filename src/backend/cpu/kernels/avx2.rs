@@ -68,14 +68,16 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
 ) {
     let row_bytes = cols * super::value_bytes::<BF16>();
     // One token takes rows from cache four at a time, two or three tokens two (see `dense`);
-    // four and more share each row enough alone. One token's rows from memory go one after
-    // the other: a core then reads one stream, not four 2 KiB apart. Measured on Zen 3 (a
-    // stand-alone copy of the loop, 256 MB of bf16 rows of 1024 against one token, with the
-    // same L2 prefetch): one core 8.8-9.1 -> 11.0-11.2 GB/s, two cores 12.8-16.5 ->
-    // 14.2-20.4. A (row, token)'s sum is the same in either tile.
+    // four and more share each row enough alone. Rows from memory go one after the other: a
+    // core then reads one stream, not four (or two) 2 KiB apart. Measured on Zen 3: a
+    // stand-alone copy of the one-token loop over 256 MB of bf16 rows of 1024, with the same
+    // L2 prefetch, one core 8.8-9.1 -> 11.0-11.2 GB/s, two cores 12.8-16.5 -> 14.2-20.4; the
+    // mid-size decode step, alternated, one token 14.5-15.4 -> 13.1-13.6 ms, two tokens
+    // 20.3-24.4 -> 18.6-21.1 and three 24.3-35.3 -> 23.9-32.2 (seven rounds). A
+    // (row, token)'s sum is the same in any tile.
     let rows_at = |r: usize| match tb {
         1 if !ahead && r + 4 <= nrows => 4,
-        2 | 3 if r + 2 <= nrows => 2,
+        2 | 3 if !ahead && r + 2 <= nrows => 2,
         _ => 1,
     };
     // Token tiles outside, rows inside: a tile's activations (4 x cols f32) stay in L1 while
