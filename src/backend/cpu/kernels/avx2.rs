@@ -18,6 +18,10 @@ use crate::weights::decode::e8m0;
 /// the mid-size decode step median 14.9 -> 13.8 ms (one core alone gained nothing).
 const PREFETCH_AHEAD: usize = 8192;
 
+/// Rows from memory at least this long go one at a time against one to three tokens (see
+/// `dense_block_dots`).
+const ONE_STREAM_ROW_BYTES: usize = 2048;
+
 /// x [T, cols] (T = out.len() <= TILE) against one weight row -> out [T].
 ///
 /// # Safety
@@ -67,17 +71,20 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
     ahead: bool,
 ) {
     let row_bytes = cols * super::value_bytes::<BF16>();
-    // One token takes rows from cache four at a time, two or three tokens two (see `dense`);
-    // four and more share each row enough alone. Rows from memory go one after the other: a
-    // core then reads one stream, not four (or two) 2 KiB apart. Measured on Zen 3: a
+    // One token takes rows four at a time, two or three tokens two (see `dense`); four and
+    // more share each row enough alone. Long rows from memory go one after the other: a core
+    // then reads one stream, not four (or two) rows 2 KiB or more apart. Measured on Zen 3: a
     // stand-alone copy of the one-token loop over 256 MB of bf16 rows of 1024, with the same
     // L2 prefetch, one core 8.8-9.1 -> 11.0-11.2 GB/s, two cores 12.8-16.5 -> 14.2-20.4; the
     // mid-size decode step, alternated, one token 14.5-15.4 -> 13.1-13.6 ms, two tokens
-    // 20.3-24.4 -> 18.6-21.1 and three 24.3-35.3 -> 23.9-32.2 (seven rounds). A
-    // (row, token)'s sum is the same in any tile.
+    // 20.3-24.4 -> 18.6-21.1 and three 24.3-35.3 -> 23.9-32.2 (seven rounds). Short rows
+    // keep their tiles: four of the demo's 512-byte lm_head rows are one stream already, and
+    // alone each row's reduction cost its step 5-20%. A (row, token)'s sum is the same in any
+    // tile.
+    let one_stream = ahead && row_bytes >= ONE_STREAM_ROW_BYTES;
     let rows_at = |r: usize| match tb {
-        1 if !ahead && r + 4 <= nrows => 4,
-        2 | 3 if !ahead && r + 2 <= nrows => 2,
+        1 if !one_stream && r + 4 <= nrows => 4,
+        2 | 3 if !one_stream && r + 2 <= nrows => 2,
         _ => 1,
     };
     // Token tiles outside, rows inside: a tile's activations (4 x cols f32) stay in L1 while
