@@ -118,7 +118,9 @@ unsafe fn tile_dots<const R: usize, const T: usize>(
     let qp = unsafe { a.q.as_ptr().add(t0 * nb * 32) };
     // [R][T][SCALE_CHUNK]: row r's scale times token t's, for the chunk's blocks.
     let mut combined = [[[0.0f32; SCALE_CHUNK]; T]; R];
-    let add_block = |g: usize, j: usize, combined: &[[[f32; SCALE_CHUNK]; T]; R], acc: &mut [[__m256; T]; R]| {
+    // Chunks start at multiples of SCALE_CHUNK, so block g's products sit at g % SCALE_CHUNK.
+    let add_block = |g: usize, combined: &[[[f32; SCALE_CHUNK]; T]; R], acc: &mut [[__m256; T]; R]| {
+        let j = g % SCALE_CHUNK;
         // Per row: [low nibbles | high nibbles] = [even elements | odd elements] as int8,
         // then 256 times each as int16: lo [e0..e7 | o0..o7], hi [e8..e15 | o8..o15], the
         // order `int16` stores a block's activations in. The 16 code bytes come in as a
@@ -157,22 +159,22 @@ unsafe fn tile_dots<const R: usize, const T: usize>(
                 unsafe { combine_scales(rs, ts, &mut combined[r][t][..len]) };
             }
         }
-        let mut j = 0;
-        while j + 2 <= len {
-            let g = c0 + j;
+        let end = c0 + len;
+        let mut g = c0;
+        while g + 2 <= end {
             if ahead {
                 for r in 0..R {
                     _mm_prefetch::<_MM_HINT_T1>(codes.as_ptr().wrapping_add(r * cb + 16 * g + PREFETCH_AHEAD).cast());
                 }
             }
-            add_block(g, j, &combined, &mut even);
-            add_block(g + 1, j + 1, &combined, &mut odd);
-            j += 2;
+            add_block(g, &combined, &mut even);
+            add_block(g + 1, &combined, &mut odd);
+            g += 2;
         }
-        if j < len {
-            add_block(c0 + j, j, &combined, &mut even);
+        if g < end {
+            add_block(g, &combined, &mut even);
         }
-        c0 += len;
+        c0 = end;
     }
     for r in 0..R {
         for t in 0..T {
