@@ -61,6 +61,13 @@ pub trait Backend: Send + Sync + 'static {
 
     fn describe(&self) -> String;
 
+    /// `a` and `b`, which share no outputs, run the way this backend runs independent work:
+    /// by default `a`, then `b` (a device queues its ops in one stream). The CPU runs them on
+    /// two threads at once, so that work too small to split well keeps both cores busy.
+    fn both<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
+        (a(), b())
+    }
+
     // ---- weights, once at start-up ----
     fn weight(&self, w: Linear) -> Result<Self::Weight>;
     fn vector(&self, v: Vec<f32>) -> Result<Self::Vector>;

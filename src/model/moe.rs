@@ -33,10 +33,17 @@ pub fn moe<B: Backend>(
     x: &B::Tensor,
     aq: bool,
 ) -> Result<(B::Tensor, B::Routing)> {
-    let routing = b.route(x, &w.router, &w.bias, &router_config(m))?;
-    let mut y = b.moe(x, &routing, &w.experts, aq)?;
-    if let Some(shared) = &w.shared {
-        b.add(&mut y, &mlp(b, shared, x, aq)?)?;
+    // The shared expert needs only x, so it runs beside the routing and the routed experts.
+    let (routed, shared) = b.both(
+        || -> Result<_> {
+            let routing = b.route(x, &w.router, &w.bias, &router_config(m))?;
+            Ok((b.moe(x, &routing, &w.experts, aq)?, routing))
+        },
+        || w.shared.as_ref().map(|s| mlp(b, s, x, aq)).transpose(),
+    );
+    let (mut y, routing) = routed?;
+    if let Some(s) = shared? {
+        b.add(&mut y, &s)?;
     }
     Ok((y, routing))
 }

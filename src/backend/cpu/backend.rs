@@ -103,6 +103,10 @@ impl Backend for Cpu {
         format!("CPU ({} threads)", rayon::current_num_threads())
     }
 
+    fn both<RA: Send, RB: Send>(&self, a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB + Send) -> (RA, RB) {
+        rayon::join(a, b)
+    }
+
     fn weight(&self, w: Linear) -> Result<Linear> {
         Ok(w)
     }
@@ -480,5 +484,31 @@ impl Backend for Cpu {
 
     fn moe(&self, x: &Rows, routes: &Vec<Route>, experts: &Vec<MlpLinears>, act_quant: bool) -> Result<Rows> {
         Ok(Rows::new(super::moe::grouped_experts(&x.data, x.width, routes, experts, act_quant), x.width))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn both_runs_its_two_halves_at_once() {
+        // `a` can finish only if `b` runs while `a` waits: run one after the other, `a` would
+        // give up after its timeout and report false.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool of two");
+        let (tx, rx) = mpsc::channel();
+        let (met, sent) = pool.install(|| {
+            Cpu.both(
+                move || rx.recv_timeout(Duration::from_secs(20)).is_ok(),
+                move || {
+                    tx.send(()).expect("a is waiting");
+                    7
+                },
+            )
+        });
+        assert!(met, "the second half did not run while the first waited");
+        assert_eq!(sent, 7);
     }
 }
