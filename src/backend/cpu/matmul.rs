@@ -10,9 +10,16 @@ use super::quantize_mxfp4_activations;
 use crate::weights::{Linear, Stored};
 use safetensors::Dtype;
 
-/// Weight rows per rayon task: small enough that a decode step's matrices split evenly over
-/// the threads, large enough that a task outlives its scheduling.
+/// Weight rows per rayon task at least.
 const ROW_BLOCK: usize = 16;
+/// Multiply-adds per rayon task at least, while each thread still gets a share of a weight's
+/// rows: a task's split, steal and calls cost a sizeable part of a small one. At 16 rows a
+/// task, the demo model's one-token matrices (256 wide) went in tasks of 4K multiply-adds.
+/// Measured on Zen 3 by steps alternating in one process (old and new form in turns), six
+/// runs: demo decode of one / two / three tokens 0.89-0.96 / 0.91-0.95 / 0.90-0.98 of the
+/// step time, mid-size one / two / four tokens 0.95-1.01 / 0.97-1.00 / 0.95-0.98. A
+/// prefill's tasks (64 tokens and more) keep 16 rows.
+const TASK_WORK: usize = 1 << 16;
 /// Tokens per pass over a task's rows: that many activation rows (at most 64 x 4 KiB for a
 /// hidden size of 1024) stay in L2 while the task's weight rows are applied to them.
 const TOKEN_BLOCK: usize = 64;
@@ -75,12 +82,14 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
     // out_t [rows, n] per weight: each task owns whole rows of one.
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0f32; w.rows * n]).collect();
     let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (weight, row block, its out_t rows)
+    let threads = rayon::current_num_threads();
+    let rows_per_task: Vec<usize> = ws.iter().map(|w| task_rows(w.rows, w.cols, n, threads)).collect();
     for (i, out_t) in outs.iter_mut().enumerate() {
-        tasks.extend(out_t.chunks_mut(ROW_BLOCK * n).enumerate().map(|(b, chunk)| (i, b, chunk)));
+        tasks.extend(out_t.chunks_mut(rows_per_task[i] * n).enumerate().map(|(b, chunk)| (i, b, chunk)));
     }
     let run = |(i, b, chunk): (usize, usize, &mut [f32])| {
         let (acts, xs) = inputs[i];
-        row_block(acts, xs, ws[i], b * ROW_BLOCK, chunk);
+        row_block(acts, xs, ws[i], b * rows_per_task[i], chunk);
     };
     let work: usize = ws.iter().map(|w| w.rows * cols * n).sum();
     if work >= super::PARALLEL_MIN_WORK {
@@ -94,6 +103,13 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
         return outs;
     }
     ws.iter().zip(outs).map(|(w, out_t)| transpose(&out_t, w.rows, n)).collect()
+}
+
+/// Rows per rayon task of a weight [rows, cols] against n tokens: TASK_WORK multiply-adds,
+/// at least ROW_BLOCK rows, at most an even share of the rows per thread.
+fn task_rows(rows: usize, cols: usize, n: usize, threads: usize) -> usize {
+    let share = rows.div_ceil(threads.max(1));
+    (TASK_WORK / (cols * n).max(1)).min(share).max(ROW_BLOCK)
 }
 
 /// Rows [r0, r0 + chunk.len() / n) of `w` against every token of `acts` (x [n, cols] as
@@ -164,7 +180,28 @@ pub fn rows_ref(w: &Linear, r: usize) -> Option<RowsRef<'_>> {
 
 #[cfg(test)]
 mod tests {
-    use super::transpose;
+    use super::{ROW_BLOCK, TASK_WORK, task_rows, transpose};
+
+    #[test]
+    fn tasks_hold_enough_work_and_every_thread_gets_rows() {
+        for threads in [1, 2, 16] {
+            for (rows, cols, n) in [(4096, 256, 1), (128, 256, 1), (1024, 1024, 2), (1024, 1024, 512), (8, 64, 1)] {
+                let r = task_rows(rows, cols, n, threads);
+                assert!(r >= ROW_BLOCK, "{rows}x{cols}, {n} tokens, {threads} threads: {r} rows");
+                let tasks = rows.div_ceil(r);
+                // Enough work in a task, or else every thread already has a task of its own.
+                assert!(
+                    r * cols * n >= TASK_WORK || tasks >= threads.min(rows.div_ceil(ROW_BLOCK)),
+                    "{rows}x{cols}, {n}: {r}"
+                );
+                // No thread left without rows while another holds two shares.
+                assert!(r <= rows.div_ceil(threads).max(ROW_BLOCK), "{rows}x{cols}, {n}, {threads}: {r}");
+            }
+        }
+        // A prefill's tasks keep ROW_BLOCK rows; a demo-sized decode matrix goes in 256 rows.
+        assert_eq!(task_rows(1024, 1024, 512, 2), ROW_BLOCK);
+        assert_eq!(task_rows(4096, 256, 1, 2), TASK_WORK / 256);
+    }
 
     #[test]
     fn transpose_moves_every_element_once() {
