@@ -390,8 +390,11 @@ impl Backend for Cpu {
         let keys_each = (0..n).map(|i| sel.key_count(i, b.step.positions[i])).max().unwrap_or(0);
         // A token's heads split into groups when there are fewer tokens than threads (a decode
         // step): each group reads the token's entries again, which costs less than a thread
-        // left idle. Heads never mix, so the grouping does not change a result.
-        let groups = (rayon::current_num_threads() / n.max(1)).clamp(1, h);
+        // left idle. Not when the work is too small to go parallel at all: the groups would
+        // then gather the same entries one after the other on one thread. Heads never mix, so
+        // the grouping does not change a result.
+        let parallel = n * h * keys_each * (r + d.rope) >= super::PARALLEL_MIN_WORK;
+        let groups = if parallel { (rayon::current_num_threads() / n.max(1)).clamp(1, h) } else { 1 };
         let per = h.div_ceil(groups);
         let rows = par_map(n * groups, keys_each * per * (r + d.rope), |task| {
             let (i, g) = (task / groups, task % groups);
