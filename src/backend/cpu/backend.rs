@@ -66,11 +66,12 @@ impl CpuBatch {
 /// Maps `f` over 0..n items of `work_each` multiply-adds each, in parallel when there is more
 /// than one item and enough work to share.
 fn par_map<T: Send>(n: usize, work_each: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    if n >= 2 && n * work_each >= super::PARALLEL_MIN_WORK {
-        (0..n).into_par_iter().map(f).collect()
-    } else {
-        (0..n).map(f).collect()
-    }
+    if splits(n, work_each) { (0..n).into_par_iter().map(f).collect() } else { (0..n).map(f).collect() }
+}
+
+/// Whether `par_map` runs n items of `work_each` multiply-adds in parallel.
+fn splits(n: usize, work_each: usize) -> bool {
+    n >= 2 && n * work_each >= super::PARALLEL_MIN_WORK
 }
 
 /// Per-head results [H][n, w] as rows [n, H * w].
@@ -393,8 +394,11 @@ impl Backend for Cpu {
         // left idle. Not when the work is too small to go parallel at all: the groups would
         // then gather the same entries one after the other on one thread. Heads never mix, so
         // the grouping does not change a result.
-        let parallel = n * h * keys_each * (r + d.rope) >= super::PARALLEL_MIN_WORK;
-        let groups = if parallel { (rayon::current_num_threads() / n.max(1)).clamp(1, h) } else { 1 };
+        let groups = if splits(n * h, keys_each * (r + d.rope)) {
+            (rayon::current_num_threads() / n.max(1)).clamp(1, h)
+        } else {
+            1
+        };
         let per = h.div_ceil(groups);
         let rows = par_map(n * groups, keys_each * per * (r + d.rope), |task| {
             let (i, g) = (task / groups, task % groups);
