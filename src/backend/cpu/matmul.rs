@@ -81,15 +81,15 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
         .collect();
     // out_t [rows, n] per weight: each task owns whole rows of one.
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0f32; w.rows * n]).collect();
-    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (weight, row block, its out_t rows)
+    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (weight, first row, its out_t rows)
     let threads = rayon::current_num_threads();
-    let rows_per_task: Vec<usize> = ws.iter().map(|w| task_rows(w.rows, w.cols, n, threads)).collect();
     for (i, out_t) in outs.iter_mut().enumerate() {
-        tasks.extend(out_t.chunks_mut(rows_per_task[i] * n).enumerate().map(|(b, chunk)| (i, b, chunk)));
+        let rows = task_rows(ws[i].rows, cols, n, threads);
+        tasks.extend(out_t.chunks_mut(rows * n).enumerate().map(|(b, chunk)| (i, b * rows, chunk)));
     }
-    let run = |(i, b, chunk): (usize, usize, &mut [f32])| {
+    let run = |(i, r0, chunk): (usize, usize, &mut [f32])| {
         let (acts, xs) = inputs[i];
-        row_block(acts, xs, ws[i], b * rows_per_task[i], chunk);
+        row_block(acts, xs, ws[i], r0, chunk);
     };
     let work: usize = ws.iter().map(|w| w.rows * cols * n).sum();
     if work >= super::PARALLEL_MIN_WORK {
