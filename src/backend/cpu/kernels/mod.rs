@@ -183,12 +183,16 @@ const TILE: usize = 8;
 /// order a block's code bytes decode in without shuffling), so that copy is made once per
 /// matmul here; the elements past the last whole block stay where they are. With VNNI,
 /// MXFP4 weights meet the activations as two int8 terms (`int8x2`), on AVX2-int16 as int16
-/// (`int16`), also made once here.
+/// (`int16`), also made once here. Dense rows on AVX2 read 16 bf16 weights as 8 even and 8
+/// odd ones (`avx2::dense`), so there each whole 16 of x is copied as its 8 even elements
+/// and then its 8 odd ones (`bf16_split`).
 pub struct Acts<'a> {
     isa: Isa,
     x: XRows<'a>,                    // [n, cols]
     int8: Option<int8x2::Int8x2>,    // [n, groups, ...], VNNI and MXFP4 only
     int16: Option<int16::Int16Acts>, // [n, blocks, 32], AVX2-int16 and MXFP4 only
+    /// [n, cols], each whole 16 of a row as [8 even | 8 odd], the rest as given: AVX2 dense only.
+    bf16_split: Option<aligned::Aligned<f32>>,
     /// The weight is small enough to stay in cache between uses (see `CACHED_WEIGHT_BYTES`).
     pub cached: bool,
     pub n: usize,
@@ -202,23 +206,14 @@ impl<'a> Acts<'a> {
         let x = &x[..n * cols];
         if mxfp4 && isa == Isa::Avx512Vnni {
             let int8 = Some(int8x2::Int8x2::new(x, n, cols));
-            return Acts { isa, x: XRows::Given(x), int8, int16: None, cached: false, n, cols };
+            return Acts { isa, x: XRows::Given(x), int8, int16: None, bf16_split: None, cached: false, n, cols };
         }
         if mxfp4 && isa == Isa::Avx2Int16 {
             let int16 = Some(int16::Int16Acts::new(x, n, cols));
-            return Acts { isa, x: XRows::Given(x), int8: None, int16, cached: false, n, cols };
+            return Acts { isa, x: XRows::Given(x), int8: None, int16, bf16_split: None, cached: false, n, cols };
         }
         let x = if mxfp4 && isa == Isa::Avx512 {
-            let mut split = aligned::Aligned::copy_of(x);
-            for (row, src) in split.chunks_mut(cols).zip(x.chunks(cols)) {
-                for (blk, s) in row.chunks_exact_mut(32).zip(src.chunks_exact(32)) {
-                    for i in 0..16 {
-                        blk[i] = s[2 * i];
-                        blk[16 + i] = s[2 * i + 1];
-                    }
-                }
-            }
-            XRows::Copied(split)
+            XRows::Copied(split_even_odd(x, cols, 32))
         } else if isa != Isa::Portable && !(x.as_ptr() as usize).is_multiple_of(64) {
             // The SIMD kernels' vector loads each span two cache lines from a misaligned
             // start (see `aligned`); the copy is one pass over x, the kernels make many.
@@ -226,23 +221,53 @@ impl<'a> Acts<'a> {
         } else {
             XRows::Given(x)
         };
-        Acts { isa, x, int8: None, int16: None, cached: false, n, cols }
+        let bf16_split = (isa.is_avx2() && !mxfp4).then(|| split_even_odd(x.deref_rows(), cols, 16));
+        Acts { isa, x, int8: None, int16: None, bf16_split, cached: false, n, cols }
     }
 
     /// Rows [t0, t0 + len) in the kernel's layout.
     fn rows(&self, t0: usize, len: usize) -> &[f32] {
-        let x: &[f32] = match &self.x {
-            XRows::Given(x) => x,
-            XRows::Copied(x) => x,
-        };
-        &x[t0 * self.cols..(t0 + len) * self.cols]
+        &self.x.deref_rows()[t0 * self.cols..(t0 + len) * self.cols]
     }
+
+    /// Rows [t0, t0 + len) as the dense kernel reads them against bf16 rows or others.
+    fn dense_rows(&self, bf16: bool, t0: usize, len: usize) -> &[f32] {
+        match &self.bf16_split {
+            Some(split) if bf16 => &split[t0 * self.cols..(t0 + len) * self.cols],
+            _ => self.rows(t0, len),
+        }
+    }
+}
+
+/// x [n, cols] with each whole `width` of a row as its even elements, then its odd ones; the
+/// elements past the last whole `width` stay where they are.
+fn split_even_odd(x: &[f32], cols: usize, width: usize) -> aligned::Aligned<f32> {
+    let mut split = aligned::Aligned::copy_of(x);
+    let half = width / 2;
+    for (row, src) in split.chunks_mut(cols).zip(x.chunks(cols)) {
+        for (blk, s) in row.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
+            for i in 0..half {
+                blk[i] = s[2 * i];
+                blk[half + i] = s[2 * i + 1];
+            }
+        }
+    }
+    split
 }
 
 /// The activation rows a kernel reads: the caller's, or a copy (aligned, reordered).
 enum XRows<'a> {
     Given(&'a [f32]),
     Copied(aligned::Aligned<f32>),
+}
+
+impl XRows<'_> {
+    fn deref_rows(&self) -> &[f32] {
+        match self {
+            XRows::Given(x) => x,
+            XRows::Copied(x) => x,
+        }
+    }
 }
 
 /// One weight row's dot products with each of n activation rows, x [n, cols] -> out [n], on a
@@ -264,7 +289,7 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
         return block_dots(acts, w.as_rows(), 1, t0, n, out, n);
     }
     for (t, o) in (0..out.len()).step_by(TILE).zip(out.chunks_mut(TILE)) {
-        let xs = acts.rows(t0 + t, o.len());
+        let xs = acts.dense_rows(matches!(w, RowRef::Bf16(_)), t0 + t, o.len());
         match acts.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Isa::available` listed AVX2 and FMA before anyone could ask for them;
@@ -312,7 +337,7 @@ pub fn block_dots(
         unsafe { avx2_int16::block_dots(codes, scales, nrows, a, acts.rows(t0, tb), t0, tb, cols, out, ostride) };
         return;
     }
-    let xs = acts.rows(t0, tb);
+    let xs = acts.dense_rows(matches!(w, RowsRef::Bf16(_)), t0, tb);
     match (acts.isa, w) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; rows and

@@ -113,6 +113,26 @@ fn every_isa_matches_the_reference_on_odd_sizes() {
 }
 
 #[test]
+fn split_activations_hold_each_whole_width_as_evens_then_odds() {
+    // Two rows of 37: two whole 16s (then 5 left as given), one whole 32 (then 5).
+    let (n, cols) = (2, 37);
+    let x: Vec<f32> = (0..n * cols).map(|i| i as f32).collect(); // [n, cols]
+    for width in [16, 32] {
+        let split = split_even_odd(&x, cols, width);
+        for t in 0..n {
+            let (row, src) = (&split[t * cols..(t + 1) * cols], &x[t * cols..(t + 1) * cols]);
+            let whole = cols / width * width;
+            for b in (0..whole).step_by(width) {
+                let want: Vec<f32> =
+                    (0..width / 2).map(|i| src[b + 2 * i]).chain((0..width / 2).map(|i| src[b + 2 * i + 1])).collect();
+                assert_eq!(&row[b..b + width], &want[..], "width {width} row {t} block at {b}");
+            }
+            assert_eq!(&row[whole..], &src[whole..], "width {width} row {t}: the tail moved");
+        }
+    }
+}
+
+#[test]
 fn a_token_gets_the_same_bits_in_any_tile() {
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     for kind in ["mxfp4", "bf16", "f32"] {
