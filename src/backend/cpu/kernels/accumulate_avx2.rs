@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::load8;
+use super::avx2::{load8, load16_bf16};
 
 /// out[t, :] += sum over r of coefs[t * cstride + r] * row r, for dense rows of one format.
 ///
@@ -35,7 +35,17 @@ pub unsafe fn accumulate_rows<const BF16: bool>(
     for (t, o) in out.chunks_exact_mut(cols).enumerate() {
         let k = &coefs[t * cstride..t * cstride + nrows];
         let mut c = 0;
-        // SAFETY (both strips): c + 64 (or 8) <= cols, in every row and in o.
+        // SAFETY (all strips): c + 64 (or 16, or 8) <= cols, in every row and in o.
+        if BF16 {
+            while c + 64 <= cols {
+                unsafe { bf16_strip::<4>(w, row_bytes, k, c, o) };
+                c += 64;
+            }
+            while c + 16 <= cols {
+                unsafe { bf16_strip::<1>(w, row_bytes, k, c, o) };
+                c += 16;
+            }
+        }
         while c + 64 <= cols {
             unsafe { strip::<8, BF16>(w, row_bytes, k, c, o) };
             c += 64;
@@ -72,6 +82,87 @@ unsafe fn strip<const C: usize, const BF16: bool>(w: &[u8], row_bytes: usize, k:
         }
         for j in 0..C {
             _mm256_storeu_ps(op.add(c + 8 * j), acc[j]);
+        }
+    }
+}
+
+/// Columns c..c + 16 S of one token's output o over every bf16 row (k [nrows] its
+/// coefficients), each 16 held as its even columns and its odd ones: the order in which
+/// `load16_bf16` widens a row's 16 with one shift and one AND, where widening each 8 in
+/// place took four shuffle-port operations per 16 (Zen 3 runs FMAs on one of those two
+/// ports). Each element still takes the rows in order, one fused multiply-add each, so the
+/// bits are those of `strip`.
+///
+/// # Safety
+/// As for `accumulate_rows`, with c + 16 S <= cols.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bf16_strip<const S: usize>(w: &[u8], row_bytes: usize, k: &[f32], c: usize, o: &mut [f32]) {
+    let op = o.as_mut_ptr();
+    // SAFETY (loads and stores): the caller's guarantees.
+    unsafe {
+        // [S] of (even columns, odd columns) of each 16.
+        let mut acc: [(__m256, __m256); S] = std::array::from_fn(|j| {
+            split16(_mm256_loadu_ps(op.add(c + 16 * j)), _mm256_loadu_ps(op.add(c + 16 * j + 8)))
+        });
+        for (r, &kr) in k.iter().enumerate() {
+            let row = &w[r * row_bytes..(r + 1) * row_bytes];
+            let kv = _mm256_set1_ps(kr);
+            for j in 0..S {
+                let (even, odd) = load16_bf16(row, c + 16 * j);
+                acc[j] = (_mm256_fmadd_ps(kv, even, acc[j].0), _mm256_fmadd_ps(kv, odd, acc[j].1));
+            }
+        }
+        for j in 0..S {
+            let (lo, hi) = merge16(acc[j].0, acc[j].1);
+            _mm256_storeu_ps(op.add(c + 16 * j), lo);
+            _mm256_storeu_ps(op.add(c + 16 * j + 8), hi);
+        }
+    }
+}
+
+/// Sixteen columns as two registers of eight (a: 0..8, b: 8..16) -> (the even ones, the odd
+/// ones), each in column order.
+#[target_feature(enable = "avx2,fma")]
+fn split16(a: __m256, b: __m256) -> (__m256, __m256) {
+    // Within each 128-bit half: [a0 a2 b0 b2 | a4 a6 b4 b6]; the 64-bit pairs then go 0, 2, 1, 3.
+    let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+    let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+    let order = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)));
+    (order(even), order(odd))
+}
+
+/// The inverse of `split16`: (even columns, odd columns) -> (columns 0..8, columns 8..16).
+#[target_feature(enable = "avx2,fma")]
+fn merge16(even: __m256, odd: __m256) -> (__m256, __m256) {
+    // [c0 c1 c2 c3 | c8 c9 c10 c11] and [c4 c5 c6 c7 | c12 c13 c14 c15].
+    let (lo, hi) = (_mm256_unpacklo_ps(even, odd), _mm256_unpackhi_ps(even, odd));
+    (_mm256_permute2f128_ps::<0x20>(lo, hi), _mm256_permute2f128_ps::<0x31>(lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split16_and_merge16_take_sixteen_columns_apart_and_back() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let cols: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        // SAFETY: checked above that the CPU has AVX2 and FMA; the loads and stores stay in
+        // arrays of 8 and 16.
+        unsafe {
+            let (even, odd) = split16(_mm256_loadu_ps(cols.as_ptr()), _mm256_loadu_ps(cols.as_ptr().add(8)));
+            let (mut e, mut o) = ([0.0f32; 8], [0.0f32; 8]);
+            _mm256_storeu_ps(e.as_mut_ptr(), even);
+            _mm256_storeu_ps(o.as_mut_ptr(), odd);
+            assert_eq!(e, [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0]);
+            assert_eq!(o, [1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0]);
+            let (lo, hi) = merge16(even, odd);
+            let mut back = [0.0f32; 16];
+            _mm256_storeu_ps(back.as_mut_ptr(), lo);
+            _mm256_storeu_ps(back.as_mut_ptr().add(8), hi);
+            assert_eq!(&back[..], &cols[..]);
         }
     }
 }

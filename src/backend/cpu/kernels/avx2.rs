@@ -184,7 +184,7 @@ unsafe fn mxfp4<const T: usize>(codes: &[u8], scales: &[u8], x: &[f32], cols: us
 /// # Safety
 /// The CPU has AVX2; c + 16 <= the row's length.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn load16_bf16(w: &[u8], c: usize) -> (__m256, __m256) {
+pub(super) unsafe fn load16_bf16(w: &[u8], c: usize) -> (__m256, __m256) {
     // SAFETY: the caller keeps c + 16 <= cols.
     let v = unsafe { _mm256_loadu_si256(w.as_ptr().add(2 * c).cast()) };
     let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);

@@ -402,6 +402,18 @@ fn accumulate_rows_adds_every_tokens_weighted_rows() {
                         out[t * cols + c]
                     );
                 }
+                // Each element takes the rows in order, one fused multiply-add each.
+                for c in 0..cols {
+                    let fused = rows
+                        .iter()
+                        .enumerate()
+                        .fold(0.5f32, |acc, (r, row)| coefs[t * cstride + r].mul_add(row.values[c] as f32, acc));
+                    assert_eq!(
+                        fused.to_bits(),
+                        out[t * cols + c].to_bits(),
+                        "{kind} cols {cols} token {t} col {c}: fused order"
+                    );
+                }
                 // A token alone gets the same bits as in the tile.
                 let mut alone = vec![0.5f32; cols];
                 accumulate_rows(w, nrows, cols, &coefs[t * cstride..], cstride, &mut alone);
