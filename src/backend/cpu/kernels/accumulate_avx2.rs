@@ -45,10 +45,11 @@ pub unsafe fn accumulate_rows<const BF16: bool>(
                 unsafe { bf16_strip::<1>(w, row_bytes, k, c, o) };
                 c += 16;
             }
-        }
-        while c + 64 <= cols {
-            unsafe { strip::<8, BF16>(w, row_bytes, k, c, o) };
-            c += 64;
+        } else {
+            while c + 64 <= cols {
+                unsafe { strip::<8, BF16>(w, row_bytes, k, c, o) };
+                c += 64;
+            }
         }
         while c + 8 <= cols {
             unsafe { strip::<1, BF16>(w, row_bytes, k, c, o) };
