@@ -20,8 +20,8 @@ const BLOCK: usize = 32;
 /// the last whole block stay with the f32 activations.
 pub struct Int16Acts {
     pub blocks: usize, // B = cols / 32
-    /// [n, B, 32]: per half of a block (elements 16h..16h + 16) its 8 even elements, then its
-    /// 8 odd ones: the order the kernel's unpacked code bytes give them in.
+    /// [n, B, 32] in the order the kernel's unpacked code bytes give the elements in
+    /// (`slot`): blocks go in pairs, 64 slots each, and an odd last block alone.
     pub q: Aligned<i16>,
     /// [n, B]: s / 2 (undoing the doubled E2M1 values of the kernel's weights); NaN for a
     /// block with a non-finite element, 0 for a block of zeros.
@@ -64,38 +64,50 @@ fn quantize(x: &[f32], cols: usize, q: &mut [i16], scale: &mut [f32]) {
     }
     for (t, (qt, st)) in q.chunks_exact_mut(blocks * BLOCK).zip(scale.chunks_exact_mut(blocks)).enumerate() {
         let xt = &x[t * cols..t * cols + blocks * BLOCK];
-        for ((xs, qb), sb) in xt.chunks_exact(BLOCK).zip(qt.chunks_exact_mut(BLOCK)).zip(st.iter_mut()) {
-            *sb = quantize_block(xs, qb);
+        for (b, (xs, sb)) in xt.chunks_exact(BLOCK).zip(st.iter_mut()).enumerate() {
+            let (first, alone) = (b - b % 2, is_alone(b, blocks));
+            let slots = if alone { &mut qt[first * BLOCK..][..BLOCK] } else { &mut qt[first * BLOCK..][..2 * BLOCK] };
+            *sb = quantize_block(xs, slots, |e| slot(e, b % 2, alone));
         }
     }
 }
 
-/// One block of 32 into its int16 slots (`Int16Acts::q`); returns its scale (s / 2).
+/// One block of 32 into its int16 slots among `slots` (element e to slots[slot_of(e)]);
+/// returns its scale (s / 2).
 #[inline(always)]
-fn quantize_block(xs: &[f32], qb: &mut [i16]) -> f32 {
-    if !xs.iter().all(|v| v.is_finite()) {
-        qb.fill(0);
-        return f32::NAN;
-    }
+fn quantize_block(xs: &[f32], slots: &mut [i16], slot_of: impl Fn(usize) -> usize) -> f32 {
+    let finite = xs.iter().all(|v| v.is_finite());
     let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if amax == 0.0 {
-        qb.fill(0);
-        return 0.0;
+    if !finite || amax == 0.0 {
+        for e in 0..BLOCK {
+            slots[slot_of(e)] = 0;
+        }
+        return if finite { 0.0 } else { f32::NAN };
     }
     let s = super::int8x2::pow2_at_least(amax / 32767.0);
     let inv = 1.0 / s;
-    for (i, q) in qb.iter_mut().enumerate() {
-        *q = (xs[slot_element(i)] * inv).round_ties_even().clamp(-32767.0, 32767.0) as i16;
+    for (e, &v) in xs.iter().enumerate() {
+        slots[slot_of(e)] = (v * inv).round_ties_even().clamp(-32767.0, 32767.0) as i16;
     }
     s / 2.0
 }
 
-/// The element of a block that int16 slot i holds: slots 16h..16h + 8 the even elements of
-/// half h, then its odd ones.
+/// Whether block b of `blocks` is an odd last block, which has no pair.
 #[inline(always)]
-fn slot_element(i: usize) -> usize {
-    let (h, j) = (i / 16, i % 16);
-    16 * h + if j < 8 { 2 * j } else { 2 * (j - 8) + 1 }
+fn is_alone(b: usize, blocks: usize) -> bool {
+    b + 1 == blocks && b.is_multiple_of(2)
+}
+
+/// The slot of element e of a block, counted from the first slot of its pair of blocks (`p`
+/// its place in the pair, 0 or 1) or, `alone` (an odd last block), from its own first slot.
+/// A pair's 64 slots are four runs of 16, each run 8 elements of the first block then the
+/// same 8 of the second: the even elements 0..14, the even 16..30, the odd 1..15, the odd
+/// 17..31. A lone block's 32 are two runs of 16: the even then the odd elements of 0..15,
+/// the even then the odd of 16..31.
+#[inline(always)]
+fn slot(e: usize, p: usize, alone: bool) -> usize {
+    let (half, m, odd) = (e / 16, (e % 16) / 2, e % 2);
+    if alone { 16 * half + 8 * odd + m } else { 16 * (half + 2 * odd) + 8 * p + m }
 }
 
 #[cfg(test)]
@@ -104,32 +116,40 @@ mod tests {
 
     /// Element i of block b of token 0, as the kernel would reconstruct it.
     fn back(a: &Int16Acts, b: usize, i: usize) -> f32 {
-        let slot = (0..BLOCK).find(|&j| slot_element(j) == i).expect("every element has a slot");
-        f32::from(a.q[BLOCK * b + slot]) * a.scale[b] * 2.0
+        f32::from(a.q[BLOCK * (b - b % 2) + slot(i, b % 2, is_alone(b, a.blocks))]) * a.scale[b] * 2.0
     }
 
     #[test]
     fn every_element_has_one_slot() {
-        let mut seen: Vec<usize> = (0..BLOCK).map(slot_element).collect();
-        assert_eq!(&seen[..4], &[0, 2, 4, 6]);
-        assert_eq!(&seen[8..10], &[1, 3]);
-        assert_eq!(seen[16], 16);
+        let pair: Vec<usize> = (0..2).flat_map(|p| (0..BLOCK).map(move |e| slot(e, p, false))).collect();
+        assert_eq!((pair[0], pair[2], pair[4], pair[6]), (0, 1, 2, 3), "the first block's evens open the first run");
+        assert_eq!(pair[1], 32, "element 1 opens the third run");
+        assert_eq!(pair[BLOCK], 8, "the second block's element 0 follows the first's 0..14");
+        assert_eq!(pair[16], 16, "element 16 opens the second run");
+        let mut seen = pair.clone();
         seen.sort();
-        assert_eq!(seen, (0..BLOCK).collect::<Vec<_>>());
+        assert_eq!(seen, (0..2 * BLOCK).collect::<Vec<_>>());
+        let mut alone: Vec<usize> = (0..BLOCK).map(|e| slot(e, 0, true)).collect();
+        assert_eq!((alone[0], alone[1], alone[2], alone[16]), (0, 8, 1, 16));
+        alone.sort();
+        assert_eq!(alone, (0..BLOCK).collect::<Vec<_>>());
     }
 
     #[test]
     fn reconstruction_is_within_the_bound_and_exact_on_the_mxfp4_grid() {
-        let mut x: Vec<f32> = (0..70).map(|i| ((i * 37 % 61) as f32 - 30.0) * 0.173).collect();
-        x[40] = 6.0;
-        x[63] = -0.0001; // a small element in a block with a large one
-        let a = Int16Acts::new(&x, 1, 70);
-        assert_eq!((a.blocks, a.q.len(), a.scale.len()), (2, 64, 2), "the tail of 6 stays out");
-        for b in 0..2 {
-            let amax = x[32 * b..32 * b + 32].iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            for i in 0..32 {
-                let got = back(&a, b, i);
-                assert!((got - x[32 * b + i]).abs() <= amax / 32767.0, "block {b} element {i}: {got}");
+        // A pair of blocks and a tail of 6; then a pair, a lone block and a tail of 4.
+        for (cols, blocks) in [(70, 2), (100, 3)] {
+            let mut x: Vec<f32> = (0..cols).map(|i| ((i * 37 % 61) as f32 - 30.0) * 0.173).collect();
+            x[40] = 6.0;
+            x[63] = -0.0001; // a small element in a block with a large one
+            let a = Int16Acts::new(&x, 1, cols);
+            assert_eq!((a.blocks, a.q.len(), a.scale.len()), (blocks, 32 * blocks, blocks), "the tail stays out");
+            for b in 0..blocks {
+                let amax = x[32 * b..32 * b + 32].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for i in 0..32 {
+                    let got = back(&a, b, i);
+                    assert!((got - x[32 * b + i]).abs() <= amax / 32767.0, "{cols} block {b} element {i}: {got}");
+                }
             }
         }
         // W4A4 inputs: E2M1 values times a power of two come back exactly, whatever the
