@@ -18,10 +18,6 @@ use crate::weights::decode::e8m0;
 /// the mid-size decode step median 14.9 -> 13.8 ms (one core alone gained nothing).
 const PREFETCH_AHEAD: usize = 8192;
 
-/// Rows from memory at least this long go one at a time against one to three tokens (see
-/// `dense_block_dots`).
-const ONE_STREAM_ROW_BYTES: usize = 2048;
-
 /// x [T, cols] (T = out.len() <= TILE; bf16 rows: in `Acts`'s split order) against one
 /// weight row -> out [T].
 ///
@@ -74,21 +70,24 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
 ) {
     let row_bytes = cols * super::value_bytes::<BF16>();
     // One token takes rows four at a time, two or three tokens two (see `dense`); four and
-    // more share each row enough alone. Long rows from memory go one after the other: a core
-    // then reads one stream, not four (or two) rows 2 KiB or more apart. Measured on Zen 3: a
-    // stand-alone copy of the one-token loop over 256 MB of bf16 rows of 1024, with the same
-    // L2 prefetch, one core 8.8-9.1 -> 11.0-11.2 GB/s, two cores 12.8-16.5 -> 14.2-20.4; the
-    // mid-size decode step, alternated, one token 14.5-15.4 -> 13.1-13.6 ms, two tokens
-    // 20.3-24.4 -> 18.6-21.1 and three 24.3-35.3 -> 23.9-32.2 (seven rounds). Short rows
-    // keep their tiles: four of the demo's 512-byte lm_head rows are one stream already, and
-    // alone each row's reduction cost its step 5-20%. A (row, token)'s sum is the same in any
-    // tile.
-    let one_stream = ahead && row_bytes >= ONE_STREAM_ROW_BYTES;
-    let rows_at = |r: usize| match tb {
-        1 if !one_stream && r + 4 <= nrows => 4,
-        2 | 3 if !one_stream && r + 2 <= nrows => 2,
+    // more share each row enough alone. Rows from memory (`ahead`) are taken from the
+    // quarters (halves) of the block: tile i holds rows i, i + q, i + 2q and i + 3q (q =
+    // nrows / 4), so a core reads four streams at once, each far from the others. One stream
+    // per core left the hardware prefetcher too few misses in flight, and four rows side by
+    // side (2 KiB apart for rows of 1024) were worse still. Measured on Zen 3 with a
+    // stand-alone copy of the one-token loop over 128 MB of bf16 rows, both cores: rows of
+    // 1024, one at a time 16.7-18.1 GB/s, four far apart 22.2-23.3; rows of 384, four side by
+    // side 13.8-17.6, four far apart 22.7-24.5. The mid-size decode step, alternated: one
+    // token 0.86-0.91 of its time, two 0.90-0.93, three 0.92-0.93. A (row, token)'s sum is
+    // the same in any tile.
+    let rows_per_tile = match tb {
+        1 => 4,
+        2 | 3 => 2,
         _ => 1,
     };
+    let tiles = nrows / rows_per_tile;
+    // Tile i's first row is i * step, its rows `apart` rows from each other.
+    let (step, apart) = if ahead { (1, tiles) } else { (rows_per_tile, 1) };
     // Token tiles outside, rows inside: a tile's activations (4 x cols f32) stay in L1 while
     // every row passes over them. Rows outside streamed all tb tokens from L2 for each row,
     // and L2's bandwidth, not the multiply-adds, set a prefill's pace. With the int16 kernel
@@ -98,22 +97,34 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
     for tile in [4usize, 2, 1] {
         while tb - t >= tile {
             let (xs, pf) = (&x[t * cols..], ahead && t == 0);
-            let mut r = 0;
-            while r < nrows {
-                let rows = rows_at(r);
-                let (rw, ot) = (&w[r * row_bytes..(r + rows) * row_bytes], &mut out[r * ostride + t..]);
-                // SAFETY: the caller's guarantees, for rows r..r + rows and tokens t..t + tile.
+            let (stride, ostep) = (apart * row_bytes, apart * ostride);
+            for i in 0..tiles {
+                let r = i * step;
+                let (rw, ot) = (&w[r * row_bytes..], &mut out[r * ostride + t..]);
+                // SAFETY: the caller's guarantees, for rows r + k * apart (k < rows_per_tile)
+                // and tokens t..t + tile.
                 unsafe {
-                    match (rows, tile) {
-                        (4, _) => dense::<4, 1, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
-                        (2, 2) => dense::<2, 2, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
-                        (2, _) => dense::<2, 1, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
-                        (_, 4) => dense::<1, 4, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
-                        (_, 2) => dense::<1, 2, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
+                    match (rows_per_tile, tile) {
+                        (4, _) => dense::<4, 1, BF16>(rw, stride, xs, cols, ot, ostep, pf),
+                        (2, 2) => dense::<2, 2, BF16>(rw, stride, xs, cols, ot, ostep, pf),
+                        (2, _) => dense::<2, 1, BF16>(rw, stride, xs, cols, ot, ostep, pf),
+                        (_, 4) => dense::<1, 4, BF16>(rw, stride, xs, cols, ot, ostep, pf),
+                        (_, 2) => dense::<1, 2, BF16>(rw, stride, xs, cols, ot, ostep, pf),
+                        _ => dense::<1, 1, BF16>(rw, stride, xs, cols, ot, ostep, pf),
+                    }
+                }
+            }
+            // The rows past the last whole tile, one at a time.
+            for r in tiles * rows_per_tile..nrows {
+                let (rw, ot) = (&w[r * row_bytes..], &mut out[r * ostride + t..]);
+                // SAFETY: as above, for row r.
+                unsafe {
+                    match tile {
+                        4 => dense::<1, 4, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
+                        2 => dense::<1, 2, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
                         _ => dense::<1, 1, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
                     }
                 }
-                r += rows;
             }
             t += tile;
         }
@@ -205,7 +216,7 @@ pub(super) unsafe fn load8<const BF16: bool>(w: &[u8], c: usize) -> __m256 {
     }
 }
 
-/// Rows [0, R) (each `row_bytes` after the one before) against tokens x [T, cols] ->
+/// Rows [0, R) (each `stride` bytes after the one before) against tokens x [T, cols] ->
 /// out[r * ostride + t]; against bf16 rows, x's whole 16s hold their even elements and then
 /// their odd ones (`Acts`). Each (row, token) pair keeps two accumulators (the first and
 /// second 8 of each 16 of x) and sums them the same way in any tile, so a row's result does
@@ -213,13 +224,13 @@ pub(super) unsafe fn load8<const BF16: bool>(w: &[u8], c: usize) -> __m256 {
 /// latency that one row's two chains wait on.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; w holds R rows of `cols`, x holds T rows of `cols`, out reaches
-/// (R - 1) * ostride + T.
+/// The CPU has AVX2 and FMA; w holds R rows of `cols` `stride` bytes apart, x holds T rows
+/// of `cols`, out reaches (R - 1) * ostride + T.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
     w: &[u8],
-    row_bytes: usize,
+    stride: usize,
     x: &[f32],
     cols: usize,
     out: &mut [f32],
@@ -229,7 +240,7 @@ unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
     let mut acc0 = [[_mm256_setzero_ps(); T]; R];
     let mut acc1 = [[_mm256_setzero_ps(); T]; R];
     let xp = x.as_ptr();
-    let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+    let row = |r: usize| &w[r * stride..r * stride + cols * super::value_bytes::<BF16>()];
     let mut c = 0;
     // SAFETY (all loads below): c + 16 <= cols, or c + 8 <= cols for the half step, in rows
     // r < R of w and t < T of x.
@@ -237,7 +248,7 @@ unsafe fn dense<const R: usize, const T: usize, const BF16: bool>(
         for r in 0..R {
             if ahead {
                 _mm_prefetch::<_MM_HINT_T1>(
-                    w.as_ptr().wrapping_add(r * row_bytes + c * super::value_bytes::<BF16>() + PREFETCH_AHEAD).cast(),
+                    w.as_ptr().wrapping_add(r * stride + c * super::value_bytes::<BF16>() + PREFETCH_AHEAD).cast(),
                 );
             }
             // bf16: the even and odd elements of the 16, which x holds in that order.
