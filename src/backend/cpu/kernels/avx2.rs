@@ -97,32 +97,22 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
     for tile in [4usize, 2, 1] {
         while tb - t >= tile {
             let (xs, pf) = (&x[t * cols..], ahead && t == 0);
-            let (stride, ostep) = (apart * row_bytes, apart * ostride);
-            for i in 0..tiles {
-                let r = i * step;
+            // (rows in the tile, its first row, rows between its rows): the whole tiles, then
+            // the rows past the last of them one at a time.
+            let units = (0..tiles).map(|i| (rows_per_tile, i * step, apart));
+            for (rows, r, apart) in units.chain((tiles * rows_per_tile..nrows).map(|r| (1, r, 1))) {
                 let (rw, ot) = (&w[r * row_bytes..], &mut out[r * ostride + t..]);
-                // SAFETY: the caller's guarantees, for rows r + k * apart (k < rows_per_tile)
-                // and tokens t..t + tile.
+                let (stride, ostep) = (apart * row_bytes, apart * ostride);
+                // SAFETY: the caller's guarantees, for rows r + k * apart (k < rows) and tokens
+                // t..t + tile.
                 unsafe {
-                    match (rows_per_tile, tile) {
+                    match (rows, tile) {
                         (4, _) => dense::<4, 1, BF16>(rw, stride, xs, cols, ot, ostep, pf),
                         (2, 2) => dense::<2, 2, BF16>(rw, stride, xs, cols, ot, ostep, pf),
                         (2, _) => dense::<2, 1, BF16>(rw, stride, xs, cols, ot, ostep, pf),
                         (_, 4) => dense::<1, 4, BF16>(rw, stride, xs, cols, ot, ostep, pf),
                         (_, 2) => dense::<1, 2, BF16>(rw, stride, xs, cols, ot, ostep, pf),
                         _ => dense::<1, 1, BF16>(rw, stride, xs, cols, ot, ostep, pf),
-                    }
-                }
-            }
-            // The rows past the last whole tile, one at a time.
-            for r in tiles * rows_per_tile..nrows {
-                let (rw, ot) = (&w[r * row_bytes..], &mut out[r * ostride + t..]);
-                // SAFETY: as above, for row r.
-                unsafe {
-                    match tile {
-                        4 => dense::<1, 4, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
-                        2 => dense::<1, 2, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
-                        _ => dense::<1, 1, BF16>(rw, row_bytes, xs, cols, ot, ostride, pf),
                     }
                 }
             }
