@@ -66,8 +66,8 @@ fn sum_lines(lines: &[Line], isa: Isa) -> u64 {
             return unsafe { x86::sum_avx512(lines) };
         }
         if isa.is_avx2() {
-            // SAFETY: `Isa::current` gives AVX2 only where the CPU has it.
-            return unsafe { x86::sum_avx2(lines) };
+            // SAFETY: `Isa::current` gives AVX2 only where the CPU has it; one slice.
+            return unsafe { x86::sum_avx2_streams([lines]) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -122,32 +122,6 @@ mod x86 {
         }
         let total = _mm512_add_epi64(_mm512_add_epi64(acc[0], acc[1]), _mm512_add_epi64(acc[2], acc[3]));
         (_mm512_reduce_add_epi64(total) as u64).wrapping_add(super::sum_portable(rest))
-    }
-
-    /// Two lines a round, two 32-byte loads per line into four accumulators.
-    ///
-    /// # Safety
-    /// The CPU has AVX2.
-    #[target_feature(enable = "avx2")]
-    pub unsafe fn sum_avx2(lines: &[Line]) -> u64 {
-        let mut acc = [_mm256_setzero_si256(); 4];
-        let rounds = lines.chunks_exact(2);
-        let rest = rounds.remainder();
-        for round in rounds {
-            for (k, l) in round.iter().enumerate() {
-                // SAFETY: a Line is 64 bytes, 64-byte aligned: two aligned halves.
-                unsafe {
-                    let p = l.0.as_ptr().cast::<__m256i>();
-                    acc[2 * k] = _mm256_add_epi64(acc[2 * k], _mm256_load_si256(p));
-                    acc[2 * k + 1] = _mm256_add_epi64(acc[2 * k + 1], _mm256_load_si256(p.add(1)));
-                }
-            }
-        }
-        let total = _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
-        let mut words = [0u64; 4];
-        // SAFETY: words holds 32 bytes.
-        unsafe { _mm256_storeu_si256(words.as_mut_ptr().cast(), total) };
-        words.iter().fold(super::sum_portable(rest), |a, &b| a.wrapping_add(b))
     }
 
     /// S slices of equal length read side by side: a line of each a round, two 32-byte
