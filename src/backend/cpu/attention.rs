@@ -93,7 +93,7 @@ pub fn attend_heads(
     let blocks = entry_blocks(store, layer, slots, &mut scratch);
     let mut by_key = vec![0.0f32; n * h]; // [n, H] scores
     for &(k0, k1, rows) in &blocks {
-        block_dots(&acts, rows, k1 - k0, 0, h, &mut by_key[k0 * h..], h);
+        block_dots(&acts, rows, false, k1 - k0, 0, h, &mut by_key[k0 * h..], h);
     }
     let mut p = vec![0.0f32; h * n]; // [H, n] probabilities
     for head in 0..h {

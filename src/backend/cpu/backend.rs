@@ -424,7 +424,7 @@ impl Backend for Cpu {
             match rows_ref(kv_b, first) {
                 Some(rows) => {
                     let acts = Acts::new(Isa::current(), kv_b.is_mxfp4(), &lat, n, r);
-                    block_dots(&acts, rows, dv, 0, n, &mut out_t, n);
+                    block_dots(&acts, rows, false, dv, 0, n, &mut out_t, n);
                 }
                 None => {
                     let mut decoded = vec![0.0f32; r]; // [r]

@@ -80,7 +80,7 @@ pub fn score_span(
                 let block = (QUERY_BLOCK_ROWS / hi.max(1)).max(1) * hi;
                 for b0 in (0..tb).step_by(block) {
                     let bn = block.min(tb - b0);
-                    block_dots(&acts, keys, j - i, t0 + b0, bn, &mut dots[b0..], tb);
+                    block_dots(&acts, keys, false, j - i, t0 + b0, bn, &mut dots[b0..], tb);
                 }
             }
             None => {

@@ -60,23 +60,19 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
     } else {
         x
     };
-    // The input as each kind of weight reads it: MXFP4, dense in cache, dense from memory.
+    // The input as each kind of weight reads it (MXFP4, dense), made once per kind.
     let isa = Isa::current();
     let mxfp4_acts = any_mxfp4.then(|| Acts::new(isa, true, xq, n, cols));
-    let dense_acts = |cached: bool| {
-        let mut a = Acts::new(isa, false, x, n, cols);
-        a.cached = cached;
-        a
-    };
-    let cached = |w: &Linear| w.stored_bytes() <= CACHED_WEIGHT_BYTES;
-    let hot = ws.iter().any(|w| !w.is_mxfp4() && cached(w)).then(|| dense_acts(true));
-    let cold = ws.iter().any(|w| !w.is_mxfp4() && !cached(w)).then(|| dense_acts(false));
-    let inputs: Vec<(&Acts<'_>, &[f32])> = ws
+    let dense_acts = ws.iter().any(|w| !w.is_mxfp4()).then(|| Acts::new(isa, false, x, n, cols));
+    // (activations, x as given, whether the weight stays in cache) per weight.
+    let inputs: Vec<(&Acts<'_>, &[f32], bool)> = ws
         .iter()
-        .map(|w| match (w.is_mxfp4(), cached(w)) {
-            (true, _) => (mxfp4_acts.as_ref().expect("made for MXFP4 weights"), xq),
-            (false, true) => (hot.as_ref().expect("made for cached weights"), x),
-            (false, false) => (cold.as_ref().expect("made for weights from memory"), x),
+        .map(|w| {
+            let cached = w.stored_bytes() <= CACHED_WEIGHT_BYTES;
+            match w.is_mxfp4() {
+                true => (mxfp4_acts.as_ref().expect("made for MXFP4 weights"), xq, cached),
+                false => (dense_acts.as_ref().expect("made for dense weights"), x, cached),
+            }
         })
         .collect();
     // out_t [rows, n] per weight: each task owns whole rows of one.
@@ -88,8 +84,8 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
         tasks.extend(out_t.chunks_mut(rows * n).enumerate().map(|(b, chunk)| (i, b * rows, chunk)));
     }
     let run = |(i, r0, chunk): (usize, usize, &mut [f32])| {
-        let (acts, xs) = inputs[i];
-        row_block(acts, xs, ws[i], r0, chunk);
+        let (acts, xs, cached) = inputs[i];
+        row_block(acts, xs, ws[i], cached, r0, chunk);
     };
     let work: usize = ws.iter().map(|w| w.rows * cols * n).sum();
     if work >= super::PARALLEL_MIN_WORK {
@@ -113,8 +109,9 @@ fn task_rows(rows: usize, cols: usize, n: usize, threads: usize) -> usize {
 }
 
 /// Rows [r0, r0 + chunk.len() / n) of `w` against every token of `acts` (x [n, cols] as
-/// stored, for formats the kernels do not read) -> chunk [rows, n].
-fn row_block(acts: &Acts<'_>, x: &[f32], w: &Linear, r0: usize, chunk: &mut [f32]) {
+/// stored, for formats the kernels do not read) -> chunk [rows, n]; `cached` as for
+/// `block_dots`.
+fn row_block(acts: &Acts<'_>, x: &[f32], w: &Linear, cached: bool, r0: usize, chunk: &mut [f32]) {
     let (cols, n) = (w.cols, acts.n);
     let nrows = chunk.len() / n;
     let mut decoded = Vec::new(); // [cols], only for formats the kernels do not read
@@ -122,7 +119,7 @@ fn row_block(acts: &Acts<'_>, x: &[f32], w: &Linear, r0: usize, chunk: &mut [f32
         let tb = TOKEN_BLOCK.min(n - t0);
         let xs = &x[t0 * cols..(t0 + tb) * cols]; // plain rows, for the decoded fallback
         match rows_ref(w, r0) {
-            Some(rr) => block_dots(acts, rr, nrows, t0, tb, &mut chunk[t0..], n),
+            Some(rr) => block_dots(acts, rr, cached, nrows, t0, tb, &mut chunk[t0..], n),
             None => {
                 for (i, o) in chunk.chunks_mut(n).enumerate() {
                     decoded.resize(cols, 0.0);

@@ -193,8 +193,6 @@ pub struct Acts<'a> {
     int16: Option<int16::Int16Acts>, // [n, blocks, 32], AVX2-int16 and MXFP4 only
     /// [n, cols], each whole 16 of a row as [8 even | 8 odd], the rest as given: AVX2 dense only.
     bf16_split: Option<aligned::Aligned<f32>>,
-    /// The weight is small enough to stay in cache between uses (see `CACHED_WEIGHT_BYTES`).
-    pub cached: bool,
     pub n: usize,
     pub cols: usize,
 }
@@ -206,11 +204,11 @@ impl<'a> Acts<'a> {
         let x = &x[..n * cols];
         if mxfp4 && isa == Isa::Avx512Vnni {
             let int8 = Some(int8x2::Int8x2::new(x, n, cols));
-            return Acts { isa, x: XRows::Given(x), int8, int16: None, bf16_split: None, cached: false, n, cols };
+            return Acts { isa, x: XRows::Given(x), int8, int16: None, bf16_split: None, n, cols };
         }
         if mxfp4 && isa == Isa::Avx2Int16 {
             let int16 = Some(int16::Int16Acts::new(x, n, cols));
-            return Acts { isa, x: XRows::Given(x), int8: None, int16, bf16_split: None, cached: false, n, cols };
+            return Acts { isa, x: XRows::Given(x), int8: None, int16, bf16_split: None, n, cols };
         }
         let x = if mxfp4 && isa == Isa::Avx512 {
             XRows::Copied(split_even_odd(x, cols, 32))
@@ -222,7 +220,7 @@ impl<'a> Acts<'a> {
             XRows::Given(x)
         };
         let bf16_split = (isa.is_avx2() && !mxfp4).then(|| split_even_odd(x.deref_rows(), cols, 16));
-        Acts { isa, x, int8: None, int16: None, bf16_split, cached: false, n, cols }
+        Acts { isa, x, int8: None, int16: None, bf16_split, n, cols }
     }
 
     /// Rows [t0, t0 + len) in the kernel's layout.
@@ -286,7 +284,7 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
     if acts.isa.is_avx512() || (acts.int16.is_some() && matches!(w, RowRef::Mxfp4 { .. })) {
         // The AVX-512 and AVX2-int16 kernels tile tokens themselves.
         let n = out.len();
-        return block_dots(acts, w.as_rows(), 1, t0, n, out, n);
+        return block_dots(acts, w.as_rows(), false, 1, t0, n, out, n);
     }
     for (t, o) in (0..out.len()).step_by(TILE).zip(out.chunks_mut(TILE)) {
         let xs = acts.dense_rows(matches!(w, RowRef::Bf16(_)), t0 + t, o.len());
@@ -302,10 +300,14 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
 
 /// `nrows` rows of one weight against activation rows [t0, t0 + tb) ->
 /// out[r * ostride + t]: `acts_dots` for each row, in one call (a decode step's rows are
-/// short, and a call per row costs as much as the row).
+/// short, and a call per row costs as much as the row). `cached`: the weight is small enough
+/// to stay in cache between uses (see `CACHED_WEIGHT_BYTES`), so its rows are not prefetched
+/// nor read as far-apart streams.
+#[allow(clippy::too_many_arguments)]
 pub fn block_dots(
     acts: &Acts<'_>,
     w: RowsRef<'_>,
+    cached: bool,
     nrows: usize,
     t0: usize,
     tb: usize,
@@ -343,17 +345,17 @@ pub fn block_dots(
         // SAFETY: `Isa::available` listed AVX-512F before anyone could ask for it; rows and
         // buffers were checked above.
         (Isa::Avx512 | Isa::Avx512Vnni, _) => unsafe {
-            avx512::block_dots(w, nrows, xs, tb, cols, out, ostride, acts.cached)
+            avx512::block_dots(w, nrows, xs, tb, cols, out, ostride, cached)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY (both): `Isa::available` listed AVX2 and FMA before anyone could ask for
         // them; rows and buffers were checked above.
         (Isa::Avx2 | Isa::Avx2Int16, RowsRef::Bf16(b)) => unsafe {
-            avx2::dense_block_dots::<true>(b, nrows, xs, tb, cols, out, ostride, !acts.cached)
+            avx2::dense_block_dots::<true>(b, nrows, xs, tb, cols, out, ostride, !cached)
         },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2 | Isa::Avx2Int16, RowsRef::F32(b)) => unsafe {
-            avx2::dense_block_dots::<false>(b, nrows, xs, tb, cols, out, ostride, !acts.cached)
+            avx2::dense_block_dots::<false>(b, nrows, xs, tb, cols, out, ostride, !cached)
         },
         _ => {
             for r in 0..nrows {

@@ -174,10 +174,9 @@ fn a_token_gets_the_same_bits_in_any_row_block_and_tile() {
             for isa in Isa::available() {
                 for cached in [false, true] {
                     for tb in 1..=9 {
-                        let mut acts = Acts::new(isa, kind == "mxfp4", &x[..tb * cols], tb, cols);
-                        acts.cached = cached;
+                        let acts = Acts::new(isa, kind == "mxfp4", &x[..tb * cols], tb, cols);
                         let mut out = vec![f32::NAN; nrows * tb]; // [rows, tb]
-                        block_dots(&acts, w, nrows, 0, tb, &mut out, tb);
+                        block_dots(&acts, w, cached, nrows, 0, tb, &mut out, tb);
                         for (r, row) in rows.iter().enumerate() {
                             for t in 0..tb {
                                 let mut alone = [0.0f32];
@@ -243,7 +242,7 @@ fn special_scales_in_rows_of_whole_groups_are_fixed_up() {
         for isa in Isa::available() {
             let acts = Acts::new(isa, true, &x, tb, cols);
             let mut out = vec![0.0f32; nrows * tb]; // [rows, tb]
-            block_dots(&acts, RowsRef::Mxfp4 { codes: &codes, scales: &scales }, nrows, 0, tb, &mut out, tb);
+            block_dots(&acts, RowsRef::Mxfp4 { codes: &codes, scales: &scales }, false, nrows, 0, tb, &mut out, tb);
             for t in 0..tb {
                 let xt = &x[t * cols..(t + 1) * cols];
                 for r in 0..nrows {
@@ -350,7 +349,7 @@ fn kernel_read_speed() {
             let mut out2 = vec![0.0f32; 16 * n];
             let t = std::time::Instant::now();
             for q in (0..bf.len() / (2 * cols)).step_by(16) {
-                block_dots(&acts, RowsRef::Bf16(&bf[q * cols * 2..]), 16, 0, n, &mut out2, n);
+                block_dots(&acts, RowsRef::Bf16(&bf[q * cols * 2..]), false, 16, 0, n, &mut out2, n);
             }
             let s = t.elapsed().as_secs_f64();
             println!("{} bf16 x{n} tokens: {:.1} GB/s", isa.name(), bf.len() as f64 / s / 1e9);
@@ -358,7 +357,7 @@ fn kernel_read_speed() {
             let t = std::time::Instant::now();
             for q in (0..rows).step_by(16) {
                 let w = RowsRef::Mxfp4 { codes: &codes[q * cols / 2..], scales: &scales[q * cols / 32..] };
-                block_dots(&acts, w, 16, 0, n, &mut out2, n);
+                block_dots(&acts, w, false, 16, 0, n, &mut out2, n);
             }
             let s = t.elapsed().as_secs_f64();
             println!("{} mxfp4 x{n} tokens: {:.1} GB/s", isa.name(), (codes.len() + scales.len()) as f64 / s / 1e9);
@@ -460,7 +459,7 @@ fn kernel_tile_speed() {
             for ((_, acts, w), best) in weights.iter().zip(&mut best) {
                 let t = std::time::Instant::now();
                 for _ in 0..reps {
-                    block_dots(acts, *w, rows, 0, n, &mut out, n);
+                    block_dots(acts, *w, false, rows, 0, n, &mut out, n);
                 }
                 *best = best.max(macs / t.elapsed().as_secs_f64() / 1e9);
             }
@@ -493,10 +492,10 @@ fn w4a4_inputs_skip_the_second_term_with_the_same_bits() {
         let mut acts = Acts::new(Isa::Avx512Vnni, true, &x, tb, cols);
         assert!(acts.int8.as_ref().expect("VNNI activations").one_term, "{tb} tokens on the MXFP4 grid");
         let mut skipped = vec![f32::NAN; nrows * tb]; // [rows, tb]
-        block_dots(&acts, w, nrows, 0, tb, &mut skipped, tb);
+        block_dots(&acts, w, false, nrows, 0, tb, &mut skipped, tb);
         acts.int8.as_mut().expect("VNNI activations").one_term = false;
         let mut both = vec![f32::NAN; nrows * tb]; // [rows, tb]
-        block_dots(&acts, w, nrows, 0, tb, &mut both, tb);
+        block_dots(&acts, w, false, nrows, 0, tb, &mut both, tb);
         for (i, (a, b)) in skipped.iter().zip(&both).enumerate() {
             assert_eq!(a.to_bits(), b.to_bits(), "{tb} tokens: row {} token {}", i / tb, i % tb);
         }
