@@ -1,13 +1,22 @@
 //! The DSA lightning indexer's scores: for one query, per cached key,
 //! sum over heads of w_h * ReLU(q_h . k * dot_scale).
 
-use super::kernels::{Acts, Isa, block_dots};
+use super::index_dots::{self, HeadsT, weigh};
+use super::kernels::{Acts, Isa, block_dots, decode_range};
 use super::{HostKvStore, dot};
 
 /// One query's index scores against `keys` [T, Di]: q [Hi, Di], w [Hi] (already scaled).
 pub fn score_row(q: &[f32], w: &[f32], keys: &[f32], dot_scale: f32) -> Vec<f32> {
     let di = q.len() / w.len().max(1);
     keys.chunks(di).map(|k| score_key(q, w, k, dot_scale)).collect()
+}
+
+/// The query heads as a form of the kernels reads them.
+enum Heads<'a> {
+    /// Transposed for the outer products (`index_dots`).
+    Outer(HeadsT),
+    /// As the dot-product kernels' tokens.
+    Dots(Box<Acts<'a>>),
 }
 
 /// Keys scored per kernel call at most: a run of consecutive slots (a page or more).
@@ -36,11 +45,13 @@ pub fn score_slots(
 /// below `limits[j]` (its position + 1), and the limits ascend. Returns, per query, the
 /// scores of keys k0..min(limits[j], k0 + slots.len()) (none when limits[j] <= k0).
 ///
-/// Each run of consecutive slots goes through the dot-product kernels once, with the heads
-/// of every query that scores any of its keys as the tokens: a verification step's or a
-/// prompt chunk's queries then read each key once, not once each. A (key, query, head) dot
-/// is the same arithmetic in any tile of the kernels (and `dot` on a decoded key is that of
-/// one query alone), so a query's scores are the same bits whatever else is scored with it.
+/// Each run of consecutive slots goes through the kernels once, with the heads of every
+/// query that scores any of its keys: a verification step's or a prompt chunk's queries
+/// then read each key once, not once each. Heads by eights (the models' 32) go through the
+/// outer products of `index_dots`, fewer (the demo's 4) as the tokens of the dot-product
+/// kernels, where eight lanes would be half empty. A (key, query, head) dot is the same
+/// arithmetic in any tile of either (and `dot` on a decoded fp8 key is that of one query
+/// alone), so a query's scores are the same bits whatever else is scored with it.
 #[allow(clippy::too_many_arguments)]
 pub fn score_span(
     q: &[f32],
@@ -56,11 +67,14 @@ pub fn score_span(
     let hi = w.len() / k.max(1);
     assert!(q.len() == k * hi * di && w.len() == k * hi, "score_span: q or w is not [{k}, {hi}, {di}]");
     assert!(limits.is_sorted(), "score_span: limits not ascending");
-    let acts = Acts::new(Isa::current(), false, q, k * hi, di);
+    let heads = match hi > 0 && hi.is_multiple_of(8) {
+        true => Heads::Outer(HeadsT::new(q, k * hi, di)),
+        false => Heads::Dots(Box::new(Acts::new(Isa::current(), false, q, k * hi, di))),
+    };
     let mut rows: Vec<Vec<f32>> =
         limits.iter().map(|&l| Vec::with_capacity(l.saturating_sub(k0).min(slots.len()))).collect();
     let mut dots = vec![0.0f32; RUN * k * hi]; // [run, active queries x Hi]
-    let mut key = vec![0.0f32; di]; // [Di], a decoded fp8 key
+    let mut keys = vec![0.0f32; RUN * di]; // [run, Di] decoded (one at a time for the dot products)
     let mut i = 0;
     while i < slots.len() {
         // The queries that score key k0 + i, and so every key of this run they may see.
@@ -73,24 +87,39 @@ pub fn score_span(
             j += 1;
         }
         let (t0, tb) = (first * hi, (k - first) * hi);
-        match store.index_rows(layer, slots[i], j - i) {
-            // The kernels sweep all their tokens for each pair of keys: in blocks that stay
-            // in L1 beside the run's keys (a prompt chunk's queries would not).
-            Some(keys) => {
-                let block = (QUERY_BLOCK_ROWS / hi.max(1)).max(1) * hi;
-                for b0 in (0..tb).step_by(block) {
-                    let bn = block.min(tb - b0);
-                    block_dots(&acts, keys, false, j - i, t0 + b0, bn, &mut dots[b0..], tb);
-                }
-            }
-            None => {
-                for (r, &s) in slots[i..j].iter().enumerate() {
-                    store.read_index(layer, s, &mut key);
-                    for t in 0..tb {
-                        dots[r * tb + t] = dot(&q[(t0 + t) * di..(t0 + t + 1) * di], &key);
+        match &heads {
+            Heads::Outer(h) => {
+                // The run's keys as f32: in place formats in one pass over the run, fp8 key by key.
+                let n = (j - i) * di;
+                match store.index_rows(layer, slots[i], j - i) {
+                    Some(rows) => decode_range(rows.row(0, n), 0, &mut keys[..n]),
+                    None => {
+                        for (r, &s) in slots[i..j].iter().enumerate() {
+                            store.read_index(layer, s, &mut keys[r * di..(r + 1) * di]);
+                        }
                     }
                 }
+                index_dots::dots(&keys, j - i, h, t0, &mut dots, tb);
             }
+            Heads::Dots(acts) => match store.index_rows(layer, slots[i], j - i) {
+                // The kernels sweep all their tokens for each pair of keys: in blocks that
+                // stay in L1 beside the run's keys (a prompt chunk's queries would not).
+                Some(rows) => {
+                    let block = (QUERY_BLOCK_ROWS / hi.max(1)).max(1) * hi;
+                    for b0 in (0..tb).step_by(block) {
+                        let bn = block.min(tb - b0);
+                        block_dots(acts, rows, false, j - i, t0 + b0, bn, &mut dots[b0..], tb);
+                    }
+                }
+                None => {
+                    for (r, &s) in slots[i..j].iter().enumerate() {
+                        store.read_index(layer, s, &mut keys[..di]);
+                        for t in 0..tb {
+                            dots[r * tb + t] = dot(&q[(t0 + t) * di..(t0 + t + 1) * di], &keys[..di]);
+                        }
+                    }
+                }
+            },
         }
         for (r, d) in dots[..(j - i) * tb].chunks(tb).enumerate() {
             // The queries that see key k0 + i + r: a suffix, the limits ascending.
@@ -102,12 +131,6 @@ pub fn score_span(
         i = j;
     }
     rows
-}
-
-/// sum over heads of w_h * ReLU(dot_h * dot_scale); ReLU before the head weighting, as the
-/// weights may be negative.
-fn weigh(w: &[f32], dots: &[f32], dot_scale: f32) -> f32 {
-    w.iter().zip(dots).map(|(wh, d)| wh * (d * dot_scale).max(0.0)).sum()
 }
 
 fn score_key(q: &[f32], w: &[f32], k: &[f32], dot_scale: f32) -> f32 {
@@ -132,10 +155,12 @@ mod tests {
 
     #[test]
     fn queries_scored_together_get_the_bits_of_each_alone() {
-        // 3 x 20 and 4 x 32 heads; 40 queries are 120 and 160 query heads, more than one
-        // kernel call's block. Pages of 8 in shuffled order break the runs of consecutive
-        // slots; limits repeat, and some end before a span starts.
-        for (hi, di) in [(3, 20), (4, 32)] {
+        // 3 x 20 and 4 x 32 heads (the dot-product kernels; 40 queries are 120 and 160
+        // query heads, more than one kernel call's block), 8 x 20 and 40 x 64 (the outer
+        // products: 40 heads are a block of 32 and one of 8). Pages of 8 in shuffled order
+        // break the runs of consecutive slots; limits repeat, and some end before a span
+        // starts.
+        for (hi, di) in [(3, 20), (4, 32), (8, 20), (40, 64)] {
             for format in [KvFormat::F32, KvFormat::Bf16, KvFormat::Fp8E4m3] {
                 let keys = 300;
                 let g = KvGeometry { latent: 4, rope: 2, index: di, indexed: vec![true] };

@@ -5,6 +5,7 @@ mod act_quant;
 mod attention;
 mod backend;
 pub mod heap;
+mod index_dots;
 mod indexer;
 pub mod kernels;
 mod kv_store;
