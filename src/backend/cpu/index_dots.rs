@@ -21,8 +21,8 @@ const BLOCK_COLS: usize = 32;
 /// rows 64 KiB and more apart, on the same few cache sets, and the prefill ran slower than
 /// with the dot products.
 pub struct HeadsT {
-    pub cols: usize,
-    pub di: usize,
+    cols: usize,
+    di: usize,
     data: Vec<f32>, // [cols / 8, di, 8]
 }
 

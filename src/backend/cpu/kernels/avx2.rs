@@ -123,7 +123,7 @@ pub unsafe fn dense_block_dots<const BF16: bool>(
 
 /// Tokens in the next tile of `dense_block_dots` with `left` tokens to go: tiles of several
 /// rows take at most two tokens (`dense` keeps two accumulators per (row, token) in 16
-/// registers); single rows take six, else four, two, one. Six rows' two accumulators are
+/// registers); single rows take six, else four, two, one. Six tokens' two accumulators are
 /// twelve multiply-add chains: on Zen 2 (an FMA's latency 5 cycles, two issued a cycle) the
 /// eight of four tokens left the FMA units waiting. Measured on Zen 2 (EPYC family 23 model
 /// 49), bf16 rows in L2 (`kernel_tile_speed`, six and four alternated, best of 20 rounds):
