@@ -76,17 +76,16 @@ fn sum_lines(lines: &[Line], isa: Isa) -> u64 {
 }
 
 /// The wrapping sum of every word of `lines`, split in `STREAMS` equal parts read a line
-/// of each in turn (AVX2), or part after part where the CPU has no AVX2.
+/// of each in turn (AVX2), or in one pass where the CPU has no AVX2.
 fn sum_streams(lines: &[Line]) -> u64 {
-    let q = lines.len() / STREAMS;
-    let parts: [&[Line]; STREAMS] = std::array::from_fn(|k| &lines[k * q..(k + 1) * q]);
-    let rest = sum_portable(&lines[STREAMS * q..]);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
+        let q = lines.len() / STREAMS;
+        let parts: [&[Line]; STREAMS] = std::array::from_fn(|k| &lines[k * q..(k + 1) * q]);
         // SAFETY: checked just above that the CPU has AVX2; the parts are equally long.
-        return rest.wrapping_add(unsafe { x86::sum_avx2_streams(parts) });
+        return sum_portable(&lines[STREAMS * q..]).wrapping_add(unsafe { x86::sum_avx2_streams(parts) });
     }
-    parts.iter().fold(rest, |a, p| a.wrapping_add(sum_portable(p)))
+    sum_portable(lines)
 }
 
 /// Eight independent lanes, so the loop is bound by loads, not by one add chain.

@@ -59,19 +59,20 @@ pub fn dots(keys: &[f32], run: usize, h: &HeadsT, c0: usize, out: &mut [f32], os
     {
         let mut c = c0;
         while c < h.cols {
+            let width = (h.cols - c).min(BLOCK_COLS);
             let (o, q) = (&mut out[c - c0..], h.group(c / 8));
             // SAFETY: AVX2 and FMA were detected just above; keys hold run x di values, q
             // holds the block's groups of di x 8, and out reaches (run - 1) * ostride + the
             // block's columns (checked above).
             unsafe {
-                match (h.cols - c).min(BLOCK_COLS) / 8 {
+                match width / 8 {
                     4 => x86::dots::<4>(keys, run, di, q, o, ostride),
                     3 => x86::dots::<3>(keys, run, di, q, o, ostride),
                     2 => x86::dots::<2>(keys, run, di, q, o, ostride),
                     _ => x86::dots::<1>(keys, run, di, q, o, ostride),
                 }
             }
-            c += (h.cols - c).min(BLOCK_COLS);
+            c += width;
         }
         return;
     }

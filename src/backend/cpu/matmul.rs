@@ -64,15 +64,12 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
     let isa = Isa::current();
     let mxfp4_acts = any_mxfp4.then(|| Acts::new(isa, true, xq, n, cols));
     let dense_acts = ws.iter().any(|w| !w.is_mxfp4()).then(|| Acts::new(isa, false, x, n, cols));
-    // (activations, x as given, whether the weight stays in cache) per weight.
-    let inputs: Vec<(&Acts<'_>, &[f32], bool)> = ws
+    // (activations, x as given) per weight.
+    let inputs: Vec<(&Acts<'_>, &[f32])> = ws
         .iter()
-        .map(|w| {
-            let cached = w.stored_bytes() <= CACHED_WEIGHT_BYTES;
-            match w.is_mxfp4() {
-                true => (mxfp4_acts.as_ref().expect("made for MXFP4 weights"), xq, cached),
-                false => (dense_acts.as_ref().expect("made for dense weights"), x, cached),
-            }
+        .map(|w| match w.is_mxfp4() {
+            true => (mxfp4_acts.as_ref().expect("made for MXFP4 weights"), xq),
+            false => (dense_acts.as_ref().expect("made for dense weights"), x),
         })
         .collect();
     // out_t [rows, n] per weight: each task owns whole rows of one.
@@ -84,8 +81,8 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
         tasks.extend(out_t.chunks_mut(rows * n).enumerate().map(|(b, chunk)| (i, b * rows, chunk)));
     }
     let run = |(i, r0, chunk): (usize, usize, &mut [f32])| {
-        let (acts, xs, cached) = inputs[i];
-        row_block(acts, xs, ws[i], cached, r0, chunk);
+        let (acts, xs) = inputs[i];
+        row_block(acts, xs, ws[i], ws[i].stored_bytes() <= CACHED_WEIGHT_BYTES, r0, chunk);
     };
     let work: usize = ws.iter().map(|w| w.rows * cols * n).sum();
     if work >= super::PARALLEL_MIN_WORK {
