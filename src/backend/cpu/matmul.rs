@@ -62,7 +62,10 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
     };
     // The input as each kind of weight reads it (MXFP4, dense), made once per kind.
     let isa = Isa::current();
-    let mxfp4_acts = any_mxfp4.then(|| Acts::new(isa, true, xq, n, cols));
+    let mxfp4_acts = any_mxfp4.then(|| match quantize_input {
+        true => Acts::on_mxfp4_grid(isa, xq, n, cols),
+        false => Acts::new(isa, true, xq, n, cols),
+    });
     let dense_acts = ws.iter().any(|w| !w.is_mxfp4()).then(|| Acts::new(isa, false, x, n, cols));
     // (activations, x as given) per weight.
     let inputs: Vec<(&Acts<'_>, &[f32])> = ws

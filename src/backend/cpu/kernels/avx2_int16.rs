@@ -1,289 +1,94 @@
-//! AVX2 MXFP4 rows against int16 activations (`int16`), two blocks at a time: two byte
-//! shuffles turn the pair's 32 code bytes into its 64 weights as whole numbers (twice the
-//! E2M1 values, -12..12), unpacking them under a zero byte makes int16 lanes of 256 times
-//! those, four `vpmaddwd` per token take the 64 products into 8 int32 lanes exactly (four
-//! lanes a block, at most 2^30 each), and one fused multiply-add applies each block's weight
-//! and token scales. The 256 is taken out of the sum at the end, not out of the scales: a
-//! row scale of 2^-127 times a small token scale would leave f32's range.
-
-// Register tiles are indexed [row][token] in fixed-size loops.
-#![allow(clippy::needless_range_loop)]
+//! The int16 form (`int16`) of the AVX2 MXFP4 loop: two byte shuffles turn a pair's 32
+//! code bytes into its 64 weights as whole numbers (twice the E2M1 values, -12..12),
+//! unpacking them under a zero byte makes int16 lanes of 256 times those, and four
+//! `vpmaddwd` per token take the 64 products into 8 int32 lanes exactly (four lanes a block,
+//! at most 2^30 each). The 256 is taken out of the sum at the end (`SUM_UNIT`), not out of
+//! the scales: a row scale of 2^-127 times a small token scale would leave f32's range.
 
 use std::arch::x86_64::*;
 
-use super::avx2::hsum;
+use super::avx2_mxfp4::PairForm;
 use super::int16::Int16Acts;
-use super::mxfp4_tail;
-use crate::weights::decode::e8m0;
-
-/// Bytes ahead of the codes being read that each pair of blocks asks the L2 cache for: at
-/// this kernel's pace the hardware prefetcher alone left a core waiting on its loads.
-/// Measured on Zen 3 (`kernel_read_speed`, one core from memory): against one token
-/// 3.4 -> 6.5-6.7 GB/s in blocks of 16 rows and 3.6 -> 5.1-5.4 row by row; the mid-size
-/// decode step 13.7-17.0 -> 10.8-13.9 ms (median 14.9 -> 12.5), alternated.
-const PREFETCH_AHEAD: usize = 8192;
 
 /// Twice each E2M1 value by 4-bit code (bit 3 the sign), the table the shuffle reads.
 const E2M1_DOUBLED: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
-/// `nrows` MXFP4 rows (codes [rows, cols/2], scales [rows, cols/32]) against tokens
-/// [t0, t0 + tb) of `a` -> out[r * ostride + t]; `x` holds those tokens' f32 rows
-/// [tb, cols], read only past the last whole block. One call for a block of rows: a decode
-/// step's rows are short, and the calls around a row cost a third of it.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA; codes and scales hold `nrows` rows of `cols`, `a` was made
-/// from x [n, cols] with t0 + tb <= n, and out reaches (nrows - 1) * ostride + tb.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn block_dots(
-    codes: &[u8],
-    scales: &[u8],
-    nrows: usize,
-    a: &Int16Acts,
-    x: &[f32],
-    t0: usize,
-    tb: usize,
-    cols: usize,
-    out: &mut [f32],
-    ostride: usize,
-) {
-    let (cb, sb) = (cols.div_ceil(2), cols.div_ceil(32));
-    // One token takes rows in pairs: each row's loop is short against one token, and a pair
-    // shares the activation loads and the fixed costs around the loop.
-    let rows_at = |r: usize| if tb == 1 && r + 2 <= nrows { 2 } else { 1 };
-    // Token tiles outside, rows inside: a tile's activations stay in L1 while every row passes
-    // over them (rows outside streamed all tb tokens from L2 for each row; see `avx2::dense_block_dots`).
-    let mut t = 0;
-    for tile in [4usize, 2, 1] {
-        while tb - t >= tile {
-            let mut r = 0;
-            while r < nrows {
-                let rows = rows_at(r);
-                let (c, s, o) = (&codes[r * cb..], &scales[r * sb..], &mut out[r * ostride + t..]);
-                // SAFETY: the caller's guarantees, for rows r..r + rows and tokens
-                // t0 + t .. t0 + t + tile.
-                unsafe {
-                    match (rows, tile) {
-                        (2, _) => tile_dots::<2, 1>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
-                        (_, 4) => tile_dots::<1, 4>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
-                        (_, 2) => tile_dots::<1, 2>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
-                        _ => tile_dots::<1, 1>(c, s, cb, sb, a, t0 + t, o, ostride, t == 0),
-                    }
-                }
-                r += rows;
-            }
-            t += tile;
-        }
-    }
-    if !cols.is_multiple_of(32) {
-        for i in 0..nrows {
-            let (c, s) = (&codes[i * cb..(i + 1) * cb], &scales[i * sb..(i + 1) * sb]);
-            for (j, v) in out[i * ostride..i * ostride + tb].iter_mut().enumerate() {
-                *v += mxfp4_tail(c, s, &x[j * cols..(j + 1) * cols], cols);
-            }
-        }
+/// A code register's low nibbles as the doubled E2M1 values they code, a byte each.
+#[inline(always)]
+unsafe fn doubled(codes: __m256i) -> __m256i {
+    // SAFETY: the table is 16 bytes; the caller's target has AVX2.
+    unsafe {
+        let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(E2M1_DOUBLED.as_ptr().cast()));
+        _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, _mm256_set1_epi8(0x0F)))
     }
 }
 
-/// Blocks whose scale products (`combine_scales`) a tile works out at once: its buffer,
-/// R x T x 32 f32 (at most 512 bytes), lives on the stack.
-const SCALE_CHUNK: usize = 32;
+impl PairForm for Int16Acts {
+    /// [evens 0..14 of g | of g + 1], evens 16..30, odds 1..15, odds 17..31: the order
+    /// `int16` stores a pair's activations in.
+    type Pair = [__m256i; 4];
+    /// [evens 0..14 | odds 1..15], [evens 16..30 | odds 17..31].
+    type Lone = [__m256i; 2];
+    const SUM_UNIT: f32 = 1.0 / 256.0;
 
-/// The whole blocks of rows [0, R) (codes and scales from the first of them, rows cb and sb
-/// bytes apart) against tokens [t0, t0 + T) -> out[r * ostride + t]. Two accumulators per
-/// (row, token) (pairs of blocks in turn) keep the adds off one latency chain; every
-/// (row, token) sums its blocks in the same order in any tile.
-/// `ahead`: the rows' first tile of tokens, which prefetches them (`PREFETCH_AHEAD`); the
-/// later tiles find them in cache.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_dots<const R: usize, const T: usize>(
-    codes: &[u8],
-    scales: &[u8],
-    cb: usize,
-    sb: usize,
-    a: &Int16Acts,
-    t0: usize,
-    out: &mut [f32],
-    ostride: usize,
-    ahead: bool,
-) {
-    let nb = a.blocks;
-    // SAFETY: the table is 16 bytes.
-    let lut = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(E2M1_DOUBLED.as_ptr().cast()) });
-    let (nib, zero) = (_mm256_set1_epi8(0x0F), _mm256_setzero_si256());
-    // SAFETY (pointers): q [n, B, 32] holds tokens t0..t0 + T (the caller's guarantee), and
-    // block g < B of rows 0..R lies inside codes.
-    let qp = unsafe { a.q.as_ptr().add(t0 * nb * 32) };
-    // [R][T][SCALE_CHUNK]: row r's scale times token t's, for the chunk's blocks.
-    let mut combined = [[[0.0f32; SCALE_CHUNK]; T]; R];
-    // Blocks g and g + 1 at once: one 32-byte load holds both blocks' codes, and each
-    // int32 lane sums one block's products ([block g x 4 | block g + 1 x 4]), so the
-    // nibble split, the conversion and the scaling each take one instruction per pair.
-    // Zen 3, 64 rows of 1024 in L2, alternated with the loop over single blocks, best of
-    // 400: 1 token 1.13-1.17x, 2 tokens 1.10-1.18x, 4 tokens 1.04-1.09x, 64 tokens 1.03-1.05x.
-    // Chunks start at multiples of SCALE_CHUNK (a multiple of four), so a pair's products
-    // sit side by side at g % SCALE_CHUNK.
-    let add_pair = |g: usize, combined: &[[[f32; SCALE_CHUNK]; T]; R], acc: &mut [[__m256; T]; R]| {
-        let j = g % SCALE_CHUNK;
-        // Per row, 256 times the weights as int16: [evens 0..14 of g | of g + 1], evens
-        // 16..30, odds 1..15, odds 17..31, the order `int16` stores a pair's activations in.
-        let w: [[__m256i; 4]; R] = std::array::from_fn(|r| unsafe {
-            let b = _mm256_loadu_si256(codes.as_ptr().add(r * cb + 16 * g).cast());
-            let even = _mm256_shuffle_epi8(lut, _mm256_and_si256(b, nib));
-            let odd = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(b), nib));
-            [
-                _mm256_unpacklo_epi8(zero, even),
-                _mm256_unpackhi_epi8(zero, even),
-                _mm256_unpacklo_epi8(zero, odd),
-                _mm256_unpackhi_epi8(zero, odd),
-            ]
-        });
-        for t in 0..T {
-            unsafe {
-                let p = qp.add((t * nb + g) * 32);
-                let q: [__m256i; 4] = std::array::from_fn(|k| _mm256_loadu_si256(p.add(16 * k).cast()));
-                for r in 0..R {
-                    let w = &w[r];
-                    let d = _mm256_add_epi32(
-                        _mm256_add_epi32(_mm256_madd_epi16(w[0], q[0]), _mm256_madd_epi16(w[1], q[1])),
-                        _mm256_add_epi32(_mm256_madd_epi16(w[2], q[2]), _mm256_madd_epi16(w[3], q[3])),
-                    );
-                    let c = &combined[r][t];
-                    let s = _mm256_blend_ps::<0xF0>(
-                        _mm256_broadcast_ss(c.get_unchecked(j)),
-                        _mm256_broadcast_ss(c.get_unchecked(j + 1)),
-                    );
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[r][t]);
-                }
-            }
-        }
-    };
-    // An odd last block alone: the 16 code bytes broadcast to both lanes, the high nibbles'
-    // lane blended in (an insert would take a shuffle port).
-    let add_lone = |g: usize, combined: &[[[f32; SCALE_CHUNK]; T]; R], acc: &mut [[__m256; T]; R]| {
-        let j = g % SCALE_CHUNK;
-        let w: [(__m256i, __m256i); R] = std::array::from_fn(|r| unsafe {
-            let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(codes.as_ptr().add(r * cb + 16 * g).cast()));
-            let both = _mm256_blend_epi32::<0xF0>(b, _mm256_srli_epi16::<4>(b));
-            let w8 = _mm256_shuffle_epi8(lut, _mm256_and_si256(both, nib));
-            (_mm256_unpacklo_epi8(zero, w8), _mm256_unpackhi_epi8(zero, w8))
-        });
-        for t in 0..T {
-            unsafe {
-                let p = qp.add((t * nb + g) * 32);
-                let (q0, q1) = (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(16).cast()));
-                for r in 0..R {
-                    let (lo, hi) = w[r];
-                    let d = _mm256_add_epi32(_mm256_madd_epi16(lo, q0), _mm256_madd_epi16(hi, q1));
-                    let s = _mm256_broadcast_ss(combined[r][t].get_unchecked(j));
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), s, acc[r][t]);
-                }
-            }
-        }
-    };
-    let (mut even, mut odd) = ([[_mm256_setzero_ps(); T]; R], [[_mm256_setzero_ps(); T]; R]);
-    // Pairs go to `even` and `odd` in turn from the start of each chunk (a chunk is a
-    // multiple of four blocks but the last), the same sequence in every tile.
-    let mut c0 = 0;
-    while c0 < nb {
-        let len = SCALE_CHUNK.min(nb - c0);
-        for r in 0..R {
-            for t in 0..T {
-                let (rs, ts) =
-                    (&scales[r * sb + c0..r * sb + c0 + len], &a.scale[(t0 + t) * nb + c0..(t0 + t) * nb + c0 + len]);
-                // SAFETY: the CPU has AVX2 (this function's own requirement).
-                unsafe { combine_scales(rs, ts, &mut combined[r][t][..len]) };
-            }
-        }
-        let end = c0 + len;
-        let mut g = c0;
-        while g + 4 <= end {
-            if ahead {
-                for r in 0..R {
-                    _mm_prefetch::<_MM_HINT_T1>(codes.as_ptr().wrapping_add(r * cb + 16 * g + PREFETCH_AHEAD).cast());
-                }
-            }
-            add_pair(g, &combined, &mut even);
-            add_pair(g + 2, &combined, &mut odd);
-            g += 4;
-        }
-        if g + 2 <= end {
-            add_pair(g, &combined, &mut even);
-            g += 2;
-        }
-        if g < end {
-            add_lone(g, &combined, &mut odd);
-        }
-        c0 = end;
+    fn blocks(&self) -> usize {
+        self.blocks
     }
-    for r in 0..R {
-        for t in 0..T {
-            out[r * ostride + t] = hsum(_mm256_add_ps(even[r][t], odd[r][t])) * (1.0 / 256.0);
-        }
-    }
-}
 
-/// out[g] = e8m0(row_scales[g]) * token_scales[g], the factor of block g's integer sum for
-/// one (row, token), eight blocks at a time before the loop that uses them. Worked out per
-/// block inside that loop (a byte to a float register, a multiply, a broadcast: scalar and
-/// shuffle work beside a loop short of shuffle ports) it cost the one-token loop a sixth of
-/// its pace. Measured on Zen 3 in one process, alternated with the per-block form, best of
-/// 30 (with the broadcast code load below): one token 1.18-1.26x with the rows in L2,
-/// 1.06-1.21x from memory; 4 and 64 tokens 1.01-1.08x. The products are the scalar ones, bit
-/// for bit: exponents 0 and 0xFF become 2^-127 and NaN as in `e8m0`, then one IEEE multiply.
-///
-/// # Safety
-/// The CPU has AVX2.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn combine_scales(row_scales: &[u8], token_scales: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    debug_assert!(row_scales.len() == n && token_scales.len() == n);
-    let (ff, zero) = (_mm256_set1_epi32(0xFF), _mm256_setzero_si256());
-    let (nan, tiny) = (_mm256_set1_ps(f32::NAN), _mm256_castsi256_ps(_mm256_set1_epi32(1 << 22)));
-    let mut g = 0;
-    // SAFETY (loads and stores): g + 8 <= n, the length of all three.
-    while g + 8 <= n {
-        unsafe {
-            let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(row_scales.as_ptr().add(g).cast()));
-            let mut w = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(b));
-            w = _mm256_blendv_ps(w, nan, _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, ff)));
-            w = _mm256_blendv_ps(w, tiny, _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, zero)));
-            _mm256_storeu_ps(out.as_mut_ptr().add(g), _mm256_mul_ps(w, _mm256_loadu_ps(token_scales.as_ptr().add(g))));
-        }
-        g += 8;
+    fn scales(&self) -> &[f32] {
+        &self.scale
     }
-    for g in g..n {
-        out[g] = e8m0(row_scales[g]) * token_scales[g];
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pair(codes: *const u8) -> Self::Pair {
+        // SAFETY: the caller's guarantee.
+        let b = unsafe { _mm256_loadu_si256(codes.cast()) };
+        let (even, odd) = unsafe { (doubled(b), doubled(_mm256_srli_epi16::<4>(b))) };
+        let zero = _mm256_setzero_si256();
+        [
+            _mm256_unpacklo_epi8(zero, even),
+            _mm256_unpackhi_epi8(zero, even),
+            _mm256_unpacklo_epi8(zero, odd),
+            _mm256_unpackhi_epi8(zero, odd),
+        ]
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pair_sums(&self, w: &Self::Pair, t: usize, g: usize) -> __m256i {
+        // SAFETY: q [n, B, 32] holds token t's blocks g and g + 1 (the caller's guarantee).
+        let q: [__m256i; 4] = unsafe {
+            let p = self.q.as_ptr().add((t * self.blocks + g) * 32);
+            std::array::from_fn(|k| _mm256_loadu_si256(p.add(16 * k).cast()))
+        };
+        _mm256_add_epi32(
+            _mm256_add_epi32(_mm256_madd_epi16(w[0], q[0]), _mm256_madd_epi16(w[1], q[1])),
+            _mm256_add_epi32(_mm256_madd_epi16(w[2], q[2]), _mm256_madd_epi16(w[3], q[3])),
+        )
+    }
 
-    #[test]
-    fn combined_scales_are_the_scalar_products_bit_for_bit() {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            return;
-        }
-        // Every exponent byte (0 and 0xFF included) against token scales that are zero,
-        // NaN, subnormal, tiny and large, at lengths that leave tails of 0 to 7.
-        let token = [0.0f32, 1.5e-5, f32::NAN, 1e-40, 3.0e-39, 0.5, 2.0f32.powi(60), -0.25];
-        let bytes: Vec<u8> = (0..=255u8).collect();
-        for len in [1usize, 3, 7, 8, 9, 11, 16, 23, 32] {
-            for start in 0..=256 - len {
-                let rs = &bytes[start..start + len];
-                let ts: Vec<f32> = (0..len).map(|i| token[(start + i + len) % token.len()]).collect();
-                let mut got = vec![0.0f32; len];
-                // SAFETY: checked above that the CPU has AVX2 and FMA.
-                unsafe { combine_scales(rs, &ts, &mut got) };
-                for i in 0..len {
-                    let want = e8m0(rs[i]) * ts[i];
-                    assert_eq!(got[i].to_bits(), want.to_bits(), "byte {} token scale {}", rs[i], ts[i]);
-                }
-            }
-        }
+    /// The 16 code bytes broadcast to both lanes, the high nibbles' lane blended in (an
+    /// insert would take a shuffle port).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn lone(codes: *const u8) -> Self::Lone {
+        // SAFETY: the caller's guarantee.
+        let b = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(codes.cast()) });
+        // SAFETY: this function's target has AVX2.
+        let w8 = unsafe { doubled(_mm256_blend_epi32::<0xF0>(b, _mm256_srli_epi16::<4>(b))) };
+        let zero = _mm256_setzero_si256();
+        [_mm256_unpacklo_epi8(zero, w8), _mm256_unpackhi_epi8(zero, w8)]
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn lone_sums(&self, w: &Self::Lone, t: usize, g: usize) -> __m256i {
+        // SAFETY: q holds token t's block g (the caller's guarantee).
+        let (q0, q1) = unsafe {
+            let p = self.q.as_ptr().add((t * self.blocks + g) * 32);
+            (_mm256_loadu_si256(p.cast()), _mm256_loadu_si256(p.add(16).cast()))
+        };
+        _mm256_add_epi32(_mm256_madd_epi16(w[0], q0), _mm256_madd_epi16(w[1], q1))
     }
 }

@@ -6,7 +6,8 @@
 //! AVX-512 with VNNI (MXFP4 rows as integer dot products against activations in two int8
 //! terms, `int8x2`; everything else as AVX-512F), AVX-512F (16 lanes, a 16-entry E2M1 table
 //! in one register), AVX2 + FMA with MXFP4 rows as integer dot products against int16
-//! activations (`int16`), AVX2 + FMA all in f32 (8 lanes), and a portable path that is also
+//! activations (`int16`; int8, `int8`, where a W4A4 plan has put them on the MXFP4 grid),
+//! AVX2 + FMA all in f32 (8 lanes), and a portable path that is also
 //! the reference the others are tested against. `KILN_CPU_ISA` (`avx512-vnni`, `avx512`,
 //! `avx2-int16`, `avx2` or `portable`) picks a lower one than the CPU has, for comparisons;
 //! `avx512` and `avx2` are the best all-f32 sets.
@@ -25,10 +26,15 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_int16;
 #[cfg(target_arch = "x86_64")]
+mod avx2_int8;
+#[cfg(target_arch = "x86_64")]
+mod avx2_mxfp4;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod hsum;
 mod int16;
+mod int8;
 mod int8x2;
 mod portable;
 #[cfg(target_arch = "x86_64")]
@@ -94,7 +100,8 @@ pub enum Isa {
     Portable,
     /// AVX2 + FMA, every weight format against f32 activations.
     Avx2,
-    /// AVX2 + FMA, MXFP4 rows against int16 activations (`int16`).
+    /// AVX2 + FMA, MXFP4 rows against int16 activations (`int16`), or int8 ones on the
+    /// MXFP4 grid (`int8`).
     Avx2Int16,
     Avx512,
     /// AVX-512 plus BW and VNNI: MXFP4 rows against int8 activations (`int8x2`).
@@ -183,14 +190,14 @@ const TILE: usize = 8;
 /// order a block's code bytes decode in without shuffling), so that copy is made once per
 /// matmul here; the elements past the last whole block stay where they are. With VNNI,
 /// MXFP4 weights meet the activations as two int8 terms (`int8x2`), on AVX2-int16 as int16
-/// (`int16`), also made once here. Dense rows on AVX2 read 16 bf16 weights as 8 even and 8
+/// (`int16`) or, on the MXFP4 grid (`Acts::on_mxfp4_grid`), int8 (`int8`), also made once here. Dense rows on AVX2 read 16 bf16 weights as 8 even and 8
 /// odd ones (`avx2::dense`), so there each whole 16 of x is copied as its 8 even elements
 /// and then its 8 odd ones (`bf16_split`).
 pub struct Acts<'a> {
     isa: Isa,
-    x: XRows<'a>,                    // [n, cols]
-    int8: Option<int8x2::Int8x2>,    // [n, groups, ...], VNNI and MXFP4 only
-    int16: Option<int16::Int16Acts>, // [n, blocks, 32], AVX2-int16 and MXFP4 only
+    x: XRows<'a>,                  // [n, cols]
+    int8: Option<int8x2::Int8x2>,  // [n, groups, ...], VNNI and MXFP4 only
+    avx2_mxfp4: Option<Avx2Mxfp4>, // [n, blocks, 32], AVX2-int16 and MXFP4 only
     /// [n, cols], each whole 16 of a row as [8 even | 8 odd], the rest as given: AVX2 dense only.
     bf16_split: Option<aligned::Aligned<f32>>,
     pub n: usize,
@@ -204,11 +211,11 @@ impl<'a> Acts<'a> {
         let x = &x[..n * cols];
         if mxfp4 && isa == Isa::Avx512Vnni {
             let int8 = Some(int8x2::Int8x2::new(x, n, cols));
-            return Acts { isa, x: XRows::Given(x), int8, int16: None, bf16_split: None, n, cols };
+            return Acts { isa, x: XRows::Given(x), int8, avx2_mxfp4: None, bf16_split: None, n, cols };
         }
         if mxfp4 && isa == Isa::Avx2Int16 {
-            let int16 = Some(int16::Int16Acts::new(x, n, cols));
-            return Acts { isa, x: XRows::Given(x), int8: None, int16, bf16_split: None, n, cols };
+            let avx2_mxfp4 = Some(Avx2Mxfp4::Int16(int16::Int16Acts::new(x, n, cols)));
+            return Acts { isa, x: XRows::Given(x), int8: None, avx2_mxfp4, bf16_split: None, n, cols };
         }
         let x = if mxfp4 && isa == Isa::Avx512 {
             XRows::Copied(split_even_odd(x, cols, 32))
@@ -220,7 +227,23 @@ impl<'a> Acts<'a> {
             XRows::Given(x)
         };
         let bf16_split = (isa.is_avx2() && !mxfp4).then(|| split_even_odd(x.deref_rows(), cols, 16));
-        Acts { isa, x, int8: None, int16: None, bf16_split, n, cols }
+        Acts { isa, x, int8: None, avx2_mxfp4: None, bf16_split, n, cols }
+    }
+
+    /// x [n, cols] on the MXFP4 grid (a W4A4 plan's input to MXFP4 weights) for MXFP4
+    /// weights on `isa`. The AVX2 kernel takes such inputs as int8, which holds them
+    /// exactly; an input that turns out not to be on the grid goes as `new` makes it. The
+    /// choice is the plan's, not the batch's, so a token's numbers stay those of its own.
+    pub fn on_mxfp4_grid(isa: Isa, x: &'a [f32], n: usize, cols: usize) -> Acts<'a> {
+        assert!(x.len() >= n * cols, "Acts: x holds {} values, not [{n}, {cols}]", x.len());
+        let x = &x[..n * cols];
+        if isa == Isa::Avx2Int16
+            && let Some(q) = int8::Int8Acts::on_grid(x, n, cols)
+        {
+            let avx2_mxfp4 = Some(Avx2Mxfp4::Int8(q));
+            return Acts { isa, x: XRows::Given(x), int8: None, avx2_mxfp4, bf16_split: None, n, cols };
+        }
+        Acts::new(isa, true, x, n, cols)
     }
 
     /// Rows [t0, t0 + len) in the kernel's layout.
@@ -253,6 +276,12 @@ fn split_even_odd(x: &[f32], cols: usize, width: usize) -> aligned::Aligned<f32>
     split
 }
 
+/// MXFP4 activations for the AVX2 kernel (`avx2_mxfp4`): int16, or int8 on the MXFP4 grid.
+enum Avx2Mxfp4 {
+    Int16(int16::Int16Acts),
+    Int8(int8::Int8Acts),
+}
+
 /// The activation rows a kernel reads: the caller's, or a copy (aligned, reordered).
 enum XRows<'a> {
     Given(&'a [f32]),
@@ -281,7 +310,7 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
     let cols = acts.cols;
     assert!(t0 + out.len() <= acts.n, "acts_dots: tokens {t0}..{} of {}", t0 + out.len(), acts.n);
     check_row(&w, cols);
-    if acts.isa.is_avx512() || (acts.int16.is_some() && matches!(w, RowRef::Mxfp4 { .. })) {
+    if acts.isa.is_avx512() || (acts.avx2_mxfp4.is_some() && matches!(w, RowRef::Mxfp4 { .. })) {
         // The AVX-512 and AVX2-int16 kernels tile tokens themselves.
         let n = out.len();
         return block_dots(acts, w.as_rows(), false, 1, t0, n, out, n);
@@ -333,10 +362,19 @@ pub fn block_dots(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let (Some(a), RowsRef::Mxfp4 { codes, scales }) = (&acts.int16, w) {
-        // SAFETY: `int16` is made only for Isa::Avx2Int16, which `Isa::available` listed
-        // after checking AVX2 and FMA; rows and buffers were checked above.
-        unsafe { avx2_int16::block_dots(codes, scales, nrows, a, acts.rows(t0, tb), t0, tb, cols, out, ostride) };
+    if let (Some(a), RowsRef::Mxfp4 { codes, scales }) = (&acts.avx2_mxfp4, w) {
+        let x = acts.rows(t0, tb);
+        // SAFETY (both): `avx2_mxfp4` is made only for Isa::Avx2Int16, which
+        // `Isa::available` listed after checking AVX2 and FMA; rows and buffers were checked
+        // above.
+        match a {
+            Avx2Mxfp4::Int16(a) => unsafe {
+                avx2_mxfp4::block_dots(codes, scales, nrows, a, x, t0, tb, cols, out, ostride)
+            },
+            Avx2Mxfp4::Int8(a) => unsafe {
+                avx2_mxfp4::block_dots(codes, scales, nrows, a, x, t0, tb, cols, out, ostride)
+            },
+        }
         return;
     }
     let xs = acts.dense_rows(matches!(w, RowsRef::Bf16(_)), t0, tb);

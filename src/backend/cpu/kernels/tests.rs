@@ -449,12 +449,15 @@ fn kernel_tile_speed() {
         let macs = (reps * rows * cols * n) as f64;
         let dense = Acts::new(Isa::current(), false, &x, n, cols);
         let mxfp4 = Acts::new(Isa::current(), true, &x, n, cols);
+        let grid = crate::backend::cpu::quantize_mxfp4_activations(&x, cols);
+        let w4a4 = Acts::on_mxfp4_grid(Isa::current(), &grid, n, cols);
         let weights = [
             ("bf16", &dense, RowsRef::Bf16(&bf)),
             ("f32", &dense, RowsRef::F32(&f32w)),
             ("mxfp4", &mxfp4, RowsRef::Mxfp4 { codes: &codes, scales: &scales }),
+            ("mxfp4 w4a4", &w4a4, RowsRef::Mxfp4 { codes: &codes, scales: &scales }),
         ];
-        let mut best = [0.0f64; 3];
+        let mut best = [0.0f64; 4];
         for _ in 0..rounds {
             for ((_, acts, w), best) in weights.iter().zip(&mut best) {
                 let t = std::time::Instant::now();
@@ -499,5 +502,58 @@ fn w4a4_inputs_skip_the_second_term_with_the_same_bits() {
         for (i, (a, b)) in skipped.iter().zip(&both).enumerate() {
             assert_eq!(a.to_bits(), b.to_bits(), "{tb} tokens: row {} token {}", i / tb, i % tb);
         }
+    }
+}
+
+#[test]
+fn mxfp4_grid_inputs_go_to_avx2_as_exact_int8_dots() {
+    // W4A4 inputs (rounded to the MXFP4 grid) meet MXFP4 rows as int8 on AVX2: dot products
+    // within f32 accumulation of the exact sums, each token's bits the same alone as in a
+    // batch (pairs of rows against one token, tiles of 4, 2 and 1), close to the int16 path.
+    if !Isa::available().contains(&Isa::Avx2Int16) {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    let nrows = 5;
+    for cols in [32, 64, 96, 100, 257, 1024] {
+        let rows: Vec<Row> = (0..nrows).map(|_| random_row("mxfp4", cols, &mut rng)).collect();
+        let codes: Vec<u8> = rows.iter().flat_map(|r| r.bytes.iter().copied()).collect();
+        let scales: Vec<u8> = rows.iter().flat_map(|r| r.scales.iter().copied()).collect();
+        let w = RowsRef::Mxfp4 { codes: &codes, scales: &scales };
+        for tb in [1, 2, 3, 5, 9] {
+            let raw: Vec<f32> = (0..tb * cols).map(|_| rng.random_range(-3.0..3.0)).collect(); // [tb, cols]
+            let x = crate::backend::cpu::quantize_mxfp4_activations(&raw, cols);
+            let acts = Acts::on_mxfp4_grid(Isa::Avx2Int16, &x, tb, cols);
+            assert!(matches!(acts.avx2_mxfp4, Some(Avx2Mxfp4::Int8(_))), "cols {cols}: on the grid, int8");
+            let mut got = vec![f32::NAN; nrows * tb]; // [rows, tb]
+            block_dots(&acts, w, false, nrows, 0, tb, &mut got, tb);
+            let int16 = Acts::new(Isa::Avx2Int16, true, &x, tb, cols);
+            assert!(matches!(int16.avx2_mxfp4, Some(Avx2Mxfp4::Int16(_))));
+            let mut by_int16 = vec![f32::NAN; nrows * tb]; // [rows, tb]
+            block_dots(&int16, w, false, nrows, 0, tb, &mut by_int16, tb);
+            for t in 0..tb {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let alone_acts = Acts::on_mxfp4_grid(Isa::Avx2Int16, xt, 1, cols);
+                let mut alone = vec![f32::NAN; nrows]; // [rows, 1]
+                block_dots(&alone_acts, w, false, nrows, 0, 1, &mut alone, 1);
+                for (r, row) in rows.iter().enumerate() {
+                    let want: f64 = row.values.iter().zip(xt).map(|(w, &v)| w * f64::from(v)).sum();
+                    let size: f64 = row.values.iter().zip(xt).map(|(w, &v)| (w * f64::from(v)).abs()).sum();
+                    let tol = 1e-6 * size * (cols as f64).sqrt() + 1e-30;
+                    let g = got[r * tb + t];
+                    assert!((f64::from(g) - want).abs() <= tol, "cols {cols} tb {tb} row {r} token {t}: {g} vs {want}");
+                    assert!(
+                        (g - by_int16[r * tb + t]).abs() as f64 <= 2.0 * tol,
+                        "cols {cols}: int16 gave {}",
+                        by_int16[r * tb + t]
+                    );
+                    assert_eq!(g.to_bits(), alone[r].to_bits(), "cols {cols} tb {tb} row {r} token {t}: alone");
+                }
+            }
+        }
+        // Inputs off the grid, though the caller said otherwise, go as int16.
+        let raw: Vec<f32> = (0..cols).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let acts = Acts::on_mxfp4_grid(Isa::Avx2Int16, &raw, 1, cols);
+        assert!(cols < 32 || matches!(acts.avx2_mxfp4, Some(Avx2Mxfp4::Int16(_))), "cols {cols}: off the grid");
     }
 }
