@@ -10,7 +10,8 @@ use super::kernels::{Acts, Isa, accumulate_rows, block_dots};
 use super::matmul::rows_ref;
 use super::{
     HostKvStore, KeySet, Route, RouterConfig, attend_heads, dot, layer_norm_rows, matmul, matmul_many, rms_norm_rows,
-    rope::rotate, route, score_span, silu_mul, softmax, top_k,
+    rope::{rotate_by, sin_cos},
+    route, score_span, silu_mul, softmax, top_k,
 };
 use crate::backend::{Backend, MlaDims, MlpLinears, Selection, StepBatch};
 use crate::error::{Error, Result};
@@ -244,10 +245,12 @@ impl Backend for Cpu {
     fn rope(&self, x: &mut Rows, b: &CpuBatch, inv_freq: &Vec<f32>, heads: usize, offset: usize) -> Result<()> {
         let stride = x.width / heads;
         let rot = 2 * inv_freq.len();
+        let mut angles = vec![(0.0, 0.0); inv_freq.len()]; // [rot/2], one position's
         for (t, &pos) in b.step.positions.iter().enumerate() {
+            sin_cos(inv_freq, pos, &mut angles);
             for h in 0..heads {
                 let base = (t * heads + h) * stride + offset;
-                rotate(inv_freq, &mut x.data[base..base + rot], pos);
+                rotate_by(&angles, &mut x.data[base..base + rot]);
             }
         }
         Ok(())

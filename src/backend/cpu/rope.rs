@@ -25,15 +25,24 @@ impl Rope {
 
     /// Rotates the first `dim()` values of `x` for position `pos`.
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        rotate(&self.inv_freq, x, pos);
+        let mut angles = vec![(0.0, 0.0); self.inv_freq.len()]; // [d/2]
+        sin_cos(&self.inv_freq, pos, &mut angles);
+        rotate_by(&angles, x);
     }
 }
 
-/// Rotates the first 2 x inv_freq.len() values of `x` for position `pos`.
-pub fn rotate(inv_freq: &[f32], x: &mut [f32], pos: usize) {
+/// angles[i] = sin and cos of pos * inv_freq[i]: one position's rotation, which every head
+/// at that position shares (worked out once, not once a head).
+pub fn sin_cos(inv_freq: &[f32], pos: usize, angles: &mut [(f32, f32)]) {
     let p = pos as f32;
-    for (i, f) in inv_freq.iter().enumerate() {
-        let (s, c) = (p * f).sin_cos();
+    for (a, f) in angles.iter_mut().zip(inv_freq) {
+        *a = (p * f).sin_cos();
+    }
+}
+
+/// Rotates the first 2 x angles.len() values of `x` by `angles` (from `sin_cos`).
+pub fn rotate_by(angles: &[(f32, f32)], x: &mut [f32]) {
+    for (i, &(s, c)) in angles.iter().enumerate() {
         let (a, b) = (x[2 * i], x[2 * i + 1]);
         x[2 * i] = a * c - b * s;
         x[2 * i + 1] = b * c + a * s;
