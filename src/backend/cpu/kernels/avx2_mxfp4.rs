@@ -152,7 +152,7 @@ unsafe fn tile_dots<F: PairForm, const R: usize, const T: usize>(
     // sit side by side at g % SCALE_CHUNK.
     let add_pair = |g: usize, combined: &[[[f32; SCALE_CHUNK]; T]; R], acc: &mut [[__m256; T]; R]| {
         let j = g % SCALE_CHUNK;
-        // SAFETY (all three): block g + 1 < B of rows 0..R lies inside codes, and tokens
+        // SAFETY (both): block g + 1 < B of rows 0..R lies inside codes, and tokens
         // t0..t0 + T are the form's (the caller's guarantees).
         let w: [F::Pair; R] = std::array::from_fn(|r| unsafe { F::pair(codes.as_ptr().add(r * cb + 16 * g)) });
         for t in 0..T {

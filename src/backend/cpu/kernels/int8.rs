@@ -51,9 +51,9 @@ impl Int8Acts {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: checked just above that the CPU has AVX2.
-            return unsafe { quantize_avx2(x, cols, &mut a) }.then_some(a);
+            return unsafe { quantize_avx2(x, n, cols, &mut a) }.then_some(a);
         }
-        quantize(x, cols, &mut a).then_some(a)
+        quantize(x, n, cols, &mut a).then_some(a)
     }
 }
 
@@ -63,27 +63,24 @@ impl Int8Acts {
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn quantize_avx2(x: &[f32], cols: usize, a: &mut Int8Acts) -> bool {
-    quantize(x, cols, a)
+unsafe fn quantize_avx2(x: &[f32], n: usize, cols: usize, a: &mut Int8Acts) -> bool {
+    quantize(x, n, cols, a)
 }
 
 /// Every token's whole blocks of x [n, cols] into `a`; false at the first element off its
 /// block's grid.
 #[inline(always)]
-fn quantize(x: &[f32], cols: usize, a: &mut Int8Acts) -> bool {
-    let (blocks, n) = (a.blocks, a.scale.len() / a.blocks.max(1));
-    {
-        for t in 0..n {
-            let qt = &mut a.q[t * blocks * BLOCK..(t + 1) * blocks * BLOCK];
-            for b in 0..blocks {
-                let xs = &x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK];
-                let (first, alone) = (b - b % 2, is_alone(b, blocks));
-                let slots =
-                    if alone { &mut qt[first * BLOCK..][..BLOCK] } else { &mut qt[first * BLOCK..][..2 * BLOCK] };
-                let Some((scale, sum)) = quantize_block(xs, slots, |e| slot(e, b % 2, alone)) else { return false };
-                a.scale[t * blocks + b] = scale;
-                a.bias[(t * blocks + b) * 4] = WEIGHT_OFFSET * sum;
-            }
+fn quantize(x: &[f32], n: usize, cols: usize, a: &mut Int8Acts) -> bool {
+    let blocks = a.blocks;
+    for t in 0..n {
+        let qt = &mut a.q[t * blocks * BLOCK..(t + 1) * blocks * BLOCK];
+        for b in 0..blocks {
+            let xs = &x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK];
+            let (first, alone) = (b - b % 2, is_alone(b, blocks));
+            let slots = if alone { &mut qt[first * BLOCK..][..BLOCK] } else { &mut qt[first * BLOCK..][..2 * BLOCK] };
+            let Some((scale, sum)) = quantize_block(xs, slots, |e| slot(e, b % 2, alone)) else { return false };
+            a.scale[t * blocks + b] = scale;
+            a.bias[(t * blocks + b) * 4] = WEIGHT_OFFSET * sum;
         }
     }
     true

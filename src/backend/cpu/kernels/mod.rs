@@ -7,8 +7,8 @@
 //! terms, `int8x2`; everything else as AVX-512F), AVX-512F (16 lanes, a 16-entry E2M1 table
 //! in one register), AVX2 + FMA with MXFP4 rows as integer dot products against int16
 //! activations (`int16`; int8, `int8`, where a W4A4 plan has put them on the MXFP4 grid),
-//! AVX2 + FMA all in f32 (8 lanes), and a portable path that is also
-//! the reference the others are tested against. `KILN_CPU_ISA` (`avx512-vnni`, `avx512`,
+//! AVX2 + FMA all in f32 (8 lanes), and a portable path that is also the reference the
+//! others are tested against. `KILN_CPU_ISA` (`avx512-vnni`, `avx512`,
 //! `avx2-int16`, `avx2` or `portable`) picks a lower one than the CPU has, for comparisons;
 //! `avx512` and `avx2` are the best all-f32 sets.
 //!
@@ -190,9 +190,10 @@ const TILE: usize = 8;
 /// order a block's code bytes decode in without shuffling), so that copy is made once per
 /// matmul here; the elements past the last whole block stay where they are. With VNNI,
 /// MXFP4 weights meet the activations as two int8 terms (`int8x2`), on AVX2-int16 as int16
-/// (`int16`) or, on the MXFP4 grid (`Acts::on_mxfp4_grid`), int8 (`int8`), also made once here. Dense rows on AVX2 read 16 bf16 weights as 8 even and 8
-/// odd ones (`avx2::dense`), so there each whole 16 of x is copied as its 8 even elements
-/// and then its 8 odd ones (`bf16_split`).
+/// (`int16`) or, on the MXFP4 grid (`Acts::on_mxfp4_grid`), as int8 (`int8`), also made once
+/// here. Dense rows on AVX2 read 16 bf16 weights as 8 even and 8 odd ones (`avx2::dense`),
+/// so there each whole 16 of x is copied as its 8 even elements and then its 8 odd ones
+/// (`bf16_split`).
 pub struct Acts<'a> {
     isa: Isa,
     x: XRows<'a>,                  // [n, cols]
@@ -311,7 +312,7 @@ pub fn acts_dots(acts: &Acts<'_>, w: RowRef<'_>, t0: usize, out: &mut [f32]) {
     assert!(t0 + out.len() <= acts.n, "acts_dots: tokens {t0}..{} of {}", t0 + out.len(), acts.n);
     check_row(&w, cols);
     if acts.isa.is_avx512() || (acts.avx2_mxfp4.is_some() && matches!(w, RowRef::Mxfp4 { .. })) {
-        // The AVX-512 and AVX2-int16 kernels tile tokens themselves.
+        // The AVX-512 and AVX2 MXFP4 kernels tile tokens themselves.
         let n = out.len();
         return block_dots(acts, w.as_rows(), false, 1, t0, n, out, n);
     }
