@@ -1,6 +1,6 @@
-//! The int16 form (`int16`) of the AVX2 MXFP4 loop: two byte shuffles turn a pair's 32
-//! code bytes into its 64 weights as whole numbers (twice the E2M1 values, -12..12),
-//! unpacking them under a zero byte makes int16 lanes of 256 times those, and four
+//! The int16 form (`int16`) of the AVX2 MXFP4 loop: the loop's two byte shuffles turn a
+//! pair's 32 code bytes into its 64 weights as whole numbers (twice the E2M1 values,
+//! -12..12), unpacking them under a zero byte makes int16 lanes of 256 times those, and four
 //! `vpmaddwd` per token take the 64 products into 8 int32 lanes exactly (four lanes a block,
 //! at most 2^30 each). The 256 is taken out of the sum at the end (`SUM_UNIT`), not out of
 //! the scales: a row scale of 2^-127 times a small token scale would leave f32's range.
@@ -10,25 +10,14 @@ use std::arch::x86_64::*;
 use super::avx2_mxfp4::PairForm;
 use super::int16::Int16Acts;
 
-/// Twice each E2M1 value by 4-bit code (bit 3 the sign), the table the shuffle reads.
-const E2M1_DOUBLED: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-
-/// A code register's low nibbles as the doubled E2M1 values they code, a byte each.
-#[inline(always)]
-unsafe fn doubled(codes: __m256i) -> __m256i {
-    // SAFETY: the table is 16 bytes; the caller's target has AVX2.
-    unsafe {
-        let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(E2M1_DOUBLED.as_ptr().cast()));
-        _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, _mm256_set1_epi8(0x0F)))
-    }
-}
-
 impl PairForm for Int16Acts {
     /// [evens 0..14 of g | of g + 1], evens 16..30, odds 1..15, odds 17..31: the order
     /// `int16` stores a pair's activations in.
     type Pair = [__m256i; 4];
     /// [evens 0..14 | odds 1..15], [evens 16..30 | odds 17..31].
     type Lone = [__m256i; 2];
+    /// Twice each E2M1 value, as the bytes of an i8.
+    const TABLE: [u8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, 255, 254, 253, 252, 250, 248, 244];
     const SUM_UNIT: f32 = 1.0 / 256.0;
 
     fn blocks(&self) -> usize {
@@ -41,10 +30,7 @@ impl PairForm for Int16Acts {
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn pair(codes: *const u8) -> Self::Pair {
-        // SAFETY: the caller's guarantee.
-        let b = unsafe { _mm256_loadu_si256(codes.cast()) };
-        let (even, odd) = unsafe { (doubled(b), doubled(_mm256_srli_epi16::<4>(b))) };
+    unsafe fn pair(even: __m256i, odd: __m256i) -> Self::Pair {
         let zero = _mm256_setzero_si256();
         [
             _mm256_unpacklo_epi8(zero, even),
@@ -68,15 +54,9 @@ impl PairForm for Int16Acts {
         )
     }
 
-    /// The 16 code bytes broadcast to both lanes, the high nibbles' lane blended in (an
-    /// insert would take a shuffle port).
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn lone(codes: *const u8) -> Self::Lone {
-        // SAFETY: the caller's guarantee.
-        let b = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(codes.cast()) });
-        // SAFETY: this function's target has AVX2.
-        let w8 = unsafe { doubled(_mm256_blend_epi32::<0xF0>(b, _mm256_srli_epi16::<4>(b))) };
+    unsafe fn lone(w8: __m256i) -> Self::Lone {
         let zero = _mm256_setzero_si256();
         [_mm256_unpacklo_epi8(zero, w8), _mm256_unpackhi_epi8(zero, w8)]
     }

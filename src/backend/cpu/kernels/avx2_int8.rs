@@ -1,7 +1,7 @@
-//! The int8 form (`int8`) of the AVX2 MXFP4 loop, for activations on the MXFP4 grid: two
-//! byte shuffles turn a pair's 32 code bytes into its 64 weights as unsigned bytes (twice
-//! the E2M1 values plus 12, 0..24), two `vpmaddubsw` per token multiply them with the
-//! token's int8 values into int16 sums of two products (at most 2 x 24 x 127), one add and
+//! The int8 form (`int8`) of the AVX2 MXFP4 loop, for activations on the MXFP4 grid: the
+//! loop's two byte shuffles turn a pair's 32 code bytes into its 64 weights as unsigned
+//! bytes (twice the E2M1 values plus 12, 0..24), two `vpmaddubsw` per token multiply them
+//! with the token's int8 values into int16 sums of two products (at most 2 x 24 x 127), one add and
 //! one `vpmaddwd` by ones take those into 8 int32 lanes (four a block), and the bias the
 //! offset of 12 put in is taken off. Three multiplier instructions per 64 products where
 //! int16 takes four, and no unpacking.
@@ -10,29 +10,6 @@ use std::arch::x86_64::*;
 
 use super::avx2_mxfp4::PairForm;
 use super::int8::{Int8Acts, WEIGHT_OFFSET};
-
-/// Twice each E2M1 value plus `WEIGHT_OFFSET`, by 4-bit code (bit 3 the sign): the table the
-/// shuffle reads.
-const E2M1_DOUBLED_OFFSET: [u8; 16] = {
-    let doubled: [i32; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-    let mut t = [0u8; 16];
-    let mut i = 0;
-    while i < 16 {
-        t[i] = (doubled[i] + WEIGHT_OFFSET) as u8;
-        i += 1;
-    }
-    t
-};
-
-/// A code register's low nibbles as the offset doubled E2M1 values they code, a byte each.
-#[inline(always)]
-unsafe fn offset_doubled(codes: __m256i) -> __m256i {
-    // SAFETY: the table is 16 bytes; the caller's target has AVX2.
-    unsafe {
-        let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(E2M1_DOUBLED_OFFSET.as_ptr().cast()));
-        _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, _mm256_set1_epi8(0x0F)))
-    }
-}
 
 /// 16-bit sums of products into 32-bit lanes: each pair of neighbours added.
 #[inline(always)]
@@ -47,6 +24,17 @@ impl PairForm for Int8Acts {
     type Pair = [__m256i; 2];
     /// [evens | odds].
     type Lone = __m256i;
+    /// Twice each E2M1 value plus `WEIGHT_OFFSET`.
+    const TABLE: [u8; 16] = {
+        let doubled: [i32; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+        let mut t = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            t[i] = (doubled[i] + WEIGHT_OFFSET) as u8;
+            i += 1;
+        }
+        t
+    };
     const SUM_UNIT: f32 = 1.0;
 
     fn blocks(&self) -> usize {
@@ -58,13 +46,8 @@ impl PairForm for Int8Acts {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn pair(codes: *const u8) -> Self::Pair {
-        // SAFETY: the caller's guarantee; this function's target has AVX2.
-        unsafe {
-            let b = _mm256_loadu_si256(codes.cast());
-            [offset_doubled(b), offset_doubled(_mm256_srli_epi16::<4>(b))]
-        }
+    unsafe fn pair(even: __m256i, odd: __m256i) -> Self::Pair {
+        [even, odd]
     }
 
     #[inline]
@@ -81,15 +64,9 @@ impl PairForm for Int8Acts {
         }
     }
 
-    /// The 16 code bytes broadcast to both lanes, the high nibbles' lane blended in.
     #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn lone(codes: *const u8) -> Self::Lone {
-        // SAFETY: the caller's guarantee; this function's target has AVX2.
-        unsafe {
-            let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(codes.cast()));
-            offset_doubled(_mm256_blend_epi32::<0xF0>(b, _mm256_srli_epi16::<4>(b)))
-        }
+    unsafe fn lone(values: __m256i) -> Self::Lone {
+        values
     }
 
     #[inline]

@@ -21,28 +21,31 @@ pub(super) trait PairForm {
     type Pair: Copy;
     /// A row's odd last block, likewise.
     type Lone: Copy;
+    /// The byte each 4-bit code (bit 3 the sign) stands for in this form's weights.
+    const TABLE: [u8; 16];
     /// What each integer sum is worth beyond the block's weight and token scales.
     const SUM_UNIT: f32;
     /// Whole blocks per token (B).
     fn blocks(&self) -> usize;
     /// [n, B]: each token's block scales.
     fn scales(&self) -> &[f32];
-    /// Blocks g, g + 1 of a row from their 32 code bytes.
+    /// Blocks g, g + 1 of a row from their weights as `TABLE` bytes: `even` [evens of g |
+    /// evens of g + 1], `odd` likewise.
     ///
     /// # Safety
-    /// The CPU has AVX2; 32 bytes are readable at `codes`.
-    unsafe fn pair(codes: *const u8) -> Self::Pair;
+    /// The CPU has AVX2.
+    unsafe fn pair(even: __m256i, odd: __m256i) -> Self::Pair;
     /// Token t's products with a pair of blocks starting at block g (even), summed into
     /// [block g x 4 | block g + 1 x 4] int32 lanes.
     ///
     /// # Safety
     /// The CPU has AVX2; t is a token of this form and g + 1 < B.
     unsafe fn pair_sums(&self, w: &Self::Pair, t: usize, g: usize) -> __m256i;
-    /// An odd last block of a row from its 16 code bytes.
+    /// An odd last block of a row from its weights as `TABLE` bytes, [evens | odds].
     ///
     /// # Safety
-    /// The CPU has AVX2; 16 bytes are readable at `codes`.
-    unsafe fn lone(codes: *const u8) -> Self::Lone;
+    /// The CPU has AVX2.
+    unsafe fn lone(values: __m256i) -> Self::Lone;
     /// Token t's products with the odd last block g, summed into 8 int32 lanes.
     ///
     /// # Safety
@@ -141,6 +144,10 @@ unsafe fn tile_dots<F: PairForm, const R: usize, const T: usize>(
     ahead: bool,
 ) {
     let nb = a.blocks();
+    // SAFETY: the table is 16 bytes.
+    let lut = _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(F::TABLE.as_ptr().cast()) });
+    let nib = _mm256_set1_epi8(0x0F);
+    let values = |codes: __m256i| _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, nib));
     // [R][T][SCALE_CHUNK]: row r's scale times token t's, for the chunk's blocks.
     let mut combined = [[[0.0f32; SCALE_CHUNK]; T]; R];
     // Blocks g and g + 1 at once: one 32-byte load holds both blocks' codes, and each
@@ -154,7 +161,10 @@ unsafe fn tile_dots<F: PairForm, const R: usize, const T: usize>(
         let j = g % SCALE_CHUNK;
         // SAFETY (both): block g + 1 < B of rows 0..R lies inside codes, and tokens
         // t0..t0 + T are the form's (the caller's guarantees).
-        let w: [F::Pair; R] = std::array::from_fn(|r| unsafe { F::pair(codes.as_ptr().add(r * cb + 16 * g)) });
+        let w: [F::Pair; R] = std::array::from_fn(|r| unsafe {
+            let b = _mm256_loadu_si256(codes.as_ptr().add(r * cb + 16 * g).cast());
+            F::pair(values(b), values(_mm256_srli_epi16::<4>(b)))
+        });
         for t in 0..T {
             for r in 0..R {
                 unsafe {
@@ -171,8 +181,12 @@ unsafe fn tile_dots<F: PairForm, const R: usize, const T: usize>(
     };
     let add_lone = |g: usize, combined: &[[[f32; SCALE_CHUNK]; T]; R], acc: &mut [[__m256; T]; R]| {
         let j = g % SCALE_CHUNK;
-        // SAFETY (both): as in add_pair, for the odd last block.
-        let w: [F::Lone; R] = std::array::from_fn(|r| unsafe { F::lone(codes.as_ptr().add(r * cb + 16 * g)) });
+        // SAFETY (both): as in add_pair, for the odd last block. Its 16 code bytes go to
+        // both lanes, the high nibbles' lane blended in (an insert would take a shuffle port).
+        let w: [F::Lone; R] = std::array::from_fn(|r| unsafe {
+            let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(codes.as_ptr().add(r * cb + 16 * g).cast()));
+            F::lone(values(_mm256_blend_epi32::<0xF0>(b, _mm256_srli_epi16::<4>(b))))
+        });
         for t in 0..T {
             for r in 0..R {
                 unsafe {

@@ -76,14 +76,15 @@ fn quantize(x: &[f32], cols: usize, q: &mut [i16], scale: &mut [f32]) {
 /// returns its scale (s / 2).
 #[inline(always)]
 fn quantize_block(xs: &[f32], slots: &mut [i16], slot_of: impl Fn(usize) -> usize) -> f32 {
-    let finite = xs.iter().all(|v| v.is_finite());
-    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if !finite || amax == 0.0 {
-        for e in 0..BLOCK {
-            slots[slot_of(e)] = 0;
+    let amax = match block_amax(xs) {
+        Ok(amax) => amax,
+        Err(mark) => {
+            for e in 0..BLOCK {
+                slots[slot_of(e)] = 0;
+            }
+            return mark;
         }
-        return if finite { 0.0 } else { f32::NAN };
-    }
+    };
     let s = super::int8x2::pow2_at_least(amax / 32767.0);
     let inv = 1.0 / s;
     for (e, &v) in xs.iter().enumerate() {
@@ -92,9 +93,22 @@ fn quantize_block(xs: &[f32], slots: &mut [i16], slot_of: impl Fn(usize) -> usiz
     s / 2.0
 }
 
+/// A block's largest magnitude, or, for a block that has none to scale by, the scale that
+/// marks it (its slots stay 0): NaN for a non-finite element, 0 for a block of zeros.
+#[inline(always)]
+pub(super) fn block_amax(xs: &[f32]) -> Result<f32, f32> {
+    let finite = xs.iter().all(|v| v.is_finite());
+    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    match (finite, amax == 0.0) {
+        (false, _) => Err(f32::NAN),
+        (true, true) => Err(0.0),
+        (true, false) => Ok(amax),
+    }
+}
+
 /// Whether block b of `blocks` is an odd last block, which has no pair.
 #[inline(always)]
-fn is_alone(b: usize, blocks: usize) -> bool {
+pub(super) fn is_alone(b: usize, blocks: usize) -> bool {
     b + 1 == blocks && b.is_multiple_of(2)
 }
 

@@ -15,6 +15,7 @@
 //! its q, taken off again from `bias`.
 
 use super::aligned::Aligned;
+use super::int16::{block_amax, is_alone};
 
 /// Elements per block, the MXFP4 block size.
 const BLOCK: usize = 32;
@@ -90,14 +91,15 @@ fn quantize(x: &[f32], n: usize, cols: usize, a: &mut Int8Acts) -> bool {
 /// (s / 2) and the sum of its q, or None if an element is not a whole number of s.
 #[inline(always)]
 fn quantize_block(xs: &[f32], slots: &mut [i8], slot_of: impl Fn(usize) -> usize) -> Option<(f32, i32)> {
-    let finite = xs.iter().all(|v| v.is_finite());
-    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if !finite || amax == 0.0 {
-        for e in 0..BLOCK {
-            slots[slot_of(e)] = 0;
+    let amax = match block_amax(xs) {
+        Ok(amax) => amax,
+        Err(mark) => {
+            for e in 0..BLOCK {
+                slots[slot_of(e)] = 0;
+            }
+            return Some((mark, 0));
         }
-        return Some((if finite { 0.0 } else { f32::NAN }, 0));
-    }
+    };
     let s = super::int8x2::pow2_at_least(amax / 127.0);
     let inv = 1.0 / s;
     let mut sum = 0;
@@ -110,12 +112,6 @@ fn quantize_block(xs: &[f32], slots: &mut [i8], slot_of: impl Fn(usize) -> usize
         sum += q as i32;
     }
     Some((s / 2.0, sum))
-}
-
-/// Whether block b of `blocks` is an odd last block, which has no pair.
-#[inline(always)]
-fn is_alone(b: usize, blocks: usize) -> bool {
-    b + 1 == blocks && b.is_multiple_of(2)
 }
 
 /// The slot of element e of a block, counted from the first slot of its pair of blocks (`p`
