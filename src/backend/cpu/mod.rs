@@ -18,8 +18,15 @@ mod router;
 mod topk;
 pub mod warm;
 
-/// Multiply-adds below which splitting an op over the threads costs more than it saves.
-const PARALLEL_MIN_WORK: usize = 1 << 16;
+/// Multiply-adds below which splitting an op over the threads costs more than it saves. With
+/// the other workers kept spinning through a step (`warm`), a split costs a steal, not a
+/// wake-up, and ops of 16K to 64K multiply-adds (the demo model's attention heads, its
+/// projections of one token) gain from it. Measured on Zen 2 (EPYC family 23 model 49), steps
+/// alternating 16K and 64K in one `kiln bench decode`, five runs: demo one token 0.89-0.93 of
+/// the step, three tokens 0.96-0.97, sixteen 0.98-0.99; the mid-size model 0.99-1.01. Of the
+/// gain at one token, the per-head ops (`par_map`) took 0.93-0.94 alone and the matmuls 0.97.
+/// On Zen 3 an earlier session read 0.95-1.07 for 16K, no steady gain.
+const PARALLEL_MIN_WORK: usize = 1 << 14;
 
 pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_group};
 pub use attention::{KeySet, attend_heads, latent_attention};
