@@ -60,6 +60,46 @@ fn demo_mtp_drafts_as_trained() {
     assert!(agree * 100 >= s * 97, "MTP drafts agree with the training model on {agree} of {s} positions");
 }
 
+/// The MTP layer asked for the outputs of a few rows of a step (the engine's catch-up, which
+/// drafts from each request's last row) writes every row's entries and gives those rows the
+/// whole step's bits; a next step, which attends over all of them through the indexer's
+/// top-k, gives the same bits whichever rows the first step computed.
+#[test]
+fn mtp_rows_left_out_still_write_their_entries() {
+    let model = demo_model();
+    let d = model.shape.hidden_size as usize;
+    // Past the demo's index_topk (64), so the second step's keys are chosen by the indexer.
+    let ids: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % 4000 + 50).collect();
+    let hidden = model.forward(&ids, &mut model.new_cache(), None).unwrap(); // [150, D]
+    let split = 100;
+    let run = |first_outputs: &[usize]| -> (Vec<f32>, Vec<f32>) {
+        let mut cache = model.new_mtp_cache();
+        let step = cache.step(&model.backend, &ids[1..=split]).unwrap();
+        let first = model.mtp_step(0, &step, &hidden[..split * d], &mut cache.store, 0, first_outputs).unwrap();
+        cache.advance(split);
+        let rest = ids.len() - 1 - split;
+        let step = cache.step(&model.backend, &ids[split + 1..]).unwrap();
+        let every: Vec<usize> = (0..rest).collect();
+        let second =
+            model.mtp_step(0, &step, &hidden[split * d..(split + rest) * d], &mut cache.store, 0, &every).unwrap();
+        (first, second)
+    };
+    let every: Vec<usize> = (0..split).collect();
+    let (whole, next) = run(&every);
+    assert_eq!(whole.len(), split * d);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for rows in [vec![37, 99], vec![99], vec![]] {
+        let (some, next_after_some) = run(&rows);
+        let want: Vec<f32> = rows.iter().flat_map(|&r| whole[r * d..(r + 1) * d].iter().copied()).collect();
+        assert_eq!(bits(&some), bits(&want), "outputs of rows {rows:?}");
+        assert_eq!(bits(&next_after_some), bits(&next), "the next step after outputs of rows {rows:?}");
+    }
+    // A row past the step is refused, not read out of bounds.
+    let mut cache = model.new_mtp_cache();
+    let step = cache.step(&model.backend, &ids[1..4]).unwrap();
+    assert!(model.mtp_step(0, &step, &hidden[..3 * d], &mut cache.store, 0, &[3]).is_err());
+}
+
 #[test]
 fn serves_from_an_empty_directory() {
     let empty = tempfile::tempdir().unwrap();

@@ -55,6 +55,24 @@ impl StepBatch {
     pub fn slots(&self) -> Vec<usize> {
         (0..self.len()).map(|i| self.slot(i, self.positions[i])).collect()
     }
+
+    /// The step of `rows` alone (ascending), each at its own position in its own sequence, with
+    /// the page tables of the sequences they belong to and no outputs asked for.
+    pub fn subset(&self, rows: &[usize]) -> StepBatch {
+        let mut sub = StepBatch::new(self.page_size);
+        let mut seq_of: Vec<Option<usize>> = vec![None; self.page_tables.len()]; // old sequence -> new
+        for &r in rows {
+            let s = self.seq[r];
+            let new = *seq_of[s].get_or_insert_with(|| {
+                sub.page_tables.push(self.page_tables[s].clone());
+                sub.page_tables.len() - 1
+            });
+            sub.tokens.push(self.tokens[r]);
+            sub.positions.push(self.positions[r]);
+            sub.seq.push(new);
+        }
+        sub
+    }
 }
 
 /// What each query of a step attends to, as read back for traces.

@@ -138,30 +138,46 @@ fn draft_all<B: Backend>(e: &mut Engine<B>) {
     if catch.is_empty() {
         return;
     }
+    // The drafts wanted of each request, and the catch-up rows they come from (each
+    // drafting request's last): only those rows need the MTP layer's output.
+    let wants: Vec<usize> = catch
+        .iter()
+        .map(|(i, _, _)| {
+            let s = &e.running[*i];
+            let remaining = s.req.max_tokens.saturating_sub(s.generated);
+            let room = context.saturating_sub(s.tokens.len() + 1);
+            let want = depth.min(remaining.saturating_sub(1)).min(room);
+            if s.finish.is_some() || s.pending() != 1 { 0 } else { want }
+        })
+        .collect();
     let mut batch = StepBatch::new(e.table.page_size);
-    for (_, t, kv) in &catch {
-        batch.push(kv, t);
+    let mut outputs = Vec::new();
+    for ((_, t, kv), &want) in catch.iter().zip(&wants) {
+        let rows = batch.push(kv, t);
+        if want > 0 {
+            outputs.push(rows.end - 1);
+        }
     }
-    let Ok(out) = e.model.mtp_step(0, &batch, &hidden, &mut e.store, layer) else { return };
+    let Ok(out) = e.model.mtp_step(0, &batch, &hidden, &mut e.store, layer, &outputs) else { return };
 
     // 2. Pages whose main and MTP entries are both written join the prefix cache; the first
     //    draft of every decoding request comes from its last catch-up row.
     let mut first: Vec<(usize, Vec<f32>, usize)> = Vec::new(); // (running index, last output, drafts wanted)
-    let mut row = 0;
-    for (i, t, _) in &catch {
+    let mut out_rows = out.chunks(d); // [R, D]: one row per request that wants drafts, in order
+    for ((i, t, _), &want) in catch.iter().zip(&wants) {
         let s = &mut e.running[*i];
         s.mtp_len += t.len();
-        row += t.len();
         let upto = s.mtp_len.min(s.kv.len);
         e.table.commit(&mut s.kv, &s.tokens[..upto]);
-        let remaining = s.req.max_tokens.saturating_sub(s.generated);
-        let room = context.saturating_sub(s.tokens.len() + 1);
-        let want = depth.min(remaining.saturating_sub(1)).min(room);
-        let end = s.kv.len + want;
-        if s.finish.is_some() || s.pending() != 1 || want == 0 || e.table.reserve(&mut s.kv, end).is_err() {
+        if want == 0 {
             continue;
         }
-        first.push((*i, out[(row - 1) * d..row * d].to_vec(), want));
+        let o = out_rows.next().expect("an output row per request that drafts");
+        let end = s.kv.len + want;
+        if e.table.reserve(&mut s.kv, end).is_err() {
+            continue;
+        }
+        first.push((*i, o.to_vec(), want));
     }
     let rows: Vec<f32> = first.iter().flat_map(|(_, o, _)| o.iter().copied()).collect();
     let plains: Vec<bool> = first.iter().map(|(i, _, _)| plain(e, *i)).collect();
@@ -198,7 +214,8 @@ fn draft_all<B: Backend>(e: &mut Engine<B>) {
             batch.push(&at(&s.kv, s.kv.len + k - 1), &[*s.drafts.last().expect("one draft")]);
         }
         let hidden: Vec<f32> = active.iter().flat_map(|&c| chain[c].1.iter().copied()).collect();
-        let Ok(out) = e.model.mtp_step(0, &batch, &hidden, &mut e.store, layer) else { break };
+        let every: Vec<usize> = (0..active.len()).collect();
+        let Ok(out) = e.model.mtp_step(0, &batch, &hidden, &mut e.store, layer, &every) else { break };
         let plains: Vec<bool> = active.iter().map(|&c| plain(e, chain[c].0)).collect();
         let Some(choices) = draft_choices(e, &out, &plains) else { break };
         for (n, &c) in active.iter().enumerate() {

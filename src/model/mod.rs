@@ -196,6 +196,61 @@ impl<B: Backend> Model<B> {
         mla::dims(&self.shape)
     }
 
+    /// A last layer (no layer after it reads its output) that runs its own indexer (the MTP
+    /// layer), over h [N, D]: every row's KV entries written, its output [R, D] only for
+    /// `rows` (ascending; None when there are none). A row's entries depend on its own input alone,
+    /// and a row's output on the entries, never on another row's output, so the rows left
+    /// out cost their entries only and the others get the bits the whole step would give.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_outputs(
+        &self,
+        w: &LayerWeights<B>,
+        kv_layer: usize,
+        h: &B::Tensor,
+        step: &StepBatch,
+        batch: &B::Batch,
+        kv: &mut B::KvStore,
+        rows: &[usize],
+    ) -> Result<Option<B::Tensor>> {
+        // Without an indexer of its own the layer would need the selection of one before it.
+        if rows.len() == step.len() || w.indexer.is_none() {
+            let out = self.layer(w, kv_layer, h, step, batch, kv, None)?.0;
+            return if rows.len() == step.len() { Ok(Some(out)) } else { self.backend.gather(&out, rows).map(Some) };
+        }
+        self.write_entries_only(w, kv_layer, h, batch, kv)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let b = &self.backend;
+        let sub = step.subset(rows);
+        let (h_sub, sub_batch) = (b.gather(h, rows)?, b.batch(&sub)?);
+        // The rows' own entries are written again, the same values.
+        Ok(Some(self.layer(w, kv_layer, &h_sub, &sub, &sub_batch, kv, None)?.0))
+    }
+
+    /// A layer's KV entries (and indexer keys) for every row of h [N, D], as `layer` writes
+    /// them, and nothing else.
+    fn write_entries_only(
+        &self,
+        w: &LayerWeights<B>,
+        kv_layer: usize,
+        h: &B::Tensor,
+        batch: &B::Batch,
+        kv: &mut B::KvStore,
+    ) -> Result<()> {
+        let b = &self.backend;
+        let x = b.rms_norm(h, &w.input_norm, self.shape.rms_norm_eps as f32)?;
+        let mut of_x = vec![&w.attn.kv_a];
+        of_x.extend(w.indexer.as_ref().map(|ix| &ix.wk));
+        let mut ys = b.linears(&x, &of_x, self.act_quant)?.into_iter();
+        let ckv = ys.next().expect("kv_a");
+        mla::write_entries(b, &w.attn, &self.dims(), &self.inv_freq, &ckv, batch, kv, kv_layer)?;
+        if let Some(ix) = &w.indexer {
+            indexer::write_keys(b, ix, &self.inv_freq, &ys.next().expect("wk"), batch, kv, kv_layer)?;
+        }
+        Ok(())
+    }
+
     /// One decoder layer over h [N, D], its KV in store layer `kv_layer`. Returns the new h,
     /// the selection it made (layers with an indexer; the others reuse `previous`), and the
     /// routing when it is an MoE layer.

@@ -48,14 +48,17 @@ impl<B: Backend> Model<B> {
         cache: &mut SeqCache<B>,
     ) -> Result<Vec<f32>> {
         let step = cache.step(&self.backend, next_tokens)?;
-        let out = self.mtp_step(j, &step, hidden, &mut cache.store, 0)?;
+        let every: Vec<usize> = (0..step.len()).collect();
+        let out = self.mtp_step(j, &step, hidden, &mut cache.store, 0, &every)?;
         cache.advance(next_tokens.len());
         Ok(out)
     }
 
     /// MTP layer `j` over a step: the batch's tokens are the next tokens t_{i+1}, paired with
-    /// `hidden` rows h_i [N, D], their KV in store layer `kv_layer`. Returns the final-normed
-    /// outputs [N, D].
+    /// `hidden` rows h_i [N, D], their KV in store layer `kv_layer`. Every row's entries are
+    /// written; returns the final-normed outputs of `outputs` (ascending rows) [R, D], the
+    /// rows a draft is made from. The layer is the last one its input goes through, so the
+    /// other rows' attention and experts would feed nothing: they are not run.
     pub fn mtp_step(
         &self,
         j: usize,
@@ -63,6 +66,7 @@ impl<B: Backend> Model<B> {
         hidden: &[f32],
         kv: &mut B::KvStore,
         kv_layer: usize,
+        outputs: &[usize],
     ) -> Result<Vec<f32>> {
         let w = self.weights.mtp.get(j).ok_or_else(|| {
             Error::Usage(format!("the model has {} MTP layer(s), not layer {j}", self.weights.mtp.len()))
@@ -78,7 +82,12 @@ impl<B: Backend> Model<B> {
         let e = b.rms_norm(&b.embed(&self.weights.embed, &batch)?, &w.enorm, eps)?;
         let hn = b.rms_norm(&b.upload(hidden.to_vec(), d)?, &w.hnorm, eps)?;
         let z = b.linear(&b.concat(&e, &hn)?, &w.eh_proj, self.act_quant)?;
-        let (out, _, _) = self.layer(&w.layer, kv_layer, &z, step, &batch, kv, None)?;
+        if let Some(&r) = outputs.iter().find(|&&r| r >= step.len()) {
+            return Err(Error::Usage(format!("MTP output row {r} of a step of {} tokens", step.len())));
+        }
+        let Some(out) = self.layer_outputs(&w.layer, kv_layer, &z, step, &batch, kv, outputs)? else {
+            return Ok(Vec::new());
+        };
         b.download(&b.rms_norm(&out, &w.head_norm, eps)?)
     }
 }
