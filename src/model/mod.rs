@@ -198,9 +198,9 @@ impl<B: Backend> Model<B> {
 
     /// A last layer (no layer after it reads its output) that runs its own indexer (the MTP
     /// layer), over h [N, D]: every row's KV entries written, its output [R, D] only for
-    /// `rows` (ascending; None when there are none). A row's entries depend on its own input alone,
-    /// and a row's output on the entries, never on another row's output, so the rows left
-    /// out cost their entries only and the others get the bits the whole step would give.
+    /// `rows` (ascending; None when there are none). A row's entries depend on its own input
+    /// alone, and a row's output on the entries, never on another row's output, so the rows
+    /// left out cost their entries only and the others get the bits the whole step would give.
     #[allow(clippy::too_many_arguments)]
     fn layer_outputs(
         &self,
@@ -215,7 +215,11 @@ impl<B: Backend> Model<B> {
         // Without an indexer of its own the layer would need the selection of one before it.
         if rows.len() == step.len() || w.indexer.is_none() {
             let out = self.layer(w, kv_layer, h, step, batch, kv, None)?.0;
-            return if rows.len() == step.len() { Ok(Some(out)) } else { self.backend.gather(&out, rows).map(Some) };
+            return match rows.len() {
+                0 => Ok(None),
+                n if n == step.len() => Ok(Some(out)),
+                _ => self.backend.gather(&out, rows).map(Some),
+            };
         }
         self.write_entries_only(w, kv_layer, h, batch, kv)?;
         if rows.is_empty() {
