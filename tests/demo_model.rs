@@ -100,6 +100,42 @@ fn mtp_rows_left_out_still_write_their_entries() {
     assert!(model.mtp_step(0, &step, &hidden[..3 * d], &mut cache.store, 0, &[3]).is_err());
 }
 
+/// A step that hands back the logits of a few rows runs its last layer whole for those rows
+/// only (the others' entries written): their logits, and a later step's, have the bits of a
+/// step that computed every row, whether the prompt goes whole or in chunks.
+#[test]
+fn a_step_runs_its_last_layer_for_the_rows_it_returns() {
+    let model = demo_model();
+    let v = model.vocab_size();
+    // Past the demo's index_topk (64), so the last layer's keys are chosen by its indexer.
+    let ids: Vec<u32> = (0..151u32).map(|i| (i * 53 + 7) % 4000 + 50).collect();
+    let (prompt, next) = (&ids[..150], &ids[150..]);
+    // Prompt chunks with the rows each asks logits of -> those logits, then the next token's.
+    let run = |chunks: &[(std::ops::Range<usize>, Vec<usize>)]| -> Vec<u32> {
+        let mut cache = model.new_cache();
+        let mut bits = Vec::new();
+        for (range, rows) in chunks {
+            let mut step = cache.step(&model.backend, &prompt[range.clone()]).unwrap();
+            step.logits_rows = rows.clone();
+            bits.extend(model.step(&step, &mut cache.store, None).unwrap().logits.iter().map(|x| x.to_bits()));
+            cache.advance(range.len());
+        }
+        let mut step = cache.step(&model.backend, next).unwrap();
+        step.logits_rows = vec![0];
+        bits.extend(model.step(&step, &mut cache.store, None).unwrap().logits.iter().map(|x| x.to_bits()));
+        bits
+    };
+    let whole = run(&[(0..150, (0..150).collect())]);
+    let rows_of_whole = |rows: &[usize]| -> Vec<u32> {
+        let mut b: Vec<u32> = rows.iter().flat_map(|&r| whole[r * v..(r + 1) * v].iter().copied()).collect();
+        b.extend_from_slice(&whole[150 * v..]);
+        b
+    };
+    assert_eq!(run(&[(0..150, vec![99, 149])]), rows_of_whole(&[99, 149]));
+    assert_eq!(run(&[(0..150, vec![149])]), rows_of_whole(&[149]));
+    assert_eq!(run(&[(0..120, vec![]), (120..150, vec![29])]), rows_of_whole(&[149]));
+}
+
 #[test]
 fn serves_from_an_empty_directory() {
     let empty = tempfile::tempdir().unwrap();
@@ -131,7 +167,9 @@ fn serves_from_an_empty_directory() {
 fn the_prefill_bench_counts_the_multiply_adds_of_the_forwards_math() {
     // 16 tokens, fewer than the indexer's top-k: every token attends to all its causal keys
     // and no key is scored, so of the indexer only its keys (wk) are projected, for later
-    // steps. The count from the plan's shape alone, weight by weight.
+    // steps. The last layer runs whole for the last token only, whose logits the step
+    // returns; the others only write their entries there (kv_a and wk). The count from the
+    // plan's shape alone, weight by weight.
     let model = demo_model();
     let n = 16u64;
     let row = kiln::bench::forward::prefill(&model, kiln::kv::KvFormat::Bf16, n as usize, 1).unwrap();
@@ -153,8 +191,13 @@ fn the_prefill_bench_counts_the_multiply_adds_of_the_forwards_math() {
             m.n_routed_experts * d + m.n_shared_experts * expert + m.num_experts_per_tok * expert
         };
         let ix = if layer.indexer.is_some() { indexer } else { 0 };
-        let keys: u64 = (1..=n).sum();
-        want += n * (attn + ix + ffn) + keys * h * (2 * lat + rope);
+        if i + 1 == model.weights.layers.len() {
+            assert!(layer.indexer.is_some(), "the demo's last layer runs its own indexer");
+            want += attn + ix + ffn + n * h * (2 * lat + rope) + (n - 1) * ((lat + rope) * d + ix);
+        } else {
+            let keys: u64 = (1..=n).sum();
+            want += n * (attn + ix + ffn) + keys * h * (2 * lat + rope);
+        }
     }
     assert_eq!(row.macs, want as f64);
 }

@@ -143,6 +143,19 @@ fn layer_fixed_linears(l: &LayerWeights<Cpu>, scoring: bool) -> Vec<&crate::weig
     ws
 }
 
+/// The linears a row that only writes its KV entries goes through (`Trace::whole_rows`).
+fn entry_linears(l: &LayerWeights<Cpu>) -> Vec<&crate::weights::Linear> {
+    let mut ws = vec![&l.attn.kv_a];
+    ws.extend(l.indexer.as_ref().map(|ix| &ix.wk));
+    ws
+}
+
+/// The positions of the rows layer `i` ran whole: every row's but where the trace says
+/// otherwise (the last layer of a step that returned a few rows).
+fn whole_positions(trace: &Trace, i: usize, positions: &[usize]) -> Vec<usize> {
+    trace.whole_rows.get(&i).map_or_else(|| positions.to_vec(), |rows| rows.iter().map(|&r| positions[r]).collect())
+}
+
 /// Bytes of a layer every token reads: its fixed linears, norms and router.
 fn layer_fixed_bytes(l: &LayerWeights<Cpu>, scoring: bool) -> usize {
     let f = |v: &Vec<f32>| v.len() * 4;
@@ -167,9 +180,12 @@ fn step_bytes(model: &Model<Cpu>, format: KvFormat, trace: &Trace, positions: &[
     let geometry = model.kv_geometry();
     let (mla, index) = (format.mla_bytes(&geometry), format.index_bytes(&geometry));
     let topk = model.shape.index_topk as usize;
-    let scoring = crate::model::projections::scoring(topk, positions);
     for (i, l) in w.layers.iter().enumerate() {
-        bytes += layer_fixed_bytes(l, scoring);
+        let whole = whole_positions(trace, i, positions);
+        bytes += match whole.is_empty() {
+            true => linears_bytes(&entry_linears(l)),
+            false => layer_fixed_bytes(l, crate::model::projections::scoring(topk, &whole)),
+        };
         if let (Ffn::Moe(moe), Some(routes)) = (&l.ffn, trace.experts.get(&i)) {
             let used: BTreeSet<u32> = routes.iter().flat_map(|r| r.experts.iter().copied()).collect();
             bytes += used
@@ -178,7 +194,7 @@ fn step_bytes(model: &Model<Cpu>, format: KvFormat, trace: &Trace, positions: &[
                 .map(|x| linears_bytes(&[&x.gate, &x.up, &x.down]))
                 .sum::<usize>();
         }
-        for &p in positions {
+        for &p in &whole {
             bytes += (p + 1).min(topk) * mla;
             if l.indexer.is_some() && p + 1 > topk {
                 bytes += (p + 1) * index;
@@ -199,10 +215,12 @@ fn step_macs(model: &Model<Cpu>, trace: &Trace, positions: &[usize], logit_rows:
     let (heads, latent, rope) = (m.num_attention_heads as usize, m.kv_lora_rank as usize, m.qk_rope_head_dim as usize);
     let index = m.index_n_heads as usize * m.index_head_dim as usize;
     let mut macs = logit_rows * params(&[w.lm_head()]);
-    let scoring = crate::model::projections::scoring(topk, positions);
     for (i, l) in w.layers.iter().enumerate() {
         let router = if let Ffn::Moe(moe) = &l.ffn { moe.router.len() } else { 0 };
-        macs += n * (params(&layer_fixed_linears(l, scoring)) + router);
+        let whole = whole_positions(trace, i, positions);
+        let scoring = crate::model::projections::scoring(topk, &whole);
+        macs += whole.len() * (params(&layer_fixed_linears(l, scoring)) + router);
+        macs += (n - whole.len()) * params(&entry_linears(l));
         if let (Ffn::Moe(moe), Some(routes)) = (&l.ffn, trace.experts.get(&i)) {
             let expert = |e: u32| {
                 let x = &moe.experts[e as usize];
@@ -210,7 +228,7 @@ fn step_macs(model: &Model<Cpu>, trace: &Trace, positions: &[usize], logit_rows:
             };
             macs += routes.iter().flat_map(|r| r.experts.iter()).map(|&e| expert(e)).sum::<usize>();
         }
-        for &p in positions {
+        for &p in &whole {
             macs += (p + 1).min(topk) * heads * (2 * latent + rope);
             if l.indexer.is_some() && p + 1 > topk {
                 macs += (p + 1) * index;

@@ -33,6 +33,10 @@ pub struct Trace {
     pub topk: BTreeMap<usize, Selection>,
     /// Layer -> each token's routed experts (MoE layers only).
     pub experts: BTreeMap<usize, Vec<Route>>,
+    /// Layer -> the rows it ran whole, where not every row: the last layer of a step that
+    /// returns a few rows' logits (`topk` and `experts` then hold those rows'), the other
+    /// rows having only written their entries.
+    pub whole_rows: BTreeMap<usize, Vec<usize>>,
 }
 
 /// What one step returns to the host.
@@ -145,35 +149,82 @@ impl<B: Backend> Model<B> {
         let batch = b.batch(step)?;
         let mut h = b.embed(&self.weights.embed, &batch)?;
         let mut selection: Option<B::Selection> = None;
-        for (i, layer) in self.weights.layers.iter().enumerate() {
-            let (out, sel, routing) = self.layer(layer, i, &h, step, &batch, kv, selection.as_ref())?;
-            h = out;
-            if let Some(t) = trace.as_deref_mut() {
-                if let Some(s) = &sel {
+        // The rows the step hands back logits or a token of, when that is all it hands back:
+        // the last layer then runs whole for those rows only (`layer_outputs`), the others'
+        // entries written. A prompt chunk's rows but its last need nothing more.
+        let outputs = self.step_outputs(step);
+        let last = self.weights.layers.len().saturating_sub(1);
+        let record = |trace: Option<&mut Trace>, i: usize, sel: &Option<B::Selection>, routing: &Option<B::Routing>| {
+            if let Some(t) = trace {
+                if let Some(s) = sel {
                     t.topk.insert(i, b.read_selection(s)?);
                 }
-                if let Some(r) = &routing {
+                if let Some(r) = routing {
                     t.experts.insert(i, b.read_routing(r)?);
                 }
             }
+            Ok::<(), Error>(())
+        };
+        for (i, layer) in self.weights.layers.iter().enumerate() {
+            if let Some(rows) = outputs.as_deref().filter(|_| i == last && layer.indexer.is_some()) {
+                if let Some(t) = trace.as_deref_mut() {
+                    t.whole_rows.insert(i, rows.to_vec());
+                }
+                let Some((out, sel, routing)) = self.layer_outputs(layer, i, &h, step, &batch, kv, rows)? else {
+                    return Ok(StepOutput::default());
+                };
+                record(trace, i, &sel, &routing)?;
+                let at = |wanted: &[usize]| -> Vec<usize> {
+                    wanted.iter().map(|r| rows.binary_search(r).expect("an output row")).collect()
+                };
+                return self.head(&out, &at(&step.logits_rows), &at(&step.argmax_rows), false);
+            }
+            let (out, sel, routing) = self.layer(layer, i, &h, step, &batch, kv, selection.as_ref())?;
+            h = out;
+            record(trace.as_deref_mut(), i, &sel, &routing)?;
             if sel.is_some() {
                 selection = sel;
             }
         }
-        let h = b.rms_norm(&h, &self.weights.norm, self.shape.rms_norm_eps as f32)?;
-        let logits = if step.logits_rows.is_empty() {
+        self.head(&h, &step.logits_rows, &step.argmax_rows, step.want_hidden)
+    }
+
+    /// The rows of `step` whose outputs it returns (ascending), when it returns nothing else
+    /// (no hidden states) and they are not all of its rows.
+    fn step_outputs(&self, step: &StepBatch) -> Option<Vec<usize>> {
+        if step.want_hidden {
+            return None;
+        }
+        let mut rows: Vec<usize> = step.logits_rows.iter().chain(&step.argmax_rows).copied().collect();
+        rows.sort_unstable();
+        rows.dedup();
+        (rows.len() < step.len()).then_some(rows)
+    }
+
+    /// The last layer's output h [N, D] through the final norm: logits of `logits_rows`, the
+    /// greedy token of `argmax_rows`, every row's hidden state if `want_hidden`.
+    fn head(
+        &self,
+        h: &B::Tensor,
+        logits_rows: &[usize],
+        argmax_rows: &[usize],
+        want_hidden: bool,
+    ) -> Result<StepOutput> {
+        let b = &self.backend;
+        let h = b.rms_norm(h, &self.weights.norm, self.shape.rms_norm_eps as f32)?;
+        let logits = if logits_rows.is_empty() {
             Vec::new()
         } else {
-            let rows = b.gather(&h, &step.logits_rows)?;
+            let rows = b.gather(&h, logits_rows)?;
             b.download(&b.linear(&rows, self.weights.lm_head(), self.act_quant)?)?
         };
-        let argmax = if step.argmax_rows.is_empty() {
+        let argmax = if argmax_rows.is_empty() {
             Vec::new()
         } else {
-            let rows = b.gather(&h, &step.argmax_rows)?;
+            let rows = b.gather(&h, argmax_rows)?;
             b.argmax(&b.linear(&rows, self.weights.lm_head(), self.act_quant)?)?
         };
-        let hidden = if step.want_hidden { b.download(&h)? } else { Vec::new() };
+        let hidden = if want_hidden { b.download(&h)? } else { Vec::new() };
         Ok(StepOutput { logits, argmax, hidden })
     }
 
@@ -196,12 +247,13 @@ impl<B: Backend> Model<B> {
         mla::dims(&self.shape)
     }
 
-    /// A last layer (no layer after it reads its output) that runs its own indexer (the MTP
-    /// layer), over h [N, D]: every row's KV entries written, its output [R, D] only for
-    /// `rows` (ascending; None when there are none). A row's entries depend on its own input
-    /// alone, and a row's output on the entries, never on another row's output, so the rows
-    /// left out cost their entries only and the others get the bits the whole step would give.
-    #[allow(clippy::too_many_arguments)]
+    /// A last layer (no layer after it reads its output: the MTP layer, the main model's
+    /// last) that runs its own indexer, over h [N, D]: every row's KV entries written, its output [R, D] only for
+    /// `rows` (ascending; None when there are none), with the selection and routing of those
+    /// rows. A row's entries depend on its own input alone, and a row's output on the entries,
+    /// never on another row's output, so the rows left out cost their entries only and the
+    /// others get the bits the whole step would give.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn layer_outputs(
         &self,
         w: &LayerWeights<B>,
@@ -211,15 +263,13 @@ impl<B: Backend> Model<B> {
         batch: &B::Batch,
         kv: &mut B::KvStore,
         rows: &[usize],
-    ) -> Result<Option<B::Tensor>> {
+    ) -> Result<Option<(B::Tensor, Option<B::Selection>, Option<B::Routing>)>> {
         // Without an indexer of its own the layer would need the selection of one before it.
-        if rows.len() == step.len() || w.indexer.is_none() {
-            let out = self.layer(w, kv_layer, h, step, batch, kv, None)?.0;
-            return match rows.len() {
-                0 => Ok(None),
-                n if n == step.len() => Ok(Some(out)),
-                _ => self.backend.gather(&out, rows).map(Some),
-            };
+        if w.indexer.is_none() {
+            return Err(Error::Usage("a layer's outputs for some rows need the layer's own indexer".into()));
+        }
+        if rows.len() == step.len() {
+            return self.layer(w, kv_layer, h, step, batch, kv, None).map(Some);
         }
         self.write_entries_only(w, kv_layer, h, batch, kv)?;
         if rows.is_empty() {
@@ -229,7 +279,7 @@ impl<B: Backend> Model<B> {
         let sub = step.subset(rows);
         let (h_sub, sub_batch) = (b.gather(h, rows)?, b.batch(&sub)?);
         // The rows' own entries are written again, the same values.
-        Ok(Some(self.layer(w, kv_layer, &h_sub, &sub, &sub_batch, kv, None)?.0))
+        self.layer(w, kv_layer, &h_sub, &sub, &sub_batch, kv, None).map(Some)
     }
 
     /// A layer's KV entries (and indexer keys) for every row of h [N, D], as `layer` writes

@@ -85,7 +85,7 @@ impl<B: Backend> Model<B> {
         if let Some(&r) = outputs.iter().find(|&&r| r >= step.len()) {
             return Err(Error::Usage(format!("MTP output row {r} of a step of {} tokens", step.len())));
         }
-        let Some(out) = self.layer_outputs(&w.layer, kv_layer, &z, step, &batch, kv, outputs)? else {
+        let Some((out, _, _)) = self.layer_outputs(&w.layer, kv_layer, &z, step, &batch, kv, outputs)? else {
             return Ok(Vec::new());
         };
         b.download(&b.rms_norm(&out, &w.head_norm, eps)?)
