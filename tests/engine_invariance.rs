@@ -182,7 +182,7 @@ fn demo_model() -> Model {
     Model::load(&plan, &src.checkpoint().unwrap()).unwrap()
 }
 
-/// The documented KV tolerances (README, "KV cache"): on the trained demo model, bf16 and
+/// The documented KV tolerances (docs/kv-cache-and-batching.md): on the trained demo model, bf16 and
 /// fp8_e4m3 KV each move teacher-forced logits by at most 6% of the largest logit and flip the
 /// argmax at no more than 3% of positions; greedy text is unchanged by bf16 and by fp8 on at
 /// least 4 of 5 prompts (measured: 5 of 5 for bf16, 4 of 5 for fp8, the fifth diverging after
@@ -221,8 +221,8 @@ fn kv_formats_on_the_trained_demo_model() {
 /// dense-attention fixture: bf16 KV within 1% of the largest logit, fp8 within 20%, no argmax
 /// flip. Greedy text on these fixtures is not kept by either (their argmax margins are 1e-3 by
 /// construction; both diverge from HF's after 7 tokens), and on the sparse random fixtures a
-/// perturbed indexer key flips top-k selections, so no tolerance holds row for row (README,
-/// "KV cache").
+/// perturbed indexer key flips top-k selections, so no tolerance holds row for row
+/// (docs/kv-cache-and-batching.md).
 #[test]
 fn kv_formats_on_the_dense_fixture() {
     let name = "full_bf16_groups";
