@@ -94,10 +94,11 @@ fn mtp_rows_left_out_still_write_their_entries() {
         assert_eq!(bits(&some), bits(&want), "outputs of rows {rows:?}");
         assert_eq!(bits(&next_after_some), bits(&next), "the next step after outputs of rows {rows:?}");
     }
-    // A row past the step is refused, not read out of bounds.
+    // A row past the step, or rows out of order, are refused.
     let mut cache = model.new_mtp_cache();
     let step = cache.step(&model.backend, &ids[1..4]).unwrap();
     assert!(model.mtp_step(0, &step, &hidden[..3 * d], &mut cache.store, 0, &[3]).is_err());
+    assert!(model.mtp_step(0, &step, &hidden[..3 * d], &mut cache.store, 0, &[2, 1]).is_err());
 }
 
 /// A step that hands back the logits of a few rows runs its last layer whole for those rows

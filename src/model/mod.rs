@@ -247,12 +247,12 @@ impl<B: Backend> Model<B> {
         mla::dims(&self.shape)
     }
 
-    /// A last layer (no layer after it reads its output: the MTP layer, the main model's
-    /// last) that runs its own indexer, over h [N, D]: every row's KV entries written, its output [R, D] only for
-    /// `rows` (ascending; None when there are none), with the selection and routing of those
-    /// rows. A row's entries depend on its own input alone, and a row's output on the entries,
-    /// never on another row's output, so the rows left out cost their entries only and the
-    /// others get the bits the whole step would give.
+    /// A last layer (no layer after it reads its output: the MTP layer, the main model's last)
+    /// that runs its own indexer, over h [N, D]: every row's KV entries written, its output
+    /// [R, D] only for `rows` (ascending; None when there are none), with the selection and
+    /// routing of those rows. A row's entries depend on its own input alone, and a row's
+    /// output on the entries, never on another row's output, so the rows left out cost their
+    /// entries only and the others get the bits the whole step would give.
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn layer_outputs(
         &self,

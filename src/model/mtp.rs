@@ -85,6 +85,9 @@ impl<B: Backend> Model<B> {
         if let Some(&r) = outputs.iter().find(|&&r| r >= step.len()) {
             return Err(Error::Usage(format!("MTP output row {r} of a step of {} tokens", step.len())));
         }
+        if outputs.windows(2).any(|p| p[0] >= p[1]) {
+            return Err(Error::Usage(format!("MTP output rows {outputs:?} are not ascending")));
+        }
         let Some((out, _, _)) = self.layer_outputs(&w.layer, kv_layer, &z, step, &batch, kv, outputs)? else {
             return Ok(Vec::new());
         };
