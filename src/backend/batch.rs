@@ -56,6 +56,18 @@ impl StepBatch {
         (0..self.len()).map(|i| self.slot(i, self.positions[i])).collect()
     }
 
+    /// The rows whose outputs the step returns (ascending), when it returns nothing else (no
+    /// hidden states) and they are not all of its rows.
+    pub fn output_rows(&self) -> Option<Vec<usize>> {
+        if self.want_hidden {
+            return None;
+        }
+        let mut rows: Vec<usize> = self.logits_rows.iter().chain(&self.argmax_rows).copied().collect();
+        rows.sort_unstable();
+        rows.dedup();
+        (rows.len() < self.len()).then_some(rows)
+    }
+
     /// The step of `rows` alone (ascending), each at its own position in its own sequence, with
     /// the page tables of the sequences they belong to and no outputs asked for.
     pub fn subset(&self, rows: &[usize]) -> StepBatch {

@@ -58,6 +58,14 @@ fn draft_choices<B: Backend>(e: &Engine<B>, rows: &[f32], plain: &[bool]) -> Opt
     plain.iter().map(|&p| if p { t.next().map(Choice::Token) } else { l.next().map(Choice::Logits) }).collect()
 }
 
+/// Drafts `s` may take at `depth`: no more than the tokens it may still emit past the
+/// verified one, nor than its context has room for.
+fn drafts_allowed(s: &Seq, depth: usize, context: usize) -> usize {
+    let remaining = s.req.max_tokens.saturating_sub(s.generated);
+    let room = context.saturating_sub(s.tokens.len() + 1);
+    depth.min(remaining.saturating_sub(1)).min(room)
+}
+
 /// Whether request `i` drafts from greedy tokens alone.
 fn plain<B: Backend>(e: &Engine<B>, i: usize) -> bool {
     let s = &e.running[i];
@@ -144,10 +152,7 @@ fn draft_all<B: Backend>(e: &mut Engine<B>) {
         .iter()
         .map(|(i, _, _)| {
             let s = &e.running[*i];
-            let remaining = s.req.max_tokens.saturating_sub(s.generated);
-            let room = context.saturating_sub(s.tokens.len() + 1);
-            let want = depth.min(remaining.saturating_sub(1)).min(room);
-            if s.finish.is_some() || s.pending() != 1 { 0 } else { want }
+            if s.finish.is_some() || s.pending() != 1 { 0 } else { drafts_allowed(s, depth, context) }
         })
         .collect();
     let mut batch = StepBatch::new(e.table.page_size);
@@ -200,9 +205,7 @@ fn draft_all<B: Backend>(e: &mut Engine<B>) {
         let active: Vec<usize> = (0..chain.len())
             .filter(|&c| {
                 let s = &e.running[chain[c].0];
-                let remaining = s.req.max_tokens.saturating_sub(s.generated);
-                let room = context.saturating_sub(s.tokens.len() + 1);
-                chain[c].3 && s.drafts.len() == k && k < depth.min(remaining.saturating_sub(1)).min(room)
+                chain[c].3 && s.drafts.len() == k && k < drafts_allowed(s, depth, context)
             })
             .collect();
         if active.is_empty() {

@@ -152,7 +152,7 @@ impl<B: Backend> Model<B> {
         // The rows the step hands back logits or a token of, when that is all it hands back:
         // the last layer then runs whole for those rows only (`layer_outputs`), the others'
         // entries written. A prompt chunk's rows but its last need nothing more.
-        let outputs = self.step_outputs(step);
+        let outputs = step.output_rows();
         let last = self.weights.layers.len().saturating_sub(1);
         let record = |trace: Option<&mut Trace>, i: usize, sel: &Option<B::Selection>, routing: &Option<B::Routing>| {
             if let Some(t) = trace {
@@ -187,18 +187,6 @@ impl<B: Backend> Model<B> {
             }
         }
         self.head(&h, &step.logits_rows, &step.argmax_rows, step.want_hidden)
-    }
-
-    /// The rows of `step` whose outputs it returns (ascending), when it returns nothing else
-    /// (no hidden states) and they are not all of its rows.
-    fn step_outputs(&self, step: &StepBatch) -> Option<Vec<usize>> {
-        if step.want_hidden {
-            return None;
-        }
-        let mut rows: Vec<usize> = step.logits_rows.iter().chain(&step.argmax_rows).copied().collect();
-        rows.sort_unstable();
-        rows.dedup();
-        (rows.len() < step.len()).then_some(rows)
     }
 
     /// The last layer's output h [N, D] through the final norm: logits of `logits_rows`, the
