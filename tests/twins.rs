@@ -88,11 +88,8 @@ fn grouped_moe_equals_dense_loop_over_experts() {
                 for t in 0..n {
                     let xt = &x[t * d..(t + 1) * d];
                     for (e, expert) in block.experts.iter().enumerate() {
-                        let wt = routes[t]
-                            .experts
-                            .iter()
-                            .position(|&j| j as usize == e)
-                            .map_or(0.0, |k| routes[t].weights[k]);
+                        let (experts, weights) = routes.token(t);
+                        let wt = experts.iter().position(|&j| j as usize == e).map_or(0.0, |k| weights[k]);
                         let y = kiln::backend::cpu::moe::mlp(expert, xt, 1, false);
                         for (a, b) in dense[t * d..(t + 1) * d].iter_mut().zip(&y) {
                             *a += wt * b;

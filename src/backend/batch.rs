@@ -102,14 +102,24 @@ impl Selection {
 
     /// How many keys query `i` at `pos` sees at most (its selection's size, else pos + 1).
     pub fn key_count(&self, i: usize, pos: usize) -> usize {
-        self.row(i).map_or(pos + 1, |set| set.len().min(pos + 1))
+        key_count(self.row(i), pos)
     }
 
     /// Keys query `i` at `pos` may see: causal, and within its selection.
     pub fn keys(&self, i: usize, pos: usize) -> Vec<usize> {
-        match self.row(i) {
-            None => (0..=pos).collect(),
-            Some(set) => set.iter().map(|&t| t as usize).filter(|&t| t <= pos).collect(),
-        }
+        causal_keys(self.row(i), pos)
+    }
+}
+
+/// How many keys a query at `pos` with selection `row` (None: every causal key) sees at most.
+pub fn key_count(row: Option<&[u32]>, pos: usize) -> usize {
+    row.map_or(pos + 1, |set| set.len().min(pos + 1))
+}
+
+/// Keys a query at `pos` with selection `row` may see: causal, and within its selection.
+pub fn causal_keys(row: Option<&[u32]>, pos: usize) -> Vec<usize> {
+    match row {
+        None => (0..=pos).collect(),
+        Some(set) => set.iter().map(|&t| t as usize).filter(|&t| t <= pos).collect(),
     }
 }

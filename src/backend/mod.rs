@@ -8,7 +8,7 @@
 //! op's doc gives the widths it reads and writes. Tokens of a step come from any number of
 //! sequences; [`StepBatch`] says where each one is and where its KV lives.
 
-mod batch;
+pub(crate) mod batch;
 pub mod cpu;
 pub mod gpu;
 mod select;

@@ -4,13 +4,19 @@
 
 /// x [n, k] -> quantize-dequantized copy, groups of 32 along each row.
 pub fn quantize_mxfp4_activations(x: &[f32], k: usize) -> Vec<f32> {
-    let mut out = x.to_vec();
+    let mut out = vec![0.0f32; x.len()]; // [n, k]
+    quantize_mxfp4_activations_into(x, k, &mut out);
+    out
+}
+
+/// `quantize_mxfp4_activations` into out [n, k].
+pub fn quantize_mxfp4_activations_into(x: &[f32], k: usize, out: &mut [f32]) {
+    out.copy_from_slice(x);
     for row in out.chunks_mut(k) {
         for g in row.chunks_mut(32) {
             quantize_mxfp4_group(g);
         }
     }
-    out
 }
 
 /// One group in place: x <- E2M1(x / 2^e) * 2^e.

@@ -1,6 +1,7 @@
 //! Absorbed MLA attention in latent space: per head, scores (q_abs . c_t + q_rope . k_t) *
 //! scale over the selected keys, softmax, and the weighted sum of their latents.
 
+use super::kernels::aligned::Aligned;
 use super::kernels::{Acts, Isa, RowsRef, accumulate_rows, block_dots};
 use super::{HostKvStore, dot, softmax};
 use crate::backend::MlaDims;
@@ -83,19 +84,19 @@ pub fn attend_heads(
     let (h, r, dr) = (d.heads, d.latent, d.rope);
     let (w, n) = (r + dr, slots.len());
     let stride = d.nope + dr;
-    let mut qcat = vec![0.0f32; h * w]; // [H, r + dr]
+    let mut qcat = Aligned::<f32>::zeroed(h * w); // [H, r + dr]
     for head in 0..h {
         qcat[head * w..head * w + r].copy_from_slice(&q_abs[head * r..(head + 1) * r]);
         qcat[head * w + r..(head + 1) * w].copy_from_slice(&q[head * stride + d.nope..(head + 1) * stride]);
     }
     let acts = Acts::new(Isa::current(), false, &qcat, h, w);
-    let mut scratch = Vec::new(); // the entries gathered, or decoded, when not read in place
-    let blocks = entry_blocks(store, layer, slots, &mut scratch);
-    let mut by_key = vec![0.0f32; n * h]; // [n, H] scores
-    for &(k0, k1, rows) in &blocks {
+    let blocks = EntryBlocks::new(store, layer, slots);
+    let mut by_key = Aligned::<f32>::zeroed(n * h); // [n, H] scores
+    for b in 0..blocks.len() {
+        let (k0, k1, rows) = blocks.get(b);
         block_dots(&acts, rows, false, k1 - k0, 0, h, &mut by_key[k0 * h..], h);
     }
-    let mut p = vec![0.0f32; h * n]; // [H, n] probabilities
+    let mut p = Aligned::<f32>::zeroed(h * n); // [H, n] probabilities
     for head in 0..h {
         let row = &mut p[head * n..(head + 1) * n];
         for (k, v) in row.iter_mut().enumerate() {
@@ -103,8 +104,9 @@ pub fn attend_heads(
         }
         softmax(row);
     }
-    let mut full = vec![0.0f32; h * w]; // [H, r + dr]; the rope columns are not used
-    for &(k0, k1, rows) in &blocks {
+    let mut full = Aligned::<f32>::zeroed(h * w); // [H, r + dr]; the rope columns are not used
+    for b in 0..blocks.len() {
+        let (k0, k1, rows) = blocks.get(b);
         accumulate_rows(rows, k1 - k0, w, &p[k0..], n, &mut full);
     }
     for head in 0..h {
@@ -118,53 +120,94 @@ pub fn attend_heads(
 /// attention: 23 us a layer for 64 keys).
 const MIN_MEAN_RUN: usize = 8;
 
-/// The entries at `slots` of `layer` as kernel rows, in blocks [k0, k1) of `slots`: runs of
-/// consecutive slots in place where the store's format allows and the runs are long;
-/// otherwise all of them in one block in `scratch`, copied as stored (bf16, f32) or decoded
-/// to f32 (fp8), once for both passes.
-fn entry_blocks<'a>(
-    store: &'a HostKvStore,
-    layer: usize,
-    slots: &[usize],
-    scratch: &'a mut Vec<u8>,
-) -> Vec<(usize, usize, RowsRef<'a>)> {
-    let runs = runs(slots);
-    let in_place = store.reads_in_place();
-    if in_place && runs.len() * MIN_MEAN_RUN <= slots.len() {
-        return runs
-            .into_iter()
-            .map(|(k0, k1)| (k0, k1, store.mla_rows(layer, slots[k0], k1 - k0).expect("read in place")))
-            .collect();
-    }
-    scratch.clear();
-    if in_place {
-        for &s in slots {
-            scratch.extend_from_slice(store.mla_entry(layer, s));
-        }
-        return vec![(0, slots.len(), store.as_rows(scratch).expect("read in place"))];
-    }
-    let (r, dr) = (store.geometry.latent, store.geometry.rope);
-    let (mut latent, mut rope) = (vec![0.0f32; r], vec![0.0f32; dr]);
-    for &s in slots {
-        store.read_mla(layer, s, &mut latent, &mut rope);
-        scratch.extend(latent.iter().chain(&rope).flat_map(|v| v.to_le_bytes()));
-    }
-    vec![(0, slots.len(), RowsRef::F32(scratch))]
+/// The entries at some slots of a layer as kernel rows, in blocks [k0, k1) of the slots:
+/// runs of consecutive slots in place where the store's format allows and the runs are long;
+/// otherwise all of them in one block, copied as stored (bf16, f32) or decoded to f32 (fp8),
+/// once for both passes.
+enum EntryBlocks<'a> {
+    InPlace {
+        store: &'a HostKvStore,
+        layer: usize,
+        slots: &'a [usize],
+        runs: Aligned<usize>, // [runs, 2]: start, end
+    },
+    /// [n, entry bytes] as the store keeps them, or [n, r + dr] f32 bytes.
+    Gathered { store: &'a HostKvStore, bytes: Aligned<u8>, f32s: bool, n: usize },
 }
 
-/// [start, end) runs of consecutive slots, at most RUN long.
-fn runs(slots: &[usize]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
+impl<'a> EntryBlocks<'a> {
+    fn new(store: &'a HostKvStore, layer: usize, slots: &'a [usize]) -> EntryBlocks<'a> {
+        let runs = runs(slots);
+        let in_place = store.reads_in_place();
+        if in_place && (runs.len() / 2) * MIN_MEAN_RUN <= slots.len() {
+            return EntryBlocks::InPlace { store, layer, slots, runs };
+        }
+        if in_place {
+            let b = store.mla_bytes();
+            let mut bytes = Aligned::<u8>::zeroed(slots.len() * b);
+            for (chunk, &s) in bytes.chunks_exact_mut(b.max(1)).zip(slots) {
+                chunk.copy_from_slice(store.mla_entry(layer, s));
+            }
+            return EntryBlocks::Gathered { store, bytes, f32s: false, n: slots.len() };
+        }
+        let (r, dr) = (store.geometry.latent, store.geometry.rope);
+        let mut entry = Aligned::<f32>::zeroed(r + dr); // [r + dr] one decoded entry
+        let mut bytes = Aligned::<u8>::zeroed(slots.len() * (r + dr) * 4);
+        for (chunk, &s) in bytes.chunks_exact_mut(((r + dr) * 4).max(1)).zip(slots) {
+            let (latent, rope) = entry.split_at_mut(r);
+            store.read_mla(layer, s, latent, rope);
+            for (dst, v) in chunk.chunks_exact_mut(4).zip(entry.iter()) {
+                dst.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        EntryBlocks::Gathered { store, bytes, f32s: true, n: slots.len() }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            EntryBlocks::InPlace { runs, .. } => runs.len() / 2,
+            EntryBlocks::Gathered { n, .. } => usize::from(*n > 0),
+        }
+    }
+
+    /// Block `b`: (k0, k1, the entries of slots [k0, k1)).
+    fn get(&self, b: usize) -> (usize, usize, RowsRef<'_>) {
+        match self {
+            EntryBlocks::InPlace { store, layer, slots, runs } => {
+                let (k0, k1) = (runs[2 * b], runs[2 * b + 1]);
+                (k0, k1, store.mla_rows(*layer, slots[k0], k1 - k0).expect("read in place"))
+            }
+            EntryBlocks::Gathered { bytes, f32s: true, n, .. } => (0, *n, RowsRef::F32(bytes)),
+            EntryBlocks::Gathered { store, bytes, n, .. } => (0, *n, store.as_rows(bytes).expect("read in place")),
+        }
+    }
+}
+
+/// [start, end) runs of consecutive slots, at most RUN long, as [runs, 2].
+fn runs(slots: &[usize]) -> Aligned<usize> {
+    let mut count = 0;
     let mut i = 0;
     while i < slots.len() {
-        let mut j = i + 1;
-        while j < slots.len() && j - i < RUN && slots[j] == slots[j - 1] + 1 {
-            j += 1;
-        }
-        out.push((i, j));
-        i = j;
+        i = run_end(slots, i);
+        count += 1;
+    }
+    let mut out = Aligned::<usize>::zeroed(2 * count);
+    let (mut i, mut r) = (0, 0);
+    while i < slots.len() {
+        let j = run_end(slots, i);
+        (out[2 * r], out[2 * r + 1]) = (i, j);
+        (i, r) = (j, r + 1);
     }
     out
+}
+
+/// End of the run of consecutive slots that starts at `i`, at most RUN long.
+fn run_end(slots: &[usize], i: usize) -> usize {
+    let mut j = i + 1;
+    while j < slots.len() && j - i < RUN && slots[j] == slots[j - 1] + 1 {
+        j += 1;
+    }
+    j
 }
 
 #[cfg(test)]

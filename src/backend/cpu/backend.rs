@@ -6,12 +6,14 @@
 
 use rayon::prelude::*;
 
+use super::kernels::aligned::Aligned;
 use super::kernels::{Acts, Isa, accumulate_rows, block_dots};
 use super::matmul::rows_ref;
 use super::{
-    HostKvStore, KeySet, Route, RouterConfig, attend_heads, dot, layer_norm_rows, matmul, matmul_many, rms_norm_rows,
+    HostKvStore, KeySelection, KeySet, Route, RouterConfig, Routing, attend_heads, dot, layer_norm_rows, matmul,
+    matmul_many, rms_norm_rows,
     rope::{rotate_by, sin_cos},
-    route, score_span, silu_mul, softmax, top_k,
+    routing, score_span, silu_mul, softmax, span_part, span_scores, top_k_into,
 };
 use crate::backend::{Backend, MlaDims, MlpLinears, Selection, StepBatch};
 use crate::error::{Error, Result};
@@ -62,6 +64,21 @@ impl CpuBatch {
     fn slots_of(&self, i: usize, positions: &[usize]) -> Vec<usize> {
         positions.iter().map(|&p| self.step.slot(i, p)).collect()
     }
+
+    /// Slots of the keys token `i` at `pos` attends to under `sel`, written to the front of
+    /// `out` (at least `sel.key_count(i, pos)` long); how many.
+    fn slots_into(&self, i: usize, sel: &KeySelection, pos: usize, out: &mut [usize]) -> usize {
+        let mut count = 0;
+        let mut put = |p: usize| {
+            out[count] = self.step.slot(i, p);
+            count += 1;
+        };
+        match sel.row(i) {
+            None => (0..=pos).for_each(&mut put),
+            Some(set) => set.iter().map(|&t| t as usize).filter(|&t| t <= pos).for_each(&mut put),
+        }
+        count
+    }
 }
 
 /// Maps `f` over 0..n items of `work_each` multiply-adds each, in parallel when there is more
@@ -76,7 +93,7 @@ fn splits(n: usize, work_each: usize) -> bool {
 }
 
 /// Per-head results [H][n, w] as rows [n, H * w].
-fn interleave_heads(per_head: &[Vec<f32>], n: usize, w: usize) -> Rows {
+fn interleave_heads(per_head: &[Aligned<f32>], n: usize, w: usize) -> Rows {
     let h = per_head.len();
     let mut out = vec![0.0f32; n * h * w]; // [n, H, w]
     for (head, part) in per_head.iter().enumerate() {
@@ -98,8 +115,8 @@ impl Backend for Cpu {
     type Experts = Vec<MlpLinears>;
     type KvStore = HostKvStore;
     type Batch = CpuBatch;
-    type Selection = Selection;
-    type Routing = Vec<Route>;
+    type Selection = KeySelection;
+    type Routing = Routing;
 
     fn describe(&self) -> String {
         format!("CPU ({} threads)", rayon::current_num_threads())
@@ -160,12 +177,12 @@ impl Backend for Cpu {
         Ok(Rows::new(data, t.width))
     }
 
-    fn read_selection(&self, s: &Selection) -> Result<Selection> {
-        Ok(s.clone())
+    fn read_selection(&self, s: &KeySelection) -> Result<Selection> {
+        Ok(s.to_selection())
     }
 
-    fn read_routing(&self, r: &Vec<Route>) -> Result<Vec<Route>> {
-        Ok(r.clone())
+    fn read_routing(&self, r: &Routing) -> Result<Vec<Route>> {
+        Ok(r.to_routes())
     }
 
     fn argmax(&self, t: &Rows) -> Result<Vec<u32>> {
@@ -270,8 +287,8 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn select_all(&self, b: &CpuBatch) -> Result<Selection> {
-        Ok(Selection { rows: vec![None; b.step.len()] })
+    fn select_all(&self, b: &CpuBatch) -> Result<KeySelection> {
+        Ok(KeySelection::all(b.step.len()))
     }
 
     fn indexer_select(
@@ -283,70 +300,91 @@ impl Backend for Cpu {
         w: &Rows,
         topk: usize,
         dot_scale: f32,
-    ) -> Result<Selection> {
+    ) -> Result<KeySelection> {
         // The queries that score (a query whose causal window fits in top-k keeps every key),
         // by sequence, in position order: each sequence's keys are read once for all its
         // queries (a verification step's, a prompt chunk's), in spans that are the tasks.
-        let mut by_seq: Vec<Vec<usize>> = vec![Vec::new(); b.step.page_tables.len()];
-        for (i, &pos) in b.step.positions.iter().enumerate() {
-            if pos >= topk {
-                by_seq[b.step.seq[i]].push(i);
-            }
+        let mut order = Vec::with_capacity(b.step.len()); // [Q]
+        order.extend((0..b.step.len()).filter(|&i| b.step.positions[i] >= topk));
+        order.sort_by_key(|&i| (b.step.seq[i], b.step.positions[i]));
+        // Each sequence's queries: order[groups[g]..groups[g + 1]].
+        let mut groups: Vec<usize> = (0..order.len())
+            .filter(|&j| j == 0 || b.step.seq[order[j]] != b.step.seq[order[j - 1]])
+            .chain(std::iter::once(order.len()))
+            .collect();
+        if order.is_empty() {
+            groups.clear();
         }
-        by_seq.retain(|qs| !qs.is_empty());
-        for qs in &mut by_seq {
-            qs.sort_by_key(|&i| b.step.positions[i]);
-        }
+        let seqs = groups.len().saturating_sub(1);
         // Fewer sequences than threads (a decode step): each sequence's keys split so that
         // every thread has a span. A long prompt chunk's triangle of work splits further, up
         // to four spans a thread, so that a thread done early takes another. Spans of at
         // least a page of keys keep the kernel calls long.
         let threads = rayon::current_num_threads();
-        let (least, most) = ((threads / by_seq.len().max(1)).max(1), (4 * threads / by_seq.len().max(1)).max(1));
-        // Per sequence, gathered once for all its spans: the queries' limits (position + 1),
-        // q [k, Hi * Di] and w [k, Hi].
-        let inputs: Vec<(Vec<usize>, Vec<f32>, Vec<f32>)> = by_seq
-            .iter()
-            .map(|qs| {
-                let limits = qs.iter().map(|&i| b.step.positions[i] + 1).collect();
-                let qq = qs.iter().flat_map(|&i| q.row(i).iter().copied()).collect();
-                let ww = qs.iter().flat_map(|&i| w.row(i).iter().copied()).collect();
-                (limits, qq, ww)
-            })
-            .collect();
+        let (least, most) = ((threads / seqs.max(1)).max(1), (4 * threads / seqs.max(1)).max(1));
+        // Gathered once for all the spans: the queries' limits (position + 1) [Q], q [Q, Hi * Di]
+        // and w [Q, Hi].
+        let limits: Vec<usize> = order.iter().map(|&i| b.step.positions[i] + 1).collect();
+        let (mut qq, mut ww) = (Vec::with_capacity(order.len() * q.width), Vec::with_capacity(order.len() * w.width));
+        for &i in &order {
+            qq.extend_from_slice(q.row(i));
+            ww.extend_from_slice(w.row(i));
+        }
         let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (sequence group, first key, end key)
         let mut work = 0;
-        for (g, (limits, _, _)) in inputs.iter().enumerate() {
-            let keys = *limits.last().expect("a query");
-            let seq_work: usize = limits.iter().map(|&l| l * q.width).sum();
+        for g in 0..seqs {
+            let lim = &limits[groups[g]..groups[g + 1]];
+            let keys = *lim.last().expect("a query");
+            let seq_work: usize = lim.iter().map(|&l| l * q.width).sum();
             let spans = seq_work.div_ceil(SPAN_WORK).clamp(least, most).min(keys.div_ceil(SPAN_MIN_KEYS));
             tasks.extend((0..spans).map(|s| (g, keys * s / spans, keys * (s + 1) / spans)));
             work += seq_work;
         }
+        let (hd, hi) = (q.width, w.width);
+        // Per span: its queries' parts of their rows, one after the other (`score_span`).
         let spans = par_map(tasks.len(), work / tasks.len().max(1), |t| {
             let (g, k0, k1) = tasks[t];
-            let (limits, qq, ww) = &inputs[g];
-            let positions: Vec<usize> = (k0..k1).collect();
-            score_span(qq, ww, kv, layer, &b.slots_of(by_seq[g][0], &positions), k0, limits, dot_scale)
+            let (j0, j1) = (groups[g], groups[g + 1]);
+            let mut slots = Aligned::<usize>::zeroed(k1 - k0); // [k1 - k0]
+            for (s, p) in slots.iter_mut().zip(k0..k1) {
+                *s = b.step.slot(order[j0], p);
+            }
+            let lim = &limits[j0..j1];
+            let mut out = Aligned::<f32>::zeroed(span_scores(k0, k1 - k0, lim));
+            let (qs, ws) = (&qq[j0 * hd..j1 * hd], &ww[j0 * hi..j1 * hi]);
+            score_span(qs, ws, kv, layer, &slots, k0, lim, dot_scale, &mut out);
+            out
         });
-        // Each query's row is its spans' scores in key order (a sequence's spans are
-        // consecutive tasks, in key order); then its top-k.
-        let mut first_row = vec![0; by_seq.len()]; // each sequence's first query in `scored`
-        for g in 1..by_seq.len() {
-            first_row[g] = first_row[g - 1] + by_seq[g - 1].len();
+        // Each query's row [its limit] is its spans' parts in key order (a sequence's spans
+        // are consecutive tasks, in key order); then its top-k.
+        let mut row_at = vec![0usize; order.len() + 1]; // [Q + 1] each query's row in `scored`
+        for j in 0..order.len() {
+            row_at[j + 1] = row_at[j] + limits[j];
         }
-        let mut scored: Vec<(usize, Vec<f32>)> = by_seq.iter().flatten().map(|&i| (i, Vec::new())).collect();
-        for (span, &(g, _, _)) in spans.iter().zip(&tasks) {
-            for (j, part) in span.iter().enumerate() {
-                scored[first_row[g] + j].1.extend_from_slice(part);
+        let mut scored = vec![0.0f32; row_at[order.len()]]; // [sum of limits]
+        for (span, &(g, k0, k1)) in spans.iter().zip(&tasks) {
+            let mut at = 0;
+            for j in groups[g]..groups[g + 1] {
+                let len = span_part(k0, k1 - k0, limits[j]);
+                scored[row_at[j] + k0..row_at[j] + k0 + len].copy_from_slice(&span[at..at + len]);
+                at += len;
             }
         }
-        let chosen = par_map(scored.len(), scored.first().map_or(0, |s| s.1.len()), |j| top_k(&scored[j].1, topk));
-        let mut rows = vec![None; b.step.len()];
-        for ((i, _), set) in scored.iter().zip(chosen) {
-            rows[*i] = Some(set);
+        // Every scoring query keeps exactly topk keys: its window is longer.
+        let mut chosen = vec![0u32; order.len() * topk]; // [Q, topk]
+        let pick = |(j, out): (usize, &mut [u32])| {
+            top_k_into(&scored[row_at[j]..row_at[j + 1]], topk, out);
+        };
+        if splits(order.len(), limits.first().copied().unwrap_or(0)) {
+            chosen.par_chunks_mut(topk.max(1)).enumerate().for_each(pick);
+        } else {
+            chosen.chunks_mut(topk.max(1)).enumerate().for_each(pick);
         }
-        Ok(Selection { rows })
+        let mut rows = vec![None; b.step.len()];
+        for (j, &i) in order.iter().enumerate() {
+            rows[i] = Some((j * topk, topk));
+        }
+        Ok(KeySelection::new(chosen, rows))
     }
 
     fn absorb_query(&self, q: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {
@@ -354,18 +392,18 @@ impl Backend for Cpu {
         let stride = d.nope + d.rope;
         // Per head [n, r] = q_nope [n, nope] x (the key half of kv_b: nope rows of r), the
         // rows read in place and added into every token's output.
-        let per_head: Vec<Vec<f32>> = par_map(h, n * d.nope * r, |head| {
-            let mut out = vec![0.0f32; n * r];
+        let per_head: Vec<Aligned<f32>> = par_map(h, n * d.nope * r, |head| {
+            let mut out = Aligned::<f32>::zeroed(n * r); // [n, r]
             let first = head * (d.nope + d.v);
             match rows_ref(kv_b, first) {
                 Some(rows) => accumulate_rows(rows, d.nope, r, &q.data[head * stride..], h * stride, &mut out),
                 None => {
-                    let mut wk = vec![0.0f32; r]; // [r]
+                    let mut wk = Aligned::<f32>::zeroed(r); // [r]
                     for dn in 0..d.nope {
                         kv_b.row_into(first + dn, &mut wk);
                         for t in 0..n {
                             let qv = q.data[(t * h + head) * stride + dn];
-                            for (a, b) in out[t * r..(t + 1) * r].iter_mut().zip(&wk) {
+                            for (a, b) in out[t * r..(t + 1) * r].iter_mut().zip(wk.iter()) {
                                 *a += qv * b;
                             }
                         }
@@ -384,7 +422,7 @@ impl Backend for Cpu {
         b: &CpuBatch,
         q_abs: &Rows,
         q: &Rows,
-        sel: &Selection,
+        sel: &KeySelection,
         d: &MlaDims,
     ) -> Result<Rows> {
         let (n, h, r) = (b.step.len(), d.heads, d.latent);
@@ -403,26 +441,41 @@ impl Backend for Cpu {
             1
         };
         let per = h.div_ceil(groups);
-        let rows = par_map(n * groups, keys_each * per * (r + d.rope), |task| {
-            let (i, g) = (task / groups, task % groups);
-            let (h0, h1) = ((g * per).min(h), ((g + 1) * per).min(h));
-            let keys = sel.keys(i, b.step.positions[i]);
-            let mut out = vec![0.0f32; (h1 - h0) * r]; // [h1 - h0, r]
+        let mut out = vec![0.0f32; n * h * r]; // [n, H, r]
+        // (token, first head, its heads' rows of `out`): a token's groups of heads in order.
+        let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::with_capacity(n * groups);
+        tasks.extend(
+            out.chunks_mut(h * r)
+                .enumerate()
+                .flat_map(|(i, token)| token.chunks_mut(per * r).enumerate().map(move |(g, c)| (i, g * per, c))),
+        );
+        let attend = |(i, h0, o): (usize, usize, &mut [f32])| {
+            let h1 = h0 + o.len() / r.max(1);
+            let pos = b.step.positions[i];
+            let mut slots = Aligned::<usize>::zeroed(sel.key_count(i, pos)); // [keys]
+            let count = b.slots_into(i, sel, pos, &mut slots);
             let part = MlaDims { heads: h1 - h0, ..*d };
             let (qa, qr) = (&q_abs.row(i)[h0 * r..h1 * r], &q.row(i)[h0 * stride..h1 * stride]);
-            attend_heads(kv, layer, &b.slots_of(i, &keys), qa, qr, &part, &mut out);
-            out
-        });
-        Ok(Rows::new(rows.concat(), h * r))
+            attend_heads(kv, layer, &slots[..count], qa, qr, &part, o);
+        };
+        if splits(n * groups, keys_each * per * (r + d.rope)) {
+            tasks.into_par_iter().for_each(attend);
+        } else {
+            tasks.into_iter().for_each(attend);
+        }
+        Ok(Rows::new(out, h * r))
     }
 
     fn expand_values(&self, o_lat: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {
         let (n, h, r, dv) = (o_lat.n(), d.heads, d.latent, d.v);
         // Per head [n, v]: each row of the value half read in place by the kernels against
         // every token's latent.
-        let per_head: Vec<Vec<f32>> = par_map(h, n * dv * r, |head| {
-            let lat: Vec<f32> = (0..n).flat_map(|t| o_lat.row(t)[head * r..(head + 1) * r].iter().copied()).collect(); // [n, r]
-            let mut out_t = vec![0.0f32; dv * n]; // [v, n]
+        let per_head: Vec<Aligned<f32>> = par_map(h, n * dv * r, |head| {
+            let mut lat = Aligned::<f32>::zeroed(n * r); // [n, r]
+            for (t, row) in lat.chunks_exact_mut(r.max(1)).enumerate() {
+                row.copy_from_slice(&o_lat.row(t)[head * r..(head + 1) * r]);
+            }
+            let mut out_t = Aligned::<f32>::zeroed(dv * n); // [v, n]
             let first = head * (d.nope + dv) + d.nope;
             match rows_ref(kv_b, first) {
                 Some(rows) => {
@@ -430,7 +483,7 @@ impl Backend for Cpu {
                     block_dots(&acts, rows, false, dv, 0, n, &mut out_t, n);
                 }
                 None => {
-                    let mut decoded = vec![0.0f32; r]; // [r]
+                    let mut decoded = Aligned::<f32>::zeroed(r); // [r]
                     for (j, o) in out_t.chunks_mut(n).enumerate() {
                         kv_b.row_into(first + j, &mut decoded);
                         for (t, y) in o.iter_mut().enumerate() {
@@ -439,7 +492,11 @@ impl Backend for Cpu {
                     }
                 }
             }
-            (0..n * dv).map(|i| out_t[(i % dv) * n + i / dv]).collect()
+            let mut out = Aligned::<f32>::zeroed(n * dv); // [n, v]
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = out_t[(i % dv) * n + i / dv];
+            }
+            out
         });
         Ok(interleave_heads(&per_head, n, dv))
     }
@@ -451,7 +508,7 @@ impl Backend for Cpu {
         b: &CpuBatch,
         q: &Rows,
         kv_b: &Linear,
-        sel: &Selection,
+        sel: &KeySelection,
         d: &MlaDims,
     ) -> Result<Rows> {
         let (h, dn, dr, dv) = (d.heads, d.nope, d.rope, d.v);
@@ -488,11 +545,11 @@ impl Backend for Cpu {
         Ok(Rows::new(out, h * dv))
     }
 
-    fn route(&self, x: &Rows, router: &Vec<f32>, bias: &Vec<f32>, c: &RouterConfig) -> Result<Vec<Route>> {
-        Ok(route(&x.data, x.n(), router, bias, c))
+    fn route(&self, x: &Rows, router: &Vec<f32>, bias: &Vec<f32>, c: &RouterConfig) -> Result<Routing> {
+        Ok(routing(&x.data, x.n(), router, bias, c))
     }
 
-    fn moe(&self, x: &Rows, routes: &Vec<Route>, experts: &Vec<MlpLinears>, act_quant: bool) -> Result<Rows> {
+    fn moe(&self, x: &Rows, routes: &Routing, experts: &Vec<MlpLinears>, act_quant: bool) -> Result<Rows> {
         Ok(Rows::new(super::moe::grouped_experts(&x.data, x.width, routes, experts, act_quant), x.width))
     }
 }

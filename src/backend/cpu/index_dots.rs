@@ -11,6 +11,7 @@
 //! else is in the call, so a query's scores do not depend on the queries scored with it.
 
 use super::kernels::Isa;
+use super::kernels::aligned::Aligned;
 
 /// Heads per column block of the AVX2 kernel: four vectors of eight.
 const BLOCK_COLS: usize = 32;
@@ -23,14 +24,14 @@ const BLOCK_COLS: usize = 32;
 pub struct HeadsT {
     cols: usize,
     di: usize,
-    data: Vec<f32>, // [cols / 8, di, 8]
+    data: Aligned<f32>, // [cols / 8, di, 8]
 }
 
 impl HeadsT {
     /// q [cols, di] (each query's heads, in order), cols a multiple of 8.
     pub fn new(q: &[f32], cols: usize, di: usize) -> HeadsT {
         assert!(cols.is_multiple_of(8) && q.len() == cols * di, "HeadsT: q is not [{cols}, {di}], cols by 8");
-        let mut data = vec![0.0f32; cols * di]; // [cols / 8, di, 8]
+        let mut data = Aligned::<f32>::zeroed(cols * di); // [cols / 8, di, 8]
         for (c, row) in q.chunks_exact(di).enumerate() {
             let group = &mut data[c / 8 * di * 8..];
             for (j, &v) in row.iter().enumerate() {

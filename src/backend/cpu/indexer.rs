@@ -2,6 +2,7 @@
 //! sum over heads of w_h * ReLU(q_h . k * dot_scale).
 
 use super::index_dots::{self, HeadsT, weigh};
+use super::kernels::aligned::Aligned;
 use super::kernels::{Acts, Isa, block_dots, decode_range};
 use super::{HostKvStore, dot};
 
@@ -11,12 +12,14 @@ pub fn score_row(q: &[f32], w: &[f32], keys: &[f32], dot_scale: f32) -> Vec<f32>
     keys.chunks(di).map(|k| score_key(q, w, k, dot_scale)).collect()
 }
 
-/// The query heads as a form of the kernels reads them.
+/// The query heads as a form of the kernels reads them. One lives on the stack per span
+/// (not boxed: a batched decode step scores a span or more per sequence).
+#[allow(clippy::large_enum_variant)]
 enum Heads<'a> {
     /// Transposed for the outer products (`index_dots`).
     Outer(HeadsT),
     /// As the dot-product kernels' tokens.
-    Dots(Box<Acts<'a>>),
+    Dots(Acts<'a>),
 }
 
 /// Keys scored per kernel call at most: a run of consecutive slots (a page or more).
@@ -36,14 +39,26 @@ pub fn score_slots(
     slots: &[usize],
     dot_scale: f32,
 ) -> Vec<f32> {
-    let mut rows = score_span(q, w, store, layer, slots, 0, &[slots.len()], dot_scale);
-    rows.pop().expect("one query, one row")
+    let mut row = vec![0.0f32; slots.len()]; // [T]
+    score_span(q, w, store, layer, slots, 0, &[slots.len()], dot_scale, &mut row);
+    row
+}
+
+/// How many of a span of `keys` keys from k0 a query of `limit` scores: k0..min(limit, k0 + keys).
+pub fn span_part(k0: usize, keys: usize, limit: usize) -> usize {
+    limit.min(k0 + keys).saturating_sub(k0)
+}
+
+/// Scores `score_span` writes: every query's part, one after the other.
+pub fn span_scores(k0: usize, keys: usize, limits: &[usize]) -> usize {
+    limits.iter().map(|&l| span_part(k0, keys, l)).sum()
 }
 
 /// Queries of one sequence against a span of its keys, `slots` holding keys k0.. of `layer`:
 /// q [k, Hi * Di] (query j's heads), w [k, Hi] (already scaled); query j scores the keys
-/// below `limits[j]` (its position + 1), and the limits ascend. Returns, per query, the
-/// scores of keys k0..min(limits[j], k0 + slots.len()) (none when limits[j] <= k0).
+/// below `limits[j]` (its position + 1), and the limits ascend. Writes, per query, the scores
+/// of keys k0..min(limits[j], k0 + slots.len()) (none when limits[j] <= k0; `span_part` of
+/// them) into `out` [span_scores(...)], each query's after those of the queries before it.
 ///
 /// Each run of consecutive slots goes through the kernels once, with the heads of every
 /// query that scores any of its keys: a verification step's or a prompt chunk's queries
@@ -62,19 +77,23 @@ pub fn score_span(
     k0: usize,
     limits: &[usize],
     dot_scale: f32,
-) -> Vec<Vec<f32>> {
+    out: &mut [f32],
+) {
     let (k, di) = (limits.len(), store.geometry.index);
     let hi = w.len() / k.max(1);
     assert!(q.len() == k * hi * di && w.len() == k * hi, "score_span: q or w is not [{k}, {hi}, {di}]");
     assert!(limits.is_sorted(), "score_span: limits not ascending");
     let heads = match hi > 0 && hi.is_multiple_of(8) {
         true => Heads::Outer(HeadsT::new(q, k * hi, di)),
-        false => Heads::Dots(Box::new(Acts::new(Isa::current(), false, q, k * hi, di))),
+        false => Heads::Dots(Acts::new(Isa::current(), false, q, k * hi, di)),
     };
-    let mut rows: Vec<Vec<f32>> =
-        limits.iter().map(|&l| Vec::with_capacity(l.saturating_sub(k0).min(slots.len()))).collect();
-    let mut dots = vec![0.0f32; RUN * k * hi]; // [run, active queries x Hi]
-    let mut keys = vec![0.0f32; RUN * di]; // [run, Di] decoded (one at a time for the dot products)
+    assert_eq!(out.len(), span_scores(k0, slots.len(), limits), "score_span: out is not every query's part");
+    let mut next = Aligned::<usize>::zeroed(k); // [k]: where query j's next score goes in `out`
+    for j in 1..k {
+        next[j] = next[j - 1] + span_part(k0, slots.len(), limits[j - 1]);
+    }
+    let mut dots = Aligned::<f32>::zeroed(RUN * k * hi); // [run, active queries x Hi]
+    let mut keys = Aligned::<f32>::zeroed(RUN * di); // [run, Di] decoded (one at a time for the dot products)
     let mut i = 0;
     while i < slots.len() {
         // The queries that score key k0 + i, and so every key of this run they may see.
@@ -125,12 +144,12 @@ pub fn score_span(
             // The queries that see key k0 + i + r: a suffix, the limits ascending.
             for qj in limits.partition_point(|&l| l <= k0 + i + r)..k {
                 let (wq, dq) = (&w[qj * hi..(qj + 1) * hi], &d[(qj - first) * hi..(qj - first + 1) * hi]);
-                rows[qj].push(weigh(wq, dq, dot_scale));
+                out[next[qj]] = weigh(wq, dq, dot_scale);
+                next[qj] += 1;
             }
         }
         i = j;
     }
-    rows
 }
 
 fn score_key(q: &[f32], w: &[f32], k: &[f32], dot_scale: f32) -> f32 {
@@ -187,10 +206,14 @@ mod tests {
                     let mut together = vec![Vec::new(); k];
                     for span in bounds.windows(2) {
                         let (k0, k1) = (span[0], span[1]);
-                        let rows = score_span(&q, &w, &store, 0, &slots[k0..k1], k0, &limits, 0.125);
-                        for (row, part) in together.iter_mut().zip(rows) {
-                            assert!(part.len() <= k1 - k0);
-                            row.extend(part);
+                        let mut out = vec![f32::NAN; span_scores(k0, k1 - k0, &limits)];
+                        score_span(&q, &w, &store, 0, &slots[k0..k1], k0, &limits, 0.125, &mut out);
+                        let mut at = 0;
+                        for (row, &l) in together.iter_mut().zip(&limits) {
+                            let part = span_part(k0, k1 - k0, l);
+                            assert!(part <= k1 - k0);
+                            row.extend_from_slice(&out[at..at + part]);
+                            at += part;
                         }
                     }
                     for j in 0..k {

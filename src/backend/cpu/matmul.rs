@@ -5,8 +5,9 @@
 
 use rayon::prelude::*;
 
+use super::kernels::aligned::Aligned;
 use super::kernels::{Acts, CACHED_WEIGHT_BYTES, Isa, RowsRef, block_dots, dot};
-use super::quantize_mxfp4_activations;
+use super::quantize_mxfp4_activations_into;
 use crate::weights::{Linear, Stored};
 use safetensors::Dtype;
 
@@ -46,16 +47,30 @@ pub fn matmul_pair(x: &[f32], n: usize, a: &Linear, b: &Linear, quantize_input: 
 /// (q_a, kv_a and the indexer's two) are small, and each pass of its own paid a fork, a
 /// join and a thread idle at its end.
 pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) -> Vec<Vec<f32>> {
-    let Some(cols) = ws.first().map(|w| w.cols) else { return Vec::new() };
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0f32; n * w.rows]).collect(); // [n, w.rows] each
+    let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+    matmul_into(x, n, ws, quantize_input, &mut views);
+    outs
+}
+
+/// `matmul_many` into `outs` ([n, w.rows] for each of `ws`), with every buffer of its own
+/// from the thread's scratch pool: an MoE step's experts call this per expert, and so
+/// allocate nothing however many experts the step's tokens reach.
+pub fn matmul_into(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool, outs: &mut [&mut [f32]]) {
+    let Some(cols) = ws.first().map(|w| w.cols) else { return };
     assert!(ws.iter().all(|w| w.cols == cols), "matmul_many: weights of different widths");
     assert_eq!(x.len(), n * cols, "matmul: x is not [{n}, {cols}]");
+    assert!(
+        outs.len() == ws.len() && outs.iter().zip(ws).all(|(o, w)| o.len() == n * w.rows),
+        "matmul_into: an output is not [{n}, rows] of its weight"
+    );
     if n == 0 {
-        return ws.iter().map(|_| Vec::new()).collect();
+        return;
     }
     let any_mxfp4 = ws.iter().any(|w| w.is_mxfp4());
-    let quantized;
+    let mut quantized = Aligned::<f32>::zeroed(if quantize_input && any_mxfp4 { x.len() } else { 0 }); // [n, cols]
     let xq = if quantize_input && any_mxfp4 {
-        quantized = quantize_mxfp4_activations(x, cols);
+        quantize_mxfp4_activations_into(x, cols, &mut quantized);
         &quantized[..]
     } else {
         x
@@ -67,38 +82,93 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
         false => Acts::new(isa, true, xq, n, cols),
     });
     let dense_acts = ws.iter().any(|w| !w.is_mxfp4()).then(|| Acts::new(isa, false, x, n, cols));
-    // (activations, x as given) per weight.
-    let inputs: Vec<(&Acts<'_>, &[f32])> = ws
-        .iter()
-        .map(|w| match w.is_mxfp4() {
-            true => (mxfp4_acts.as_ref().expect("made for MXFP4 weights"), xq),
-            false => (dense_acts.as_ref().expect("made for dense weights"), x),
-        })
-        .collect();
-    // out_t [rows, n] per weight: each task owns whole rows of one.
-    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0f32; w.rows * n]).collect();
-    let mut tasks: Vec<(usize, usize, &mut [f32])> = Vec::new(); // (weight, first row, its out_t rows)
-    let threads = rayon::current_num_threads();
-    for (i, out_t) in outs.iter_mut().enumerate() {
-        let rows = task_rows(ws[i].rows, cols, n, threads);
-        tasks.extend(out_t.chunks_mut(rows * n).enumerate().map(|(b, chunk)| (i, b * rows, chunk)));
-    }
-    let run = |(i, r0, chunk): (usize, usize, &mut [f32])| {
-        let (acts, xs) = inputs[i];
-        row_block(acts, xs, ws[i], ws[i].stored_bytes() <= CACHED_WEIGHT_BYTES, r0, chunk);
+    // (activations, x as given) for weight i.
+    let input = |i: usize| match ws[i].is_mxfp4() {
+        true => (mxfp4_acts.as_ref().expect("made for MXFP4 weights"), xq),
+        false => (dense_acts.as_ref().expect("made for dense weights"), x),
     };
     let work: usize = ws.iter().map(|w| w.rows * cols * n).sum();
-    if work >= super::PARALLEL_MIN_WORK {
+    let parallel = work >= super::PARALLEL_MIN_WORK;
+    if parallel {
         // A long step (prefill) outlasts the spinners' grace: each parallel matmul renews it.
         super::warm::renew();
-        tasks.into_par_iter().for_each(run);
-    } else {
-        tasks.into_iter().for_each(run);
     }
+    let threads = rayon::current_num_threads();
+    // Weight i's rows into out_t [rows, n], in tasks of whole rows.
+    let run_weight = |i: usize, out_t: &mut [f32]| {
+        let (acts, xs) = input(i);
+        let w = ws[i];
+        let rows = task_rows(w.rows, cols, n, threads);
+        let cached = w.stored_bytes() <= CACHED_WEIGHT_BYTES;
+        let task = |(b, chunk): (usize, &mut [f32])| row_block(acts, xs, w, cached, b * rows, chunk);
+        if parallel {
+            out_t.par_chunks_mut(rows * n).enumerate().for_each(task);
+        } else {
+            out_t.chunks_mut(rows * n).enumerate().for_each(task);
+        }
+    };
     if n == 1 {
-        return outs;
+        // [1, rows] is [rows, 1]: the tasks write the outputs themselves.
+        for_each_weight(parallel, 0, outs, &run_weight);
+        return;
     }
-    ws.iter().zip(outs).map(|(w, out_t)| transpose(&out_t, w.rows, n)).collect()
+    // out_t [rows, n] per weight, one after the other, then each transposed into its output.
+    let total: usize = ws.iter().map(|w| w.rows * n).sum();
+    let mut out_t = Aligned::<f32>::zeroed(total); // [sum of rows, n]
+    {
+        let mut parts = SplitByWeight { rest: &mut out_t[..], ws, n };
+        for_each_part(parallel, 0, ws.len(), &mut parts, &run_weight);
+    }
+    let mut at = 0;
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        transpose_into(&out_t[at..at + w.rows * n], w.rows, n, out);
+        at += w.rows * n;
+    }
+}
+
+/// `run(i, out)` for each weight's output, from weight `first` on: the weights side by side
+/// on the threads when `parallel` (a join per weight, which allocates nothing).
+fn for_each_weight(parallel: bool, first: usize, outs: &mut [&mut [f32]], run: &(impl Fn(usize, &mut [f32]) + Sync)) {
+    match outs {
+        [] => {}
+        [only] => run(first, only),
+        [head, rest @ ..] if parallel => {
+            rayon::join(|| run(first, head), || for_each_weight(parallel, first + 1, rest, run));
+        }
+        [head, rest @ ..] => {
+            run(first, head);
+            for_each_weight(parallel, first + 1, rest, run);
+        }
+    }
+}
+
+/// The rest of one buffer, handed out a weight's [rows, n] at a time.
+struct SplitByWeight<'a, 'w> {
+    rest: &'a mut [f32],
+    ws: &'w [&'w Linear],
+    n: usize,
+}
+
+/// `run(i, part)` for weights [i, end), each on its part of `parts`, side by side when
+/// `parallel`.
+fn for_each_part(
+    parallel: bool,
+    i: usize,
+    end: usize,
+    parts: &mut SplitByWeight<'_, '_>,
+    run: &(impl Fn(usize, &mut [f32]) + Sync),
+) {
+    if i == end {
+        return;
+    }
+    let (mine, rest) = std::mem::take(&mut parts.rest).split_at_mut(parts.ws[i].rows * parts.n);
+    parts.rest = rest;
+    if parallel && i + 1 < end {
+        rayon::join(|| run(i, mine), || for_each_part(parallel, i + 1, end, parts, run));
+    } else {
+        run(i, mine);
+        for_each_part(parallel, i + 1, end, parts, run);
+    }
 }
 
 /// Rows per rayon task of a weight [rows, cols] against n tokens: TASK_WORK multiply-adds,
@@ -140,8 +210,15 @@ const TRANSPOSE_TILE: usize = 32;
 /// a [rows, n] -> [n, rows], in tiles, a thread's share of the tokens at a time when large.
 /// Element by element, each write of a prefill chunk's outputs missed the cache (8% of a
 /// 512-token prefill's time on the mid-size bench model).
+#[cfg(test)]
 fn transpose(a: &[f32], rows: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; n * rows]; // [n, rows]
+    transpose_into(a, rows, n, &mut out);
+    out
+}
+
+/// `transpose` into out [n, rows].
+fn transpose_into(a: &[f32], rows: usize, n: usize, out: &mut [f32]) {
     let tile = |(b, chunk): (usize, &mut [f32])| {
         let t0 = b * TRANSPOSE_TILE;
         let tn = chunk.len() / rows;
@@ -159,7 +236,6 @@ fn transpose(a: &[f32], rows: usize, n: usize) -> Vec<f32> {
     } else {
         out.chunks_mut(TRANSPOSE_TILE * rows).enumerate().for_each(tile);
     }
-    out
 }
 
 /// Rows of `w` from `r` on, in a format the kernels read in place; None for f16 and fp8.

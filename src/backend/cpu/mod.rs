@@ -8,6 +8,7 @@ pub mod heap;
 mod index_dots;
 mod indexer;
 pub mod kernels;
+mod key_selection;
 mod kv_store;
 mod matmul;
 pub mod moe;
@@ -28,17 +29,18 @@ pub mod warm;
 /// On Zen 3 an earlier session read 0.95-1.07 for 16K, no steady gain.
 const PARALLEL_MIN_WORK: usize = 1 << 14;
 
-pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_group};
+pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_activations_into, quantize_mxfp4_group};
 pub use attention::{KeySet, attend_heads, latent_attention};
 pub use backend::{Cpu, CpuBatch, Rows};
-pub use indexer::{score_row, score_slots, score_span};
+pub use indexer::{score_row, score_slots, score_span, span_part, span_scores};
 pub use kernels::dot;
+pub use key_selection::KeySelection;
 pub use kv_store::HostKvStore;
-pub use matmul::{matmul, matmul_many, matmul_pair};
+pub use matmul::{matmul, matmul_into, matmul_many, matmul_pair};
 pub use norm::{layer_norm_rows, rms_norm_rows};
 pub use rope::Rope;
-pub use router::{Route, RouterConfig, route};
-pub use topk::{arg_first, rank_order, top_k};
+pub use router::{Route, RouterConfig, Routing, route, routing};
+pub use topk::{arg_first, rank_order, top_k, top_k_into};
 
 /// silu(g) * u, elementwise; g and u are [n, w], the result replaces g.
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {

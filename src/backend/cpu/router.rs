@@ -3,7 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::{dot, top_k};
+use super::kernels::aligned::Aligned;
+use super::{dot, top_k_into};
 
 /// One token's routing: expert ids (ascending) and their weights.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,42 +29,82 @@ pub struct RouterConfig {
 /// Experts scored per task when the scores are split over the threads.
 const EXPERT_BLOCK: usize = 16;
 
+/// Every token's routing in one pair of buffers: token t's experts (ascending) are
+/// experts[t * k..(t + 1) * k], their weights likewise, so a step allocates nothing per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routing {
+    pub k: usize,
+    pub experts: Vec<u32>, // [n, k]
+    pub weights: Vec<f32>, // [n, k]
+}
+
+impl Routing {
+    pub fn n(&self) -> usize {
+        self.experts.len() / self.k.max(1)
+    }
+
+    /// Token t's (experts, weights).
+    pub fn token(&self, t: usize) -> (&[u32], &[f32]) {
+        (&self.experts[t * self.k..(t + 1) * self.k], &self.weights[t * self.k..(t + 1) * self.k])
+    }
+
+    /// One `Route` per token, as traces read them.
+    pub fn to_routes(&self) -> Vec<Route> {
+        (0..self.n())
+            .map(|t| {
+                let (experts, weights) = self.token(t);
+                Route { experts: experts.to_vec(), weights: weights.to_vec() }
+            })
+            .collect()
+    }
+}
+
 /// Routes each of the n tokens of x [n, D] with router [E, D] (f32) and bias [E].
 pub fn route(x: &[f32], n: usize, router: &[f32], bias: &[f32], c: &RouterConfig) -> Vec<Route> {
+    routing(x, n, router, bias, c).to_routes()
+}
+
+/// `route` into one `Routing`.
+pub fn routing(x: &[f32], n: usize, router: &[f32], bias: &[f32], c: &RouterConfig) -> Routing {
     let e = c.experts;
     let d = router.len() / e.max(1);
+    let k = c.top_k.min(e);
     let all_scores = sigmoid_scores(x, n, router, e, d); // [n, E]
-    (0..n)
-        .map(|t| {
-            let scores = &all_scores[t * e..(t + 1) * e];
-            let mut choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
-            if c.groups > 1 {
-                let per = e / c.groups;
-                // A group's score is the sum of its two best choices.
-                let group_scores: Vec<f32> = choice
-                    .chunks(per)
-                    .map(|g| {
-                        let best = top_k(g, 2);
-                        best.iter().map(|&i| g[i as usize]).sum()
-                    })
-                    .collect();
-                let kept = top_k(&group_scores, c.keep_groups);
-                for (gi, g) in choice.chunks_mut(per).enumerate() {
-                    if !kept.contains(&(gi as u32)) {
-                        g.fill(f32::NEG_INFINITY);
-                    }
+    let mut out = Routing { k, experts: vec![0; n * k], weights: vec![0.0; n * k] };
+    let per = e / c.groups.max(1);
+    let mut choice = Aligned::<f32>::zeroed(e); // [E] scores + bias, the kept groups' only
+    let mut group_scores = Aligned::<f32>::zeroed(e.div_ceil(per.max(1))); // [groups]
+    let mut best = Aligned::<u32>::zeroed(e.max(2)); // [E] indices from top-k
+    for t in 0..n {
+        let scores = &all_scores[t * e..(t + 1) * e];
+        for ((o, s), b) in choice.iter_mut().zip(scores).zip(bias) {
+            *o = s + b;
+        }
+        if c.groups > 1 {
+            // A group's score is the sum of its two best choices.
+            for (gs, g) in group_scores.iter_mut().zip(choice.chunks(per)) {
+                let m = top_k_into(g, 2, &mut best);
+                *gs = best[..m].iter().map(|&i| g[i as usize]).sum();
+            }
+            let m = top_k_into(&group_scores, c.keep_groups, &mut best);
+            for (gi, g) in choice.chunks_mut(per).enumerate() {
+                if !best[..m].contains(&(gi as u32)) {
+                    g.fill(f32::NEG_INFINITY);
                 }
             }
-            let experts = top_k(&choice, c.top_k);
-            let mut weights: Vec<f32> = experts.iter().map(|&j| scores[j as usize]).collect();
-            if c.normalize {
-                let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
-                weights.iter_mut().for_each(|v| *v /= sum);
-            }
-            weights.iter_mut().for_each(|v| *v *= c.scaling);
-            Route { experts, weights }
-        })
-        .collect()
+        }
+        let (experts, weights) = (&mut out.experts[t * k..(t + 1) * k], &mut out.weights[t * k..(t + 1) * k]);
+        top_k_into(&choice, k, experts);
+        for (w, &j) in weights.iter_mut().zip(experts.iter()) {
+            *w = scores[j as usize];
+        }
+        if c.normalize {
+            let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
+            weights.iter_mut().for_each(|v| *v /= sum);
+        }
+        weights.iter_mut().for_each(|v| *v *= c.scaling);
+    }
+    out
 }
 
 /// sigmoid(x router^T) -> [n, E], split over the threads in blocks of experts when large: a
@@ -81,7 +122,8 @@ fn sigmoid_scores(x: &[f32], n: usize, router: &[f32], e: usize, d: usize) -> Ve
         }
     };
     // Blocks of EXPERT_BLOCK experts within each token's row (the last may be shorter).
-    let tasks: Vec<&mut [f32]> = scores.chunks_mut(e.max(1)).flat_map(|row| row.chunks_mut(EXPERT_BLOCK)).collect();
+    let mut tasks: Vec<&mut [f32]> = Vec::with_capacity(n * e.div_ceil(EXPERT_BLOCK));
+    tasks.extend(scores.chunks_mut(e.max(1)).flat_map(|row| row.chunks_mut(EXPERT_BLOCK)));
     if n * e * d >= super::PARALLEL_MIN_WORK {
         tasks.into_par_iter().enumerate().for_each(score);
     } else {

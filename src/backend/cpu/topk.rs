@@ -6,6 +6,8 @@
 
 use std::cmp::Ordering;
 
+use super::kernels::aligned::Aligned;
+
 /// How (value, index) `a` ranks against `b`: Less when `a` comes first.
 pub fn rank_order(a: (f32, u32), b: (f32, u32)) -> Ordering {
     match (a.0.is_nan(), b.0.is_nan()) {
@@ -18,18 +20,30 @@ pub fn rank_order(a: (f32, u32), b: (f32, u32)) -> Ordering {
 
 /// Indices of the `k` first scores under the ranking rule, ascending.
 pub fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
+    let mut idx = vec![0u32; k.min(scores.len())];
+    top_k_into(scores, k, &mut idx);
+    idx
+}
+
+/// `top_k` written to the front of `out` (at least min(k, scores.len()) long); how many.
+/// Its scratch comes from the thread's pool, so a step's per-query selections allocate
+/// nothing.
+pub fn top_k_into(scores: &[f32], k: usize, out: &mut [u32]) -> usize {
     // Each (score, index) as one integer that sorts in rank order, so the selection compares
     // plain u64s (a closure of NaN checks per comparison cost more than the scoring).
-    let mut keys: Vec<u64> =
-        scores.iter().enumerate().map(|(i, &v)| (u64::from(rank_key(v)) << 32) | i as u64).collect();
+    let mut keys = Aligned::<u64>::zeroed(scores.len()); // [T]
+    for (key, (i, &v)) in keys.iter_mut().zip(scores.iter().enumerate()) {
+        *key = (u64::from(rank_key(v)) << 32) | i as u64;
+    }
     let k = k.min(keys.len());
     if k < keys.len() {
         keys.select_nth_unstable(k);
-        keys.truncate(k);
     }
-    let mut idx: Vec<u32> = keys.iter().map(|&key| key as u32).collect();
-    idx.sort_unstable();
-    idx
+    for (o, &key) in out[..k].iter_mut().zip(&keys[..k]) {
+        *o = key as u32;
+    }
+    out[..k].sort_unstable();
+    k
 }
 
 /// A score as a u32 that orders as `rank_order` does, ties aside: larger values smaller

@@ -3,16 +3,90 @@
 //! load, and every 64-byte one, spans two cache lines and costs two. Measured on Zen 3
 //! (`kernel_tile_speed`, bf16 rows against 4 to 64 tokens from L2, one core): 17-19 ->
 //! 22.6-23.5 G multiply-adds/s with the tokens' rows aligned.
+//!
+//! They are also a step's scratch: a buffer's lines come from a pool the process keeps and go
+//! back to it when the buffer is dropped, so the kernels' activation copies and the buffers
+//! an op needs per token, key span or expert reuse memory from step to step instead of
+//! asking the allocator for it each time (a one-token demo step made about 480 allocations,
+//! each token more about 60; now a step makes about 260 whatever its tokens).
 
 use std::marker::PhantomData;
+use std::sync::{Mutex, PoisonError};
 
 /// One cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// A buffer of `len` values of T (f32, i16, i8, i32: plain numbers whose size divides 64)
-/// whose first value starts a cache line; zeroed when made.
+/// Buffers kept for reuse at most. A step holds a few dozen at a time (an op's activation
+/// copies, attention's per-token buffers, each expert's MLP); beyond these, a dropped buffer
+/// is freed.
+const KEPT: usize = 64;
+
+/// Bytes kept for reuse at most: a large model's prefill chunk makes buffers of hundreds of
+/// MiB, which go back to the C allocator (and its thresholds, `heap.rs`) beyond this.
+const KEPT_BYTES: usize = 256 << 20;
+
+/// Storage of dropped buffers, for the next ones of any thread. One pool for the process, not
+/// one per thread: a buffer made on one thread is often dropped on another (an expert's
+/// output goes back to the thread that sums them), and pools per thread then filled on one
+/// side and emptied on the other, which allocated on every step.
+static POOL: Mutex<Pool> = Mutex::new(Pool { kept: Vec::new(), lines: 0 });
+
+struct Pool {
+    kept: Vec<Vec<Line>>,
+    /// The kept buffers' capacities, in lines.
+    lines: usize,
+}
+
+/// Storage for `lines` cache lines, zeroed: the kept one that fits most tightly, else the
+/// largest kept (grown), else new.
+fn take(lines: usize) -> Vec<Line> {
+    let kept = {
+        let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+        let kept = &pool.kept;
+        let fit = (0..kept.len())
+            .filter(|&i| kept[i].capacity() >= lines)
+            .min_by_key(|&i| kept[i].capacity())
+            .or_else(|| (0..kept.len()).max_by_key(|&i| kept[i].capacity()));
+        fit.map(|i| {
+            let v = pool.kept.swap_remove(i);
+            pool.lines -= v.capacity();
+            v
+        })
+    };
+    let mut v = kept.unwrap_or_default();
+    v.clear();
+    v.resize(lines, Line([0; 64]));
+    v
+}
+
+/// Back to the pool, within KEPT and KEPT_BYTES; when it is full of buffers, the smaller of
+/// this and its smallest is freed.
+fn give_back(v: Vec<Line>) {
+    let cap = v.capacity();
+    let most = KEPT_BYTES / size_of::<Line>();
+    if cap == 0 {
+        return;
+    }
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    if pool.kept.len() < KEPT {
+        if pool.lines + cap <= most {
+            pool.lines += cap;
+            pool.kept.push(v);
+        }
+    } else if let Some(i) = (0..pool.kept.len()).min_by_key(|&i| pool.kept[i].capacity()) {
+        let smallest = pool.kept[i].capacity();
+        if smallest < cap && pool.lines - smallest + cap <= most {
+            pool.lines = pool.lines - smallest + cap;
+            pool.kept[i] = v;
+        }
+    }
+}
+
+/// A buffer of `len` values of T (f32, i16, i8, i32, u32, u64, u8, usize: plain numbers
+/// whose size divides 64) whose first value starts a cache line; zeroed when made, its
+/// storage from the pool and back to it when dropped.
 pub struct Aligned<T> {
     lines: Vec<Line>,
     len: usize,
@@ -25,11 +99,15 @@ impl Plain for f32 {}
 impl Plain for i16 {}
 impl Plain for i8 {}
 impl Plain for i32 {}
+impl Plain for u32 {}
+impl Plain for u64 {}
+impl Plain for u8 {}
+impl Plain for usize {}
 
 impl<T: Plain> Aligned<T> {
     pub fn zeroed(len: usize) -> Aligned<T> {
         const { assert!(64 % size_of::<T>() == 0 && align_of::<T>() <= 64) };
-        let lines = vec![Line([0; 64]); (len * size_of::<T>()).div_ceil(64)];
+        let lines = take((len * size_of::<T>()).div_ceil(64));
         Aligned { lines, len, _values: PhantomData }
     }
 
@@ -38,6 +116,12 @@ impl<T: Plain> Aligned<T> {
         let mut a = Aligned::zeroed(values.len());
         a.copy_from_slice(values);
         a
+    }
+}
+
+impl<T> Drop for Aligned<T> {
+    fn drop(&mut self) {
+        give_back(std::mem::take(&mut self.lines));
     }
 }
 
@@ -71,6 +155,28 @@ mod tests {
             let z = Aligned::<i16>::zeroed(len);
             assert_eq!((z.len(), z.as_ptr() as usize % 64), (len, 0));
             assert!(z.iter().all(|&q| q == 0));
+        }
+    }
+
+    #[test]
+    fn reused_storage_comes_back_zeroed_and_sized() {
+        // Buffers dirtied and dropped, then taken again at smaller, equal and larger sizes:
+        // whichever kept storage each gets, it starts on a line and holds only zeros.
+        for round in 0..50usize {
+            let dirty: Vec<Aligned<u32>> = (1..8).map(|k| Aligned::zeroed(k * 100 + round)).collect();
+            let dirty: Vec<Aligned<u32>> = dirty
+                .into_iter()
+                .map(|mut a| {
+                    a.fill(u32::MAX);
+                    a
+                })
+                .collect();
+            drop(dirty);
+            for len in [1usize, 99, 450, 800, 2000] {
+                let a = Aligned::<f32>::zeroed(len);
+                assert_eq!((a.len(), a.as_ptr() as usize % 64), (len, 0));
+                assert!(a.iter().all(|&v| v.to_bits() == 0), "round {round}, {len} values: not zeroed");
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ pub struct Int16Acts {
     pub q: Aligned<i16>,
     /// [n, B]: s / 2 (undoing the doubled E2M1 values of the kernel's weights); NaN for a
     /// block with a non-finite element, 0 for a block of zeros.
-    pub scale: Vec<f32>,
+    pub scale: Aligned<f32>,
 }
 
 impl Int16Acts {
@@ -33,7 +33,7 @@ impl Int16Acts {
     pub fn new(x: &[f32], n: usize, cols: usize) -> Int16Acts {
         let blocks = cols / BLOCK;
         let mut q = Aligned::zeroed(n * blocks * BLOCK);
-        let mut scale = vec![0.0f32; n * blocks];
+        let mut scale = Aligned::zeroed(n * blocks);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: checked just above that the CPU has AVX2.

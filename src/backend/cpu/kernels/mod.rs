@@ -20,7 +20,7 @@
 mod accumulate;
 #[cfg(target_arch = "x86_64")]
 mod accumulate_avx2;
-mod aligned;
+pub mod aligned;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
