@@ -1,7 +1,7 @@
-//! The CPU forward's hot path allocates per op, never per token nor per key: a step's
-//! per-token and per-expert buffers (attention's, the indexer's scores and selection, the
-//! router's, each expert's MLP) come from the threads' scratch pools, and its outputs are one
-//! buffer per op. Counted by a global allocator over every thread, once the pools have grown
+//! The CPU forward's hot path allocates per op, never per token, per sequence nor per key: a
+//! step's per-token and per-expert buffers (attention's, the indexer's scores and selection,
+//! the router's, each expert's MLP) come from the scratch pool, and its outputs are one buffer
+//! per op. Counted by a global allocator over every thread, once the pools have grown
 //! to the step's sizes.
 //!
 //! One test in this binary: the count is process-wide, so nothing else may run beside it.
@@ -11,8 +11,10 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use kiln::backend::Backend;
 use kiln::backend::cpu::Cpu;
-use kiln::model::{Model, SeqCache};
+use kiln::kv::{KvFormat, PageTable, SeqKv};
+use kiln::model::{Model, SeqCache, StepBatch};
 use kiln::plan;
 use kiln::weights::WeightsSource;
 
@@ -82,6 +84,37 @@ fn step_allocations(model: &Model, context: usize, width: usize) -> usize {
     counts[2]
 }
 
+/// Allocations of one decode step of `seqs` sequences (a token each, every row's greedy token
+/// returned, as the engine decodes) after 100 tokens each, the third of three such steps. The
+/// step batch is built before counting: its page tables are the engine's.
+fn batch_step_allocations(model: &Model, seqs: usize) -> usize {
+    const PAGE: usize = 16;
+    let mut counts = Vec::new();
+    for round in 0..3 {
+        let mut table = PageTable::new(PAGE, seqs * 8, false);
+        let mut kv = model.backend.kv_store(KvFormat::Bf16, model.kv_geometry(), table.total_slots()).unwrap();
+        let mut kvs = vec![SeqKv::default(); seqs];
+        for (s, seq) in kvs.iter_mut().enumerate() {
+            table.reserve(seq, 100).unwrap();
+            let mut prompt = StepBatch::new(PAGE);
+            prompt.push(seq, &ids(100, s as u32));
+            prompt.argmax_rows = vec![99];
+            model.step(&prompt, &mut kv, None).unwrap();
+            seq.len = 100;
+        }
+        let mut step = StepBatch::new(PAGE);
+        for (s, seq) in kvs.iter_mut().enumerate() {
+            table.reserve(seq, 101).unwrap();
+            step.push(seq, &ids(1, (round * 97 + s) as u32));
+        }
+        step.argmax_rows = (0..seqs).collect();
+        let before = ALLOCATIONS.load(Relaxed);
+        model.step(&step, &mut kv, None).unwrap();
+        counts.push(ALLOCATIONS.load(Relaxed) - before);
+    }
+    counts[2]
+}
+
 #[test]
 fn a_step_allocates_per_op_not_per_token_nor_per_key() {
     let model = demo_model();
@@ -97,6 +130,9 @@ fn a_step_allocates_per_op_not_per_token_nor_per_key() {
     let chunk = step_allocations(&model, 100, 64);
     let long_chunk = step_allocations(&model, 100, 256);
     assert!(long_chunk <= chunk + NOISE, "a 256-token chunk made {long_chunk} allocations, a 64-token one {chunk}");
+    // A decode batch: each sequence's keys scored and attended on their own.
+    let (pair, many) = (batch_step_allocations(&model, 2), batch_step_allocations(&model, 24));
+    assert!(many <= pair + NOISE, "a step of 24 sequences made {many} allocations, one of 2 made {pair}");
     // Not a test that cannot fail: a step does allocate (its outputs, one buffer per op).
-    assert!(two > 0);
+    assert!(two > 0 && pair > 0);
 }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::backend::{Backend, MlaDims, MlpLinears, Selection, StepBatch};
 use crate::error::{Error, Result};
-use crate::kv::{KvFormat, KvGeometry, PageCopy};
+use crate::kv::{KvFormat, KvGeometry, PageCopy, PageId};
 use crate::weights::Linear;
 
 /// The CPU backend (rayon's global pool does the threading).
@@ -53,16 +53,60 @@ const SPAN_MIN_KEYS: usize = 64;
 /// against the cost of handing it to a thread.
 const SPAN_WORK: usize = 1 << 21;
 
-/// A step as the CPU ops read it: the host batch and each token's own slot.
+/// A step as the CPU ops read it: each token's id, position, sequence and own slot, and the
+/// sequences' page tables one after the other (one buffer, not one per sequence: a decode
+/// batch has a sequence per token).
 pub struct CpuBatch {
-    pub step: StepBatch,
-    pub slots: Vec<usize>, // [N]
+    pub tokens: Vec<u32>,      // [N]
+    pub positions: Vec<usize>, // [N]
+    pub seq: Vec<usize>,       // [N] each token's sequence
+    pub slots: Vec<usize>,     // [N] each token's own entry
+    pages: Vec<PageId>,        // [every sequence's pages]
+    page_start: Vec<usize>,    // [S + 1]: sequence s's table is pages[page_start[s]..page_start[s + 1]]
+    page_size: usize,
 }
 
 impl CpuBatch {
+    fn new(b: &StepBatch) -> CpuBatch {
+        let mut page_start = Vec::with_capacity(b.page_tables.len() + 1);
+        page_start.push(0);
+        for t in &b.page_tables {
+            page_start.push(page_start.last().copied().unwrap_or(0) + t.len());
+        }
+        let mut pages = Vec::with_capacity(page_start.last().copied().unwrap_or(0));
+        for t in &b.page_tables {
+            pages.extend_from_slice(t);
+        }
+        CpuBatch {
+            tokens: b.tokens.clone(),
+            positions: b.positions.clone(),
+            seq: b.seq.clone(),
+            slots: b.slots(),
+            pages,
+            page_start,
+            page_size: b.page_size,
+        }
+    }
+
+    /// Tokens in the step.
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Sequences in the step.
+    fn sequences(&self) -> usize {
+        self.page_start.len() - 1
+    }
+
+    /// The slot of position `pos` in the sequence of token `i`.
+    fn slot(&self, i: usize, pos: usize) -> usize {
+        let table = &self.pages[self.page_start[self.seq[i]]..self.page_start[self.seq[i] + 1]];
+        table[pos / self.page_size] as usize * self.page_size + pos % self.page_size
+    }
+
     /// Slots of positions `positions` in the sequence of token `i`.
     fn slots_of(&self, i: usize, positions: &[usize]) -> Vec<usize> {
-        positions.iter().map(|&p| self.step.slot(i, p)).collect()
+        positions.iter().map(|&p| self.slot(i, p)).collect()
     }
 
     /// Slots of the keys token `i` at `pos` attends to under `sel`, written to the front of
@@ -70,7 +114,7 @@ impl CpuBatch {
     fn slots_into(&self, i: usize, sel: &KeySelection, pos: usize, out: &mut [usize]) -> usize {
         let mut count = 0;
         let mut put = |p: usize| {
-            out[count] = self.step.slot(i, p);
+            out[count] = self.slot(i, p);
             count += 1;
         };
         match sel.row(i) {
@@ -155,7 +199,7 @@ impl Backend for Cpu {
     fn batch(&self, b: &StepBatch) -> Result<CpuBatch> {
         // A step starts: keep the other workers from falling asleep between its ops.
         super::warm::keep_warm();
-        Ok(CpuBatch { slots: b.slots(), step: b.clone() })
+        Ok(CpuBatch::new(b))
     }
 
     fn upload(&self, rows: Vec<f32>, width: usize) -> Result<Rows> {
@@ -191,8 +235,8 @@ impl Backend for Cpu {
 
     fn embed(&self, table: &Linear, b: &CpuBatch) -> Result<Rows> {
         let d = table.cols;
-        let mut h = vec![0.0f32; b.step.len() * d]; // [N, D]
-        for (row, &t) in h.chunks_mut(d).zip(&b.step.tokens) {
+        let mut h = vec![0.0f32; b.len() * d]; // [N, D]
+        for (row, &t) in h.chunks_mut(d).zip(&b.tokens) {
             table.row_into(t as usize, row);
         }
         Ok(Rows::new(h, d))
@@ -263,7 +307,7 @@ impl Backend for Cpu {
         let stride = x.width / heads;
         let rot = 2 * inv_freq.len();
         let mut angles = vec![(0.0, 0.0); inv_freq.len()]; // [rot/2], one position's
-        for (t, &pos) in b.step.positions.iter().enumerate() {
+        for (t, &pos) in b.positions.iter().enumerate() {
             sin_cos(inv_freq, pos, &mut angles);
             for h in 0..heads {
                 let base = (t * heads + h) * stride + offset;
@@ -288,7 +332,7 @@ impl Backend for Cpu {
     }
 
     fn select_all(&self, b: &CpuBatch) -> Result<KeySelection> {
-        Ok(KeySelection::all(b.step.len()))
+        Ok(KeySelection::all(b.len()))
     }
 
     fn indexer_select(
@@ -304,14 +348,13 @@ impl Backend for Cpu {
         // The queries that score (a query whose causal window fits in top-k keeps every key),
         // by sequence, in position order: each sequence's keys are read once for all its
         // queries (a verification step's, a prompt chunk's), in spans that are the tasks.
-        let mut order = Vec::with_capacity(b.step.len()); // [Q]
-        order.extend((0..b.step.len()).filter(|&i| b.step.positions[i] >= topk));
-        order.sort_by_key(|&i| (b.step.seq[i], b.step.positions[i]));
+        let mut order = Vec::with_capacity(b.len()); // [Q]
+        order.extend((0..b.len()).filter(|&i| b.positions[i] >= topk));
+        order.sort_by_key(|&i| (b.seq[i], b.positions[i]));
         // Each sequence's queries: order[groups[g]..groups[g + 1]].
-        let mut groups: Vec<usize> = (0..order.len())
-            .filter(|&j| j == 0 || b.step.seq[order[j]] != b.step.seq[order[j - 1]])
-            .chain(std::iter::once(order.len()))
-            .collect();
+        let mut groups = Vec::with_capacity(order.len() + 1);
+        groups.extend((0..order.len()).filter(|&j| j == 0 || b.seq[order[j]] != b.seq[order[j - 1]]));
+        groups.push(order.len());
         if order.is_empty() {
             groups.clear();
         }
@@ -324,13 +367,13 @@ impl Backend for Cpu {
         let (least, most) = ((threads / seqs.max(1)).max(1), (4 * threads / seqs.max(1)).max(1));
         // Gathered once for all the spans: the queries' limits (position + 1) [Q], q [Q, Hi * Di]
         // and w [Q, Hi].
-        let limits: Vec<usize> = order.iter().map(|&i| b.step.positions[i] + 1).collect();
+        let limits: Vec<usize> = order.iter().map(|&i| b.positions[i] + 1).collect();
         let (mut qq, mut ww) = (Vec::with_capacity(order.len() * q.width), Vec::with_capacity(order.len() * w.width));
         for &i in &order {
             qq.extend_from_slice(q.row(i));
             ww.extend_from_slice(w.row(i));
         }
-        let mut tasks: Vec<(usize, usize, usize)> = Vec::new(); // (sequence group, first key, end key)
+        let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(seqs * most); // (sequence group, first key, end key)
         let mut work = 0;
         for g in 0..seqs {
             let lim = &limits[groups[g]..groups[g + 1]];
@@ -347,7 +390,7 @@ impl Backend for Cpu {
             let (j0, j1) = (groups[g], groups[g + 1]);
             let mut slots = Aligned::<usize>::zeroed(k1 - k0); // [k1 - k0]
             for (s, p) in slots.iter_mut().zip(k0..k1) {
-                *s = b.step.slot(order[j0], p);
+                *s = b.slot(order[j0], p);
             }
             let lim = &limits[j0..j1];
             let mut out = Aligned::<f32>::zeroed(span_scores(k0, k1 - k0, lim));
@@ -380,7 +423,7 @@ impl Backend for Cpu {
         } else {
             chosen.chunks_mut(topk.max(1)).enumerate().for_each(pick);
         }
-        let mut rows = vec![None; b.step.len()];
+        let mut rows = vec![None; b.len()];
         for (j, &i) in order.iter().enumerate() {
             rows[i] = Some((j * topk, topk));
         }
@@ -425,11 +468,11 @@ impl Backend for Cpu {
         sel: &KeySelection,
         d: &MlaDims,
     ) -> Result<Rows> {
-        let (n, h, r) = (b.step.len(), d.heads, d.latent);
+        let (n, h, r) = (b.len(), d.heads, d.latent);
         let stride = d.nope + d.rope;
         // The work is the selected keys, not the context: a decode step's attention over a long
         // context still reads index_topk entries per head.
-        let keys_each = (0..n).map(|i| sel.key_count(i, b.step.positions[i])).max().unwrap_or(0);
+        let keys_each = (0..n).map(|i| sel.key_count(i, b.positions[i])).max().unwrap_or(0);
         // A token's heads split into groups when there are fewer tokens than threads (a decode
         // step): each group reads the token's entries again, which costs less than a thread
         // left idle. Not when the work is too small to go parallel at all: the groups would
@@ -451,7 +494,7 @@ impl Backend for Cpu {
         );
         let attend = |(i, h0, o): (usize, usize, &mut [f32])| {
             let h1 = h0 + o.len() / r.max(1);
-            let pos = b.step.positions[i];
+            let pos = b.positions[i];
             let mut slots = Aligned::<usize>::zeroed(sel.key_count(i, pos)); // [keys]
             let count = b.slots_into(i, sel, pos, &mut slots);
             let part = MlaDims { heads: h1 - h0, ..*d };
@@ -512,16 +555,16 @@ impl Backend for Cpu {
         d: &MlaDims,
     ) -> Result<Rows> {
         let (h, dn, dr, dv) = (d.heads, d.nope, d.rope, d.v);
-        let mut out = vec![0.0f32; b.step.len() * h * dv]; // [n, H, v]
-        for s in 0..b.step.page_tables.len() {
-            let mine: Vec<usize> = (0..b.step.len()).filter(|&i| b.step.seq[i] == s).collect();
-            let Some(len) = mine.iter().map(|&i| b.step.positions[i] + 1).max() else { continue };
+        let mut out = vec![0.0f32; b.len() * h * dv]; // [n, H, v]
+        for s in 0..b.sequences() {
+            let mine: Vec<usize> = (0..b.len()).filter(|&i| b.seq[i] == s).collect();
+            let Some(len) = mine.iter().map(|&i| b.positions[i] + 1).max() else { continue };
             // Every key of the sequence expanded through kv_b: [T, H, nope + v].
             let all: Vec<usize> = (0..len).collect();
             let set = KeySet::read(kv, layer, &b.slots_of(mine[0], &all));
             let expanded = matmul(&set.latent, len, kv_b, false);
             for &i in &mine {
-                let keys = sel.keys(i, b.step.positions[i]);
+                let keys = sel.keys(i, b.positions[i]);
                 for head in 0..h {
                     let qh = &q.row(i)[head * (dn + dr)..(head + 1) * (dn + dr)];
                     let mut scores: Vec<f32> = keys
