@@ -39,23 +39,20 @@ struct Pool {
     lines: usize,
 }
 
-/// Storage for `lines` cache lines, zeroed: the kept one that fits most tightly, else the
-/// largest kept (grown), else new.
+/// Storage for `lines` cache lines, zeroed: the kept one that fits most tightly, else new (a
+/// kept one grown would have its old contents copied by the reallocation).
 fn take(lines: usize) -> Vec<Line> {
     let kept = {
         let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
         let kept = &pool.kept;
-        let fit = (0..kept.len())
-            .filter(|&i| kept[i].capacity() >= lines)
-            .min_by_key(|&i| kept[i].capacity())
-            .or_else(|| (0..kept.len()).max_by_key(|&i| kept[i].capacity()));
+        let fit = (0..kept.len()).filter(|&i| kept[i].capacity() >= lines).min_by_key(|&i| kept[i].capacity());
         fit.map(|i| {
             let v = pool.kept.swap_remove(i);
             pool.lines -= v.capacity();
             v
         })
     };
-    let mut v = kept.unwrap_or_default();
+    let mut v = kept.unwrap_or_else(|| Vec::with_capacity(lines));
     v.clear();
     v.resize(lines, Line([0; 64]));
     v
