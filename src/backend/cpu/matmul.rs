@@ -54,7 +54,7 @@ pub fn matmul_many(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool) ->
 }
 
 /// `matmul_many` into `outs` ([n, w.rows] for each of `ws`), with every buffer of its own
-/// from the thread's scratch pool: an MoE step's experts call this per expert, and so
+/// from the scratch pool: an MoE step's experts call this per expert, and so
 /// allocate nothing however many experts the step's tokens reach.
 pub fn matmul_into(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool, outs: &mut [&mut [f32]]) {
     let Some(cols) = ws.first().map(|w| w.cols) else { return };

@@ -14,7 +14,7 @@ pub fn mlp(w: &MlpLinears, x: &[f32], n: usize, act_quant: bool) -> Vec<f32> {
     matmul(&g, n, &w.down, act_quant)
 }
 
-/// `mlp` into a buffer from the thread's scratch pool, with its intermediates from it too:
+/// `mlp` into a buffer from the scratch pool, with its intermediates from it too:
 /// an expert's call allocates nothing. x [m, D] -> [m, D].
 fn expert_mlp(w: &MlpLinears, x: &[f32], m: usize, act_quant: bool) -> Aligned<f32> {
     let inter = w.gate.rows;

@@ -26,7 +26,7 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
 }
 
 /// `top_k` written to the front of `out` (at least min(k, scores.len()) long); how many.
-/// Its scratch comes from the thread's pool, so a step's per-query selections allocate
+/// Its scratch comes from the scratch pool, so a step's per-query selections allocate
 /// nothing.
 pub fn top_k_into(scores: &[f32], k: usize, out: &mut [u32]) -> usize {
     // Each (score, index) as one integer that sorts in rank order, so the selection compares
