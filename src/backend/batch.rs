@@ -118,8 +118,15 @@ pub fn key_count(row: Option<&[u32]>, pos: usize) -> usize {
 
 /// Keys a query at `pos` with selection `row` may see: causal, and within its selection.
 pub fn causal_keys(row: Option<&[u32]>, pos: usize) -> Vec<usize> {
+    let mut keys = Vec::with_capacity(key_count(row, pos));
+    for_each_causal_key(row, pos, |t| keys.push(t));
+    keys
+}
+
+/// `f` on each key of `causal_keys`, in order, without collecting them.
+pub fn for_each_causal_key(row: Option<&[u32]>, pos: usize, f: impl FnMut(usize)) {
     match row {
-        None => (0..=pos).collect(),
-        Some(set) => set.iter().map(|&t| t as usize).filter(|&t| t <= pos).collect(),
+        None => (0..=pos).for_each(f),
+        Some(set) => set.iter().map(|&t| t as usize).filter(|&t| t <= pos).for_each(f),
     }
 }

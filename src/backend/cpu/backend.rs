@@ -6,18 +6,19 @@
 
 use rayon::prelude::*;
 
+use super::index_select::select_keys;
 use super::kernels::aligned::Aligned;
 use super::kernels::{Acts, Isa, accumulate_rows, block_dots};
 use super::matmul::rows_ref;
 use super::{
-    HostKvStore, KeySelection, KeySet, Route, RouterConfig, Routing, attend_heads, dot, layer_norm_rows, matmul,
-    matmul_many, rms_norm_rows,
+    CpuBatch, HostKvStore, KeySelection, KeySet, Route, RouterConfig, Routing, attend_heads, dot, layer_norm_rows,
+    matmul, matmul_many, par_map, rms_norm_rows,
     rope::{rotate_by, sin_cos},
-    routing, score_span, silu_mul, softmax, span_part, span_scores, top_k_into,
+    routing, silu_mul, softmax, splits,
 };
 use crate::backend::{Backend, MlaDims, MlpLinears, Selection, StepBatch};
 use crate::error::{Error, Result};
-use crate::kv::{KvFormat, KvGeometry, PageCopy, PageId};
+use crate::kv::{KvFormat, KvGeometry, PageCopy};
 use crate::weights::Linear;
 
 /// The CPU backend (rayon's global pool does the threading).
@@ -44,96 +45,6 @@ impl Rows {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.width..(i + 1) * self.width]
     }
-}
-
-/// Keys an indexer span holds at least (unless its sequence has fewer): a page or more, so
-/// that each kernel call over a run of consecutive slots is long.
-const SPAN_MIN_KEYS: usize = 64;
-/// Multiply-adds per indexer span beyond the one each thread gets: a span is then long
-/// against the cost of handing it to a thread.
-const SPAN_WORK: usize = 1 << 21;
-
-/// A step as the CPU ops read it: each token's id, position, sequence and own slot, and the
-/// sequences' page tables one after the other (one buffer, not one per sequence: a decode
-/// batch has a sequence per token).
-pub struct CpuBatch {
-    pub tokens: Vec<u32>,      // [N]
-    pub positions: Vec<usize>, // [N]
-    pub seq: Vec<usize>,       // [N] each token's sequence
-    pub slots: Vec<usize>,     // [N] each token's own entry
-    pages: Vec<PageId>,        // [every sequence's pages]
-    page_start: Vec<usize>,    // [S + 1]: sequence s's table is pages[page_start[s]..page_start[s + 1]]
-    page_size: usize,
-}
-
-impl CpuBatch {
-    fn new(b: &StepBatch) -> CpuBatch {
-        let mut page_start = Vec::with_capacity(b.page_tables.len() + 1);
-        page_start.push(0);
-        for t in &b.page_tables {
-            page_start.push(page_start.last().copied().unwrap_or(0) + t.len());
-        }
-        let mut pages = Vec::with_capacity(page_start.last().copied().unwrap_or(0));
-        for t in &b.page_tables {
-            pages.extend_from_slice(t);
-        }
-        CpuBatch {
-            tokens: b.tokens.clone(),
-            positions: b.positions.clone(),
-            seq: b.seq.clone(),
-            slots: b.slots(),
-            pages,
-            page_start,
-            page_size: b.page_size,
-        }
-    }
-
-    /// Tokens in the step.
-    fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    /// Sequences in the step.
-    fn sequences(&self) -> usize {
-        self.page_start.len() - 1
-    }
-
-    /// The slot of position `pos` in the sequence of token `i`.
-    fn slot(&self, i: usize, pos: usize) -> usize {
-        let table = &self.pages[self.page_start[self.seq[i]]..self.page_start[self.seq[i] + 1]];
-        table[pos / self.page_size] as usize * self.page_size + pos % self.page_size
-    }
-
-    /// Slots of positions `positions` in the sequence of token `i`.
-    fn slots_of(&self, i: usize, positions: &[usize]) -> Vec<usize> {
-        positions.iter().map(|&p| self.slot(i, p)).collect()
-    }
-
-    /// Slots of the keys token `i` at `pos` attends to under `sel`, written to the front of
-    /// `out` (at least `sel.key_count(i, pos)` long); how many.
-    fn slots_into(&self, i: usize, sel: &KeySelection, pos: usize, out: &mut [usize]) -> usize {
-        let mut count = 0;
-        let mut put = |p: usize| {
-            out[count] = self.slot(i, p);
-            count += 1;
-        };
-        match sel.row(i) {
-            None => (0..=pos).for_each(&mut put),
-            Some(set) => set.iter().map(|&t| t as usize).filter(|&t| t <= pos).for_each(&mut put),
-        }
-        count
-    }
-}
-
-/// Maps `f` over 0..n items of `work_each` multiply-adds each, in parallel when there is more
-/// than one item and enough work to share.
-fn par_map<T: Send>(n: usize, work_each: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
-    if splits(n, work_each) { (0..n).into_par_iter().map(f).collect() } else { (0..n).map(f).collect() }
-}
-
-/// Whether `par_map` runs n items of `work_each` multiply-adds in parallel.
-fn splits(n: usize, work_each: usize) -> bool {
-    n >= 2 && n * work_each >= super::PARALLEL_MIN_WORK
 }
 
 /// Per-head results [H][n, w] as rows [n, H * w].
@@ -345,89 +256,7 @@ impl Backend for Cpu {
         topk: usize,
         dot_scale: f32,
     ) -> Result<KeySelection> {
-        // The queries that score (a query whose causal window fits in top-k keeps every key),
-        // by sequence, in position order: each sequence's keys are read once for all its
-        // queries (a verification step's, a prompt chunk's), in spans that are the tasks.
-        let mut order = Vec::with_capacity(b.len()); // [Q]
-        order.extend((0..b.len()).filter(|&i| b.positions[i] >= topk));
-        order.sort_by_key(|&i| (b.seq[i], b.positions[i]));
-        // Each sequence's queries: order[groups[g]..groups[g + 1]].
-        let mut groups = Vec::with_capacity(order.len() + 1);
-        groups.extend((0..order.len()).filter(|&j| j == 0 || b.seq[order[j]] != b.seq[order[j - 1]]));
-        groups.push(order.len());
-        if order.is_empty() {
-            groups.clear();
-        }
-        let seqs = groups.len().saturating_sub(1);
-        // Fewer sequences than threads (a decode step): each sequence's keys split so that
-        // every thread has a span. A long prompt chunk's triangle of work splits further, up
-        // to four spans a thread, so that a thread done early takes another. Spans of at
-        // least a page of keys keep the kernel calls long.
-        let threads = rayon::current_num_threads();
-        let (least, most) = ((threads / seqs.max(1)).max(1), (4 * threads / seqs.max(1)).max(1));
-        // Gathered once for all the spans: the queries' limits (position + 1) [Q], q [Q, Hi * Di]
-        // and w [Q, Hi].
-        let limits: Vec<usize> = order.iter().map(|&i| b.positions[i] + 1).collect();
-        let (mut qq, mut ww) = (Vec::with_capacity(order.len() * q.width), Vec::with_capacity(order.len() * w.width));
-        for &i in &order {
-            qq.extend_from_slice(q.row(i));
-            ww.extend_from_slice(w.row(i));
-        }
-        let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(seqs * most); // (sequence group, first key, end key)
-        let mut work = 0;
-        for g in 0..seqs {
-            let lim = &limits[groups[g]..groups[g + 1]];
-            let keys = *lim.last().expect("a query");
-            let seq_work: usize = lim.iter().map(|&l| l * q.width).sum();
-            let spans = seq_work.div_ceil(SPAN_WORK).clamp(least, most).min(keys.div_ceil(SPAN_MIN_KEYS));
-            tasks.extend((0..spans).map(|s| (g, keys * s / spans, keys * (s + 1) / spans)));
-            work += seq_work;
-        }
-        let (hd, hi) = (q.width, w.width);
-        // Per span: its queries' parts of their rows, one after the other (`score_span`).
-        let spans = par_map(tasks.len(), work / tasks.len().max(1), |t| {
-            let (g, k0, k1) = tasks[t];
-            let (j0, j1) = (groups[g], groups[g + 1]);
-            let mut slots = Aligned::<usize>::zeroed(k1 - k0); // [k1 - k0]
-            for (s, p) in slots.iter_mut().zip(k0..k1) {
-                *s = b.slot(order[j0], p);
-            }
-            let lim = &limits[j0..j1];
-            let mut out = Aligned::<f32>::zeroed(span_scores(k0, k1 - k0, lim));
-            let (qs, ws) = (&qq[j0 * hd..j1 * hd], &ww[j0 * hi..j1 * hi]);
-            score_span(qs, ws, kv, layer, &slots, k0, lim, dot_scale, &mut out);
-            out
-        });
-        // Each query's row [its limit] is its spans' parts in key order (a sequence's spans
-        // are consecutive tasks, in key order); then its top-k.
-        let mut row_at = vec![0usize; order.len() + 1]; // [Q + 1] each query's row in `scored`
-        for j in 0..order.len() {
-            row_at[j + 1] = row_at[j] + limits[j];
-        }
-        let mut scored = vec![0.0f32; row_at[order.len()]]; // [sum of limits]
-        for (span, &(g, k0, k1)) in spans.iter().zip(&tasks) {
-            let mut at = 0;
-            for j in groups[g]..groups[g + 1] {
-                let len = span_part(k0, k1 - k0, limits[j]);
-                scored[row_at[j] + k0..row_at[j] + k0 + len].copy_from_slice(&span[at..at + len]);
-                at += len;
-            }
-        }
-        // Every scoring query keeps exactly topk keys: its window is longer.
-        let mut chosen = vec![0u32; order.len() * topk]; // [Q, topk]
-        let pick = |(j, out): (usize, &mut [u32])| {
-            top_k_into(&scored[row_at[j]..row_at[j + 1]], topk, out);
-        };
-        if splits(order.len(), limits.first().copied().unwrap_or(0)) {
-            chosen.par_chunks_mut(topk.max(1)).enumerate().for_each(pick);
-        } else {
-            chosen.chunks_mut(topk.max(1)).enumerate().for_each(pick);
-        }
-        let mut rows = vec![None; b.len()];
-        for (j, &i) in order.iter().enumerate() {
-            rows[i] = Some((j * topk, topk));
-        }
-        Ok(KeySelection::new(chosen, rows))
+        Ok(select_keys(kv, layer, b, q, w, topk, dot_scale))
     }
 
     fn absorb_query(&self, q: &Rows, kv_b: &Linear, d: &MlaDims) -> Result<Rows> {

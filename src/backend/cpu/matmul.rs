@@ -31,16 +31,6 @@ pub fn matmul(x: &[f32], n: usize, w: &Linear, quantize_input: bool) -> Vec<f32>
     matmul_many(x, n, &[w], quantize_input).pop().expect("one weight, one output")
 }
 
-/// x [n, cols] through two weights (an MLP's gate and up) -> ([n, a.rows], [n, b.rows]).
-pub fn matmul_pair(x: &[f32], n: usize, a: &Linear, b: &Linear, quantize_input: bool) -> (Vec<f32>, Vec<f32>) {
-    if a.cols != b.cols {
-        return (matmul(x, n, a, quantize_input), matmul(x, n, b, quantize_input));
-    }
-    let mut ys = matmul_many(x, n, &[a, b], quantize_input);
-    let yb = ys.pop().expect("two outputs");
-    (ys.pop().expect("two outputs"), yb)
-}
-
 /// x [n, cols] through each of `ws` (all `cols` wide, of any formats) -> one [n, w.rows]
 /// each, the bits of `matmul` for each: the input is prepared once per format, and every
 /// weight's row blocks go in one parallel pass. A decode step's projections of one input
@@ -109,16 +99,13 @@ pub fn matmul_into(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool, ou
     };
     if n == 1 {
         // [1, rows] is [rows, 1]: the tasks write the outputs themselves.
-        for_each_weight(parallel, 0, outs, &run_weight);
+        for_each_part(parallel, 0, ws, n, outs, &run_weight);
         return;
     }
     // out_t [rows, n] per weight, one after the other, then each transposed into its output.
     let total: usize = ws.iter().map(|w| w.rows * n).sum();
     let mut out_t = Aligned::<f32>::zeroed(total); // [sum of rows, n]
-    {
-        let mut parts = SplitByWeight { rest: &mut out_t[..], ws, n };
-        for_each_part(parallel, 0, ws.len(), &mut parts, &run_weight);
-    }
+    for_each_part(parallel, 0, ws, n, &mut out_t[..], &run_weight);
     let mut at = 0;
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
         transpose_into(&out_t[at..at + w.rows * n], w.rows, n, out);
@@ -126,48 +113,42 @@ pub fn matmul_into(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool, ou
     }
 }
 
-/// `run(i, out)` for each weight's output, from weight `first` on: the weights side by side
-/// on the threads when `parallel` (a join per weight, which allocates nothing).
-fn for_each_weight(parallel: bool, first: usize, outs: &mut [&mut [f32]], run: &(impl Fn(usize, &mut [f32]) + Sync)) {
-    match outs {
-        [] => {}
-        [only] => run(first, only),
-        [head, rest @ ..] if parallel => {
-            rayon::join(|| run(first, head), || for_each_weight(parallel, first + 1, rest, run));
-        }
-        [head, rest @ ..] => {
-            run(first, head);
-            for_each_weight(parallel, first + 1, rest, run);
-        }
+/// Buffers handed out a weight's [rows, n] at a time, in order: one buffer holding them one
+/// after the other, or one buffer per weight.
+trait Parts<'a>: Send + Sized {
+    fn split_first(self, len: usize) -> (&'a mut [f32], Self);
+}
+
+impl<'a> Parts<'a> for &'a mut [f32] {
+    fn split_first(self, len: usize) -> (&'a mut [f32], Self) {
+        self.split_at_mut(len)
     }
 }
 
-/// The rest of one buffer, handed out a weight's [rows, n] at a time.
-struct SplitByWeight<'a, 'w> {
-    rest: &'a mut [f32],
-    ws: &'w [&'w Linear],
-    n: usize,
+impl<'a> Parts<'a> for &'a mut [&mut [f32]] {
+    fn split_first(self, _len: usize) -> (&'a mut [f32], Self) {
+        let (first, rest) = self.split_first_mut().expect("a part per weight");
+        (first, rest)
+    }
 }
 
-/// `run(i, part)` for weights [i, end), each on its part of `parts`, side by side when
-/// `parallel`.
-fn for_each_part(
+/// `run(first + i, part)` for each weight i of `ws` on its [rows, n] part, side by side on
+/// the threads when `parallel` (a join per weight, which allocates nothing).
+fn for_each_part<'a>(
     parallel: bool,
-    i: usize,
-    end: usize,
-    parts: &mut SplitByWeight<'_, '_>,
+    first: usize,
+    ws: &[&Linear],
+    n: usize,
+    parts: impl Parts<'a>,
     run: &(impl Fn(usize, &mut [f32]) + Sync),
 ) {
-    if i == end {
-        return;
-    }
-    let (mine, rest) = std::mem::take(&mut parts.rest).split_at_mut(parts.ws[i].rows * parts.n);
-    parts.rest = rest;
-    if parallel && i + 1 < end {
-        rayon::join(|| run(i, mine), || for_each_part(parallel, i + 1, end, parts, run));
+    let Some((w, more)) = ws.split_first() else { return };
+    let (mine, rest) = parts.split_first(w.rows * n);
+    if parallel && !more.is_empty() {
+        rayon::join(|| run(first, mine), || for_each_part(parallel, first + 1, more, n, rest, run));
     } else {
-        run(i, mine);
-        for_each_part(parallel, i + 1, end, parts, run);
+        run(first, mine);
+        for_each_part(parallel, first + 1, more, n, rest, run);
     }
 }
 

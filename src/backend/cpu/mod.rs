@@ -1,11 +1,15 @@
 //! The CPU backend: ops in f32, each documenting its buffer shapes (row-major), and their
 //! `Backend` implementation (`backend.rs`).
 
+use rayon::prelude::*;
+
 mod act_quant;
 mod attention;
 mod backend;
+mod cpu_batch;
 pub mod heap;
 mod index_dots;
+mod index_select;
 mod indexer;
 pub mod kernels;
 mod key_selection;
@@ -31,16 +35,28 @@ const PARALLEL_MIN_WORK: usize = 1 << 14;
 
 pub use act_quant::{quantize_mxfp4_activations, quantize_mxfp4_activations_into, quantize_mxfp4_group};
 pub use attention::{KeySet, attend_heads, latent_attention};
-pub use backend::{Cpu, CpuBatch, Rows};
+pub use backend::{Cpu, Rows};
+pub use cpu_batch::CpuBatch;
 pub use indexer::{score_row, score_slots, score_span, span_part, span_scores};
 pub use kernels::dot;
 pub use key_selection::KeySelection;
 pub use kv_store::HostKvStore;
-pub use matmul::{matmul, matmul_into, matmul_many, matmul_pair};
+pub use matmul::{matmul, matmul_into, matmul_many};
 pub use norm::{layer_norm_rows, rms_norm_rows};
 pub use rope::Rope;
 pub use router::{Route, RouterConfig, Routing, route, routing};
 pub use topk::{arg_first, rank_order, top_k, top_k_into};
+
+/// Maps `f` over 0..n items of `work_each` multiply-adds each, in parallel when there is more
+/// than one item and enough work to share.
+fn par_map<T: Send>(n: usize, work_each: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if splits(n, work_each) { (0..n).into_par_iter().map(f).collect() } else { (0..n).map(f).collect() }
+}
+
+/// Whether `par_map` runs n items of `work_each` multiply-adds in parallel.
+fn splits(n: usize, work_each: usize) -> bool {
+    n >= 2 && n * work_each >= PARALLEL_MIN_WORK
+}
 
 /// silu(g) * u, elementwise; g and u are [n, w], the result replaces g.
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {

@@ -4,28 +4,20 @@
 use rayon::prelude::*;
 
 use super::kernels::aligned::Aligned;
-use super::{Routing, matmul, matmul_into, matmul_pair, silu_mul};
+use super::{Routing, matmul_into, silu_mul};
 use crate::backend::MlpLinears;
 
 /// down(silu(gate x) * up x) for x [n, D] -> [n, D].
 pub fn mlp(w: &MlpLinears, x: &[f32], n: usize, act_quant: bool) -> Vec<f32> {
-    let (mut g, u) = matmul_pair(x, n, &w.gate, &w.up, act_quant);
-    silu_mul(&mut g, &u);
-    matmul(&g, n, &w.down, act_quant)
+    expert_mlp(w, x, n, act_quant).to_vec()
 }
 
-/// `mlp` into a buffer from the scratch pool, with its intermediates from it too:
-/// an expert's call allocates nothing. x [m, D] -> [m, D].
+/// `mlp` into a buffer from the scratch pool, with its intermediates from it too: an
+/// expert's call allocates nothing. x [m, D] -> [m, D].
 fn expert_mlp(w: &MlpLinears, x: &[f32], m: usize, act_quant: bool) -> Aligned<f32> {
-    let inter = w.gate.rows;
-    let mut g = Aligned::<f32>::zeroed(m * inter); // [m, inter]
+    let mut g = Aligned::<f32>::zeroed(m * w.gate.rows); // [m, inter]
     let mut u = Aligned::<f32>::zeroed(m * w.up.rows); // [m, inter]
-    if w.gate.cols == w.up.cols {
-        matmul_into(x, m, &[&w.gate, &w.up], act_quant, &mut [&mut g, &mut u]);
-    } else {
-        matmul_into(x, m, &[&w.gate], act_quant, &mut [&mut g]);
-        matmul_into(x, m, &[&w.up], act_quant, &mut [&mut u]);
-    }
+    matmul_into(x, m, &[&w.gate, &w.up], act_quant, &mut [&mut g, &mut u]);
     silu_mul(&mut g, &u);
     let mut y = Aligned::<f32>::zeroed(m * w.down.rows); // [m, D]
     matmul_into(&g, m, &[&w.down], act_quant, &mut [&mut y]);
