@@ -84,19 +84,19 @@ pub fn attend_heads(
     let (h, r, dr) = (d.heads, d.latent, d.rope);
     let (w, n) = (r + dr, slots.len());
     let stride = d.nope + dr;
-    let mut qcat = Aligned::<f32>::zeroed(h * w); // [H, r + dr]
+    let mut qcat = Aligned::<f32>::for_overwrite(h * w); // [H, r + dr], every head's two parts copied in
     for head in 0..h {
         qcat[head * w..head * w + r].copy_from_slice(&q_abs[head * r..(head + 1) * r]);
         qcat[head * w + r..(head + 1) * w].copy_from_slice(&q[head * stride + d.nope..(head + 1) * stride]);
     }
     let acts = Acts::new(Isa::current(), false, &qcat, h, w);
     let blocks = EntryBlocks::new(store, layer, slots);
-    let mut by_key = Aligned::<f32>::zeroed(n * h); // [n, H] scores
+    let mut by_key = Aligned::<f32>::for_overwrite(n * h); // [n, H] scores, the blocks cover every key
     for b in 0..blocks.len() {
         let (k0, k1, rows) = blocks.get(b);
         block_dots(&acts, rows, false, k1 - k0, 0, h, &mut by_key[k0 * h..], h);
     }
-    let mut p = Aligned::<f32>::zeroed(h * n); // [H, n] probabilities
+    let mut p = Aligned::<f32>::for_overwrite(h * n); // [H, n] probabilities
     for head in 0..h {
         let row = &mut p[head * n..(head + 1) * n];
         for (k, v) in row.iter_mut().enumerate() {
@@ -144,7 +144,7 @@ impl<'a> EntryBlocks<'a> {
         }
         if in_place {
             let b = store.mla_bytes();
-            let mut bytes = Aligned::<u8>::zeroed(slots.len() * b);
+            let mut bytes = Aligned::<u8>::for_overwrite(slots.len() * b); // [n, entry bytes], each copied in
             for (chunk, &s) in bytes.chunks_exact_mut(b.max(1)).zip(slots) {
                 chunk.copy_from_slice(store.mla_entry(layer, s));
             }
@@ -152,7 +152,7 @@ impl<'a> EntryBlocks<'a> {
         }
         let (r, dr) = (store.geometry.latent, store.geometry.rope);
         let mut entry = Aligned::<f32>::zeroed(r + dr); // [r + dr] one decoded entry
-        let mut bytes = Aligned::<u8>::zeroed(slots.len() * (r + dr) * 4);
+        let mut bytes = Aligned::<u8>::for_overwrite(slots.len() * (r + dr) * 4); // [n, r + dr] f32, each written
         for (chunk, &s) in bytes.chunks_exact_mut(((r + dr) * 4).max(1)).zip(slots) {
             let (latent, rope) = entry.split_at_mut(r);
             store.read_mla(layer, s, latent, rope);
@@ -191,7 +191,7 @@ fn runs(slots: &[usize]) -> Aligned<usize> {
         i = run_end(slots, i);
         count += 1;
     }
-    let mut out = Aligned::<usize>::zeroed(2 * count);
+    let mut out = Aligned::<usize>::for_overwrite(2 * count);
     let (mut i, mut r) = (0, 0);
     while i < slots.len() {
         let j = run_end(slots, i);

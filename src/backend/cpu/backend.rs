@@ -343,11 +343,11 @@ impl Backend for Cpu {
         // Per head [n, v]: each row of the value half read in place by the kernels against
         // every token's latent.
         let per_head: Vec<Aligned<f32>> = par_map(h, n * dv * r, |head| {
-            let mut lat = Aligned::<f32>::zeroed(n * r); // [n, r]
+            let mut lat = Aligned::<f32>::for_overwrite(n * r); // [n, r], every row copied in
             for (t, row) in lat.chunks_exact_mut(r.max(1)).enumerate() {
                 row.copy_from_slice(&o_lat.row(t)[head * r..(head + 1) * r]);
             }
-            let mut out_t = Aligned::<f32>::zeroed(dv * n); // [v, n]
+            let mut out_t = Aligned::<f32>::for_overwrite(dv * n); // [v, n], every value a dot product
             let first = head * (d.nope + dv) + d.nope;
             match rows_ref(kv_b, first) {
                 Some(rows) => {
@@ -364,7 +364,7 @@ impl Backend for Cpu {
                     }
                 }
             }
-            let mut out = Aligned::<f32>::zeroed(n * dv); // [n, v]
+            let mut out = Aligned::<f32>::for_overwrite(n * dv); // [n, v]
             for (i, o) in out.iter_mut().enumerate() {
                 *o = out_t[(i % dv) * n + i / dv];
             }

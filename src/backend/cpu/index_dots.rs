@@ -31,7 +31,7 @@ impl HeadsT {
     /// q [cols, di] (each query's heads, in order), cols a multiple of 8.
     pub fn new(q: &[f32], cols: usize, di: usize) -> HeadsT {
         assert!(cols.is_multiple_of(8) && q.len() == cols * di, "HeadsT: q is not [{cols}, {di}], cols by 8");
-        let mut data = Aligned::<f32>::zeroed(cols * di); // [cols / 8, di, 8]
+        let mut data = Aligned::<f32>::for_overwrite(cols * di); // [cols / 8, di, 8], every value written below
         for (c, row) in q.chunks_exact(di).enumerate() {
             let group = &mut data[c / 8 * di * 8..];
             for (j, &v) in row.iter().enumerate() {

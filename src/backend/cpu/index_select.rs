@@ -67,7 +67,7 @@ pub fn select_keys(
     let spans = par_map(tasks.len(), work / tasks.len().max(1), |t| {
         let (g, k0, k1) = tasks[t];
         let (j0, j1) = (groups[g], groups[g + 1]);
-        let mut slots = Aligned::<usize>::zeroed(k1 - k0); // [k1 - k0]
+        let mut slots = Aligned::<usize>::for_overwrite(k1 - k0); // [k1 - k0], each written below
         for (s, p) in slots.iter_mut().zip(k0..k1) {
             *s = b.slot(order[j0], p);
         }

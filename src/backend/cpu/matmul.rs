@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::kernels::aligned::Aligned;
 use super::kernels::{Acts, CACHED_WEIGHT_BYTES, Isa, RowsRef, block_dots, dot};
 use super::quantize_mxfp4_activations_into;
+use super::transpose::transpose_into;
 use crate::weights::{Linear, Stored};
 use safetensors::Dtype;
 
@@ -104,7 +105,7 @@ pub fn matmul_into(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool, ou
     }
     // out_t [rows, n] per weight, one after the other, then each transposed into its output.
     let total: usize = ws.iter().map(|w| w.rows * n).sum();
-    let mut out_t = Aligned::<f32>::zeroed(total); // [sum of rows, n]
+    let mut out_t = Aligned::<f32>::for_overwrite(total); // [sum of rows, n], every value a kernel's output
     for_each_part(parallel, 0, ws, n, &mut out_t[..], &run_weight);
     let mut at = 0;
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
@@ -184,41 +185,6 @@ fn row_block(acts: &Acts<'_>, x: &[f32], w: &Linear, cached: bool, r0: usize, ch
     }
 }
 
-/// Side of the square tiles `transpose` moves: 32 x 32 f32 read and written a cache line
-/// at a time.
-const TRANSPOSE_TILE: usize = 32;
-
-/// a [rows, n] -> [n, rows], in tiles, a thread's share of the tokens at a time when large.
-/// Element by element, each write of a prefill chunk's outputs missed the cache (8% of a
-/// 512-token prefill's time on the mid-size bench model).
-#[cfg(test)]
-fn transpose(a: &[f32], rows: usize, n: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * rows]; // [n, rows]
-    transpose_into(a, rows, n, &mut out);
-    out
-}
-
-/// `transpose` into out [n, rows].
-fn transpose_into(a: &[f32], rows: usize, n: usize, out: &mut [f32]) {
-    let tile = |(b, chunk): (usize, &mut [f32])| {
-        let t0 = b * TRANSPOSE_TILE;
-        let tn = chunk.len() / rows;
-        for r0 in (0..rows).step_by(TRANSPOSE_TILE) {
-            let r1 = (r0 + TRANSPOSE_TILE).min(rows);
-            for t in 0..tn {
-                for r in r0..r1 {
-                    chunk[t * rows + r] = a[r * n + t0 + t];
-                }
-            }
-        }
-    };
-    if rows * n >= super::PARALLEL_MIN_WORK {
-        out.par_chunks_mut(TRANSPOSE_TILE * rows).enumerate().for_each(tile);
-    } else {
-        out.chunks_mut(TRANSPOSE_TILE * rows).enumerate().for_each(tile);
-    }
-}
-
 /// Rows of `w` from `r` on, in a format the kernels read in place; None for f16 and fp8.
 pub fn rows_ref(w: &Linear, r: usize) -> Option<RowsRef<'_>> {
     let c = w.cols;
@@ -234,7 +200,7 @@ pub fn rows_ref(w: &Linear, r: usize) -> Option<RowsRef<'_>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ROW_BLOCK, TASK_WORK, task_rows, transpose};
+    use super::{ROW_BLOCK, TASK_WORK, task_rows};
 
     #[test]
     fn tasks_hold_enough_work_and_every_thread_gets_rows() {
@@ -255,20 +221,5 @@ mod tests {
         // A prefill's tasks keep ROW_BLOCK rows; a demo-sized decode matrix goes in 256 rows.
         assert_eq!(task_rows(1024, 1024, 512, 2), ROW_BLOCK);
         assert_eq!(task_rows(4096, 256, 1, 2), TASK_WORK / 256);
-    }
-
-    #[test]
-    fn transpose_moves_every_element_once() {
-        // Partial tiles on both sides, and one large enough to split over the threads.
-        for (rows, n) in [(1, 2), (37, 70), (64, 32), (1100, 67)] {
-            let a: Vec<f32> = (0..rows * n).map(|i| i as f32).collect(); // [rows, n]
-            let t = transpose(&a, rows, n);
-            assert_eq!(t.len(), rows * n);
-            for r in 0..rows {
-                for c in 0..n {
-                    assert_eq!(t[c * rows + r], a[r * n + c], "rows {rows} n {n}: ({r}, {c})");
-                }
-            }
-        }
     }
 }

@@ -21,6 +21,7 @@ pub mod pool;
 mod rope;
 mod router;
 mod topk;
+mod transpose;
 pub mod warm;
 
 /// Multiply-adds below which splitting an op over the threads costs more than it saves. With

@@ -15,11 +15,12 @@ pub fn mlp(w: &MlpLinears, x: &[f32], n: usize, act_quant: bool) -> Vec<f32> {
 /// `mlp` into a buffer from the scratch pool, with its intermediates from it too: an
 /// expert's call allocates nothing. x [m, D] -> [m, D].
 fn expert_mlp(w: &MlpLinears, x: &[f32], m: usize, act_quant: bool) -> Aligned<f32> {
-    let mut g = Aligned::<f32>::zeroed(m * w.gate.rows); // [m, inter]
-    let mut u = Aligned::<f32>::zeroed(m * w.up.rows); // [m, inter]
+    // The matmuls write every value of their outputs.
+    let mut g = Aligned::<f32>::for_overwrite(m * w.gate.rows); // [m, inter]
+    let mut u = Aligned::<f32>::for_overwrite(m * w.up.rows); // [m, inter]
     matmul_into(x, m, &[&w.gate, &w.up], act_quant, &mut [&mut g, &mut u]);
     silu_mul(&mut g, &u);
-    let mut y = Aligned::<f32>::zeroed(m * w.down.rows); // [m, D]
+    let mut y = Aligned::<f32>::for_overwrite(m * w.down.rows); // [m, D]
     matmul_into(&g, m, &[&w.down], act_quant, &mut [&mut y]);
     y
 }

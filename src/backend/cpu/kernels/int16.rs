@@ -32,8 +32,9 @@ impl Int16Acts {
     /// x [n, cols].
     pub fn new(x: &[f32], n: usize, cols: usize) -> Int16Acts {
         let blocks = cols / BLOCK;
-        let mut q = Aligned::zeroed(n * blocks * BLOCK);
-        let mut scale = Aligned::zeroed(n * blocks);
+        // Every slot and scale is written below (a block with nothing to scale by gets zeros).
+        let mut q = Aligned::for_overwrite(n * blocks * BLOCK);
+        let mut scale = Aligned::for_overwrite(n * blocks);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: checked just above that the CPU has AVX2.
