@@ -125,9 +125,14 @@ pub unsafe fn block_dots<F: PairForm>(
 const SCALE_CHUNK: usize = 32;
 
 /// The whole blocks of rows [0, R) (codes and scales from the first of them, rows cb and sb
-/// bytes apart) against tokens [t0, t0 + T) -> out[r * ostride + t]. Two accumulators per
-/// (row, token) (pairs of blocks in turn) keep the adds off one latency chain; every
-/// (row, token) sums its blocks in the same order in any tile.
+/// bytes apart) against tokens [t0, t0 + T) -> out[r * ostride + t]. One accumulator per
+/// (row, token), its pairs of blocks added in order, the same in any tile. Two (pairs in
+/// turn), to keep the adds off one latency chain, left a 1 x 4 tile's eight accumulators
+/// and four weight registers short of registers: spilled accumulators went through the stack
+/// on every pair (Zen 2, `kernel_tile_speed`, 64 rows in L2, best of 20, one core: 4 to 64
+/// tokens 27.1-27.3 -> 28.0-28.3 G multiply-adds/s, W4A4 33.1-33.2 -> 33.9-34.0; one token,
+/// where the rows go in pairs, 21.1-21.4 -> 21.4-21.6). The pair's own chain is not what
+/// bounds it: each accumulator takes one fused multiply-add per pair and token.
 /// `ahead`: the rows' first tile of tokens, which prefetches them (`PREFETCH_AHEAD`); the
 /// later tiles find them in cache.
 #[target_feature(enable = "avx2,fma")]
@@ -197,9 +202,7 @@ unsafe fn tile_dots<F: PairForm, const R: usize, const T: usize>(
             }
         }
     };
-    let (mut even, mut odd) = ([[_mm256_setzero_ps(); T]; R], [[_mm256_setzero_ps(); T]; R]);
-    // Pairs go to `even` and `odd` in turn from the start of each chunk (a chunk is a
-    // multiple of four blocks but the last), the same sequence in every tile.
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
     let mut c0 = 0;
     while c0 < nb {
         let len = SCALE_CHUNK.min(nb - c0);
@@ -221,22 +224,22 @@ unsafe fn tile_dots<F: PairForm, const R: usize, const T: usize>(
                     _mm_prefetch::<_MM_HINT_T1>(codes.as_ptr().wrapping_add(r * cb + 16 * g + PREFETCH_AHEAD).cast());
                 }
             }
-            add_pair(g, &combined, &mut even);
-            add_pair(g + 2, &combined, &mut odd);
+            add_pair(g, &combined, &mut acc);
+            add_pair(g + 2, &combined, &mut acc);
             g += 4;
         }
         if g + 2 <= end {
-            add_pair(g, &combined, &mut even);
+            add_pair(g, &combined, &mut acc);
             g += 2;
         }
         if g < end {
-            add_lone(g, &combined, &mut odd);
+            add_lone(g, &combined, &mut acc);
         }
         c0 = end;
     }
     for r in 0..R {
         for t in 0..T {
-            out[r * ostride + t] = hsum(_mm256_add_ps(even[r][t], odd[r][t])) * F::SUM_UNIT;
+            out[r * ostride + t] = hsum(acc[r][t]) * F::SUM_UNIT;
         }
     }
 }
