@@ -36,33 +36,106 @@ pub unsafe fn accumulate_rows<const BF16: bool>(
 ) {
     let row_bytes = cols * super::value_bytes::<BF16>();
     touch(&w[..nrows * row_bytes]);
-    for (t, o) in out.chunks_exact_mut(cols).enumerate() {
-        let k = &coefs[t * cstride..t * cstride + nrows];
+    let n = out.len() / cols.max(1);
+    let mut t = 0;
+    // bf16 rows against two tokens at once (MLA's heads share attention's entries and the
+    // absorption's rows): each 32 columns of a row widened once for both.
+    while BF16 && t + 2 <= n && cols >= 32 {
+        let ks = [&coefs[t * cstride..t * cstride + nrows], &coefs[(t + 1) * cstride..(t + 1) * cstride + nrows]];
+        let o = &mut out[t * cols..(t + 2) * cols];
         let mut c = 0;
-        // SAFETY (all strips): c + 64 (or 16, or 8) <= cols, in every row and in o.
-        if BF16 {
-            while c + 64 <= cols {
-                unsafe { bf16_strip::<4>(w, row_bytes, k, c, o) };
-                c += 64;
-            }
-            while c + 16 <= cols {
-                unsafe { bf16_strip::<1>(w, row_bytes, k, c, o) };
-                c += 16;
-            }
-        } else {
-            while c + 64 <= cols {
-                unsafe { strip::<8, BF16>(w, row_bytes, k, c, o) };
-                c += 64;
-            }
+        while c + 32 <= cols {
+            // SAFETY: c + 32 <= cols, in every row and in both tokens' outputs.
+            unsafe { bf16_two_tokens(w, row_bytes, ks, c, o, cols) };
+            c += 32;
         }
-        while c + 8 <= cols {
-            unsafe { strip::<1, BF16>(w, row_bytes, k, c, o) };
-            c += 8;
+        let (o0, o1) = o.split_at_mut(cols);
+        // SAFETY: the caller's guarantees, for each token's output from column c.
+        unsafe {
+            token_from::<BF16>(w, row_bytes, ks[0], c, o0);
+            token_from::<BF16>(w, row_bytes, ks[1], c, o1);
         }
-        for (r, &kr) in k.iter().enumerate() {
+        t += 2;
+    }
+    for (t, o) in out.chunks_exact_mut(cols).enumerate().skip(t) {
+        // SAFETY: the caller's guarantees, for token t's output.
+        unsafe { token_from::<BF16>(w, row_bytes, &coefs[t * cstride..t * cstride + nrows], 0, o) };
+    }
+}
+
+/// One token's output o [cols] from column c0 on, every row (k [nrows] its coefficients) in
+/// order into each element.
+///
+/// # Safety
+/// As for `accumulate_rows`, for one token.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn token_from<const BF16: bool>(w: &[u8], row_bytes: usize, k: &[f32], c0: usize, o: &mut [f32]) {
+    let cols = o.len();
+    let mut c = c0;
+    // SAFETY (all strips): c + 64 (or 16, or 8) <= cols, in every row and in o.
+    if BF16 {
+        while c + 64 <= cols {
+            unsafe { bf16_strip::<4>(w, row_bytes, k, c, o) };
+            c += 64;
+        }
+        while c + 16 <= cols {
+            unsafe { bf16_strip::<1>(w, row_bytes, k, c, o) };
+            c += 16;
+        }
+    } else {
+        while c + 64 <= cols {
+            unsafe { strip::<8, BF16>(w, row_bytes, k, c, o) };
+            c += 64;
+        }
+    }
+    while c + 8 <= cols {
+        unsafe { strip::<1, BF16>(w, row_bytes, k, c, o) };
+        c += 8;
+    }
+    for (r, &kr) in k.iter().enumerate() {
+        let row = &w[r * row_bytes..(r + 1) * row_bytes];
+        for i in c..cols {
+            o[i] = kr.mul_add(super::dense_scalar::<BF16>(row, i), o[i]);
+        }
+    }
+}
+
+/// Columns c..c + 32 of two tokens' outputs o [2, cols] over every bf16 row (ks their
+/// coefficients), as `bf16_strip` holds them (even and odd columns of each 16): a row's 32
+/// widened once for both tokens, where a token at a time widened them per token (per 8
+/// fused multiply-adds, 4 loads and 8 widening operations, now 2 and 4). The same fused
+/// multiply-adds in the same order per element, so the same bits.
+///
+/// # Safety
+/// As for `accumulate_rows`, with c + 32 <= cols and o holding two tokens' outputs.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bf16_two_tokens(w: &[u8], row_bytes: usize, ks: [&[f32]; 2], c: usize, o: &mut [f32], cols: usize) {
+    let op = o.as_mut_ptr();
+    // SAFETY (loads and stores): the caller's guarantees.
+    unsafe {
+        // [token][16 of the 32] as (even columns, odd columns).
+        let mut acc: [[(__m256, __m256); 2]; 2] = std::array::from_fn(|t| {
+            std::array::from_fn(|j| {
+                let at = op.add(t * cols + c + 16 * j);
+                split16(_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8)))
+            })
+        });
+        for r in 0..ks[0].len() {
             let row = &w[r * row_bytes..(r + 1) * row_bytes];
-            for i in c..cols {
-                o[i] = kr.mul_add(super::dense_scalar::<BF16>(row, i), o[i]);
+            let ws = [load16_bf16(row, c), load16_bf16(row, c + 16)];
+            for t in 0..2 {
+                let kv = _mm256_set1_ps(*ks[t].get_unchecked(r));
+                for j in 0..2 {
+                    acc[t][j] = (_mm256_fmadd_ps(kv, ws[j].0, acc[t][j].0), _mm256_fmadd_ps(kv, ws[j].1, acc[t][j].1));
+                }
+            }
+        }
+        for t in 0..2 {
+            for j in 0..2 {
+                let (lo, hi) = merge16(acc[t][j].0, acc[t][j].1);
+                let at = op.add(t * cols + c + 16 * j);
+                _mm256_storeu_ps(at, lo);
+                _mm256_storeu_ps(at.add(8), hi);
             }
         }
     }
