@@ -59,7 +59,7 @@ pub fn matmul_into(x: &[f32], n: usize, ws: &[&Linear], quantize_input: bool, ou
         return;
     }
     let any_mxfp4 = ws.iter().any(|w| w.is_mxfp4());
-    let mut quantized = Aligned::<f32>::zeroed(if quantize_input && any_mxfp4 { x.len() } else { 0 }); // [n, cols]
+    let mut quantized = Aligned::<f32>::for_overwrite(if quantize_input && any_mxfp4 { x.len() } else { 0 }); // [n, cols], all written
     let xq = if quantize_input && any_mxfp4 {
         quantize_mxfp4_activations_into(x, cols, &mut quantized);
         &quantized[..]

@@ -61,18 +61,19 @@ unsafe fn quantize_avx2(x: &[f32], cols: usize, q: &mut [i16], scale: &mut [f32]
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::BLOCK;
 
-    /// `quantize_block` for block p (0 or 1) of its pair's 64 slots, or for a lone block's 32.
+    /// A block's 32 values in four registers, and `block_amax` of them: its largest
+    /// magnitude by vector maxima, or the mark of a block with none to scale by.
     ///
-    /// # Safety
-    /// The CPU has AVX2; xs holds 32 values, slots 64 (a pair) or 32 (`alone`).
+    /// # Panics
+    /// xs does not hold 32 values.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn quantize_block(xs: &[f32], slots: &mut [i16], p: usize, alone: bool) -> f32 {
-        assert!(xs.len() == BLOCK && slots.len() == if alone { BLOCK } else { 2 * BLOCK });
+    pub(in super::super) fn load_block(xs: &[f32]) -> ([__m256; 4], Result<f32, f32>) {
+        assert_eq!(xs.len(), BLOCK, "a block is 32 values");
         // SAFETY: xs holds 32 values (checked above).
         let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * k)) });
         let magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
@@ -84,10 +85,25 @@ mod x86 {
         let top = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps::<1>(top));
         let top = _mm_max_ps(top, _mm_movehl_ps(top, top));
         let amax = _mm_cvtss_f32(_mm_max_ss(top, _mm_movehdup_ps(top)));
-        let (s, mark) = match (finite == 0xFF, amax == 0.0) {
-            (false, _) => (0.0, Some(f32::NAN)),
-            (true, true) => (0.0, Some(0.0)),
-            (true, false) => (super::super::int8x2::pow2_at_least(amax / 32767.0), None),
+        let amax = match (finite == 0xFF, amax == 0.0) {
+            (false, _) => Err(f32::NAN),
+            (true, true) => Err(0.0),
+            (true, false) => Ok(amax),
+        };
+        (v, amax)
+    }
+
+    /// `quantize_block` for block p (0 or 1) of its pair's 64 slots, or for a lone block's 32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; xs holds 32 values, slots 64 (a pair) or 32 (`alone`).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_block(xs: &[f32], slots: &mut [i16], p: usize, alone: bool) -> f32 {
+        assert!(xs.len() == BLOCK && slots.len() == if alone { BLOCK } else { 2 * BLOCK });
+        let (v, amax) = load_block(xs);
+        let (s, mark) = match amax {
+            Err(mark) => (0.0, Some(mark)),
+            Ok(amax) => (super::super::int8x2::pow2_at_least(amax / 32767.0), None),
         };
         // Each half's 16 values as int16 [evens | odds]: the slots' two runs of 8 for that half.
         let runs: [__m256i; 2] = match mark {
