@@ -12,8 +12,16 @@ pub fn quantize_mxfp4_activations(x: &[f32], k: usize) -> Vec<f32> {
 /// `quantize_mxfp4_activations` into out [n, k].
 pub fn quantize_mxfp4_activations_into(x: &[f32], k: usize, out: &mut [f32]) {
     out.copy_from_slice(x);
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     for row in out.chunks_mut(k) {
         for g in row.chunks_mut(32) {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 && g.len() == 32 {
+                // SAFETY: checked above that the CPU has AVX2; g holds 32 values.
+                unsafe { x86::quantize_group(g) };
+                continue;
+            }
             quantize_mxfp4_group(g);
         }
     }
@@ -21,14 +29,74 @@ pub fn quantize_mxfp4_activations_into(x: &[f32], k: usize, out: &mut [f32]) {
 
 /// One group in place: x <- E2M1(x / 2^e) * 2^e.
 pub fn quantize_mxfp4_group(g: &mut [f32]) {
-    let amax = g.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    // Round amax up when its top two mantissa bits are set (add 0x200000 to the bits), keep
-    // the exponent: floor(log2) of the rounded value, minus emax(E2M1) = 2.
-    let rounded = (amax.to_bits().wrapping_add(0x0020_0000)) & 0x7F80_0000;
-    let exp = if rounded == 0 { -127 } else { ((rounded >> 23) as i32 - 127 - 2).clamp(-127, 127) };
-    let scale = 2f64.powi(exp) as f32;
+    let scale = group_scale(g.iter().fold(0.0f32, |m, v| m.max(v.abs())));
     for v in g.iter_mut() {
         *v = round_e2m1(*v / scale) * scale;
+    }
+}
+
+/// 2^e for a group of largest magnitude `amax`: amax rounded up when its top two mantissa
+/// bits are set (0x200000 added to its bits), the exponent kept: floor(log2) of the rounded
+/// value, minus emax(E2M1) = 2.
+fn group_scale(amax: f32) -> f32 {
+    let rounded = (amax.to_bits().wrapping_add(0x0020_0000)) & 0x7F80_0000;
+    let exp = if rounded == 0 { -127 } else { ((rounded >> 23) as i32 - 127 - 2).clamp(-127, 127) };
+    2f64.powi(exp) as f32
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// `quantize_mxfp4_group` for a whole group of 32, eight elements a vector: its largest
+    /// magnitude by vector maxima (a NaN element left out, as the scalar fold does), then
+    /// `round_e2m1` as seven comparisons and blends against its midpoints. Element by element
+    /// it was 2.6% of a 512-token W4A4 prefill. Dividing by a power of two and multiplying by
+    /// its inverse (exact, 2^-127..2^127) round the same real number, so the values are the
+    /// scalar form's (a test compares their bits).
+    ///
+    /// # Safety
+    /// The CPU has AVX2; g holds 32 values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn quantize_group(g: &mut [f32]) {
+        assert_eq!(g.len(), 32);
+        let p = g.as_mut_ptr();
+        // SAFETY (loads and stores): g holds 32 values (checked above).
+        let v: [__m256; 4] = std::array::from_fn(|k| unsafe { _mm256_loadu_ps(p.add(8 * k)) });
+        let sign = _mm256_set1_ps(-0.0);
+        let abs: [__m256; 4] = std::array::from_fn(|k| _mm256_andnot_ps(sign, v[k]));
+        // max(new, so far): a NaN first operand yields the second, so NaN elements drop out.
+        let top = abs.iter().fold(_mm256_setzero_ps(), |m, &a| _mm256_max_ps(a, m));
+        let top = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps::<1>(top));
+        let top = _mm_max_ps(top, _mm_movehl_ps(top, top));
+        let amax = _mm_cvtss_f32(_mm_max_ss(top, _mm_movehdup_ps(top)));
+        let scale = super::group_scale(amax);
+        let (s, inv) = (_mm256_set1_ps(scale), _mm256_set1_ps(1.0 / scale));
+        // (midpoint, value above it, whether a tie goes up): the scalar chain's bounds.
+        const STEPS: [(f32, f32, bool); 7] = [
+            (0.25, 0.5, false),
+            (0.75, 1.0, true),
+            (1.25, 1.5, false),
+            (1.75, 2.0, true),
+            (2.5, 3.0, false),
+            (3.5, 4.0, true),
+            (5.0, 6.0, false),
+        ];
+        for (k, &vk) in v.iter().enumerate() {
+            let y = _mm256_mul_ps(vk, inv);
+            let a = _mm256_andnot_ps(sign, y);
+            let mut r = _mm256_setzero_ps();
+            for (mid, above, tie_up) in STEPS {
+                let m = _mm256_set1_ps(mid);
+                // Ordered comparisons: NaN stays 0.
+                let past = if tie_up { _mm256_cmp_ps::<_CMP_GE_OQ>(a, m) } else { _mm256_cmp_ps::<_CMP_GT_OQ>(a, m) };
+                r = _mm256_blendv_ps(r, _mm256_set1_ps(above), past);
+            }
+            // The sign of a negative input (-0.0 for one that rounds to 0), none for -0.0 or NaN.
+            let negative = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(y, _mm256_setzero_ps()), sign);
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(p.add(8 * k), _mm256_mul_ps(_mm256_or_ps(r, negative), s)) };
+        }
     }
 }
 
@@ -90,6 +158,38 @@ mod tests {
             for x in [x, -x] {
                 assert_eq!(round_e2m1(x).to_bits(), nearest_by_search(x).to_bits(), "{x}");
             }
+        }
+    }
+
+    #[test]
+    fn the_simd_groups_are_the_scalar_ones_bit_for_bit() {
+        // Groups at many scales whose elements sit on, just below and just above every
+        // midpoint (after scaling), with zeros of both signs, NaN, infinities, subnormals and
+        // values that saturate; each group once through each path.
+        // The specials last: a group with an infinity takes the largest scale.
+        let mut values = Vec::new();
+        for m in [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] {
+            values.extend([m, f32::from_bits(m.to_bits() - 1), f32::from_bits(m.to_bits() + 1), -m]);
+        }
+        values.extend((0..400).map(|i| (i as f32 - 200.0) * 0.0371));
+        values.extend([0.0f32, -0.0, 1e-42, -3e-39, 7.0, 6.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
+        // Every value in a group of each largest magnitude (scales 2^e for 4, 6 and 5.9, 2^(e+1)
+        // for 7.5, which rounds up), at each exponent.
+        let mut x = Vec::new();
+        for exp in (-130..130).step_by(7) {
+            for top in [4.0f32, 6.0, 7.5, 5.9] {
+                for chunk in values.chunks(31) {
+                    x.push(top * 2f32.powi(exp));
+                    x.extend(chunk.iter().map(|v| v * 2f32.powi(exp)));
+                    x.extend(std::iter::repeat_n(0.0, 31 - chunk.len()));
+                }
+            }
+        }
+        let mut scalar = x.clone();
+        scalar.chunks_mut(32).for_each(quantize_mxfp4_group);
+        let simd = quantize_mxfp4_activations(&x, 32);
+        for (i, (a, b)) in simd.iter().zip(&scalar).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "element {i} ({}): {a} vs {b}", x[i]);
         }
     }
 
