@@ -10,6 +10,7 @@ use super::index_select::select_keys;
 use super::kernels::aligned::Aligned;
 use super::kernels::{Acts, Isa, accumulate_rows, block_dots};
 use super::matmul::rows_ref;
+use super::transpose::transpose_into;
 use super::{
     CpuBatch, HostKvStore, KeySelection, KeySet, Route, RouterConfig, Routing, attend_heads, dot, layer_norm_rows,
     matmul, matmul_many, par_map, rms_norm_rows,
@@ -365,9 +366,7 @@ impl Backend for Cpu {
                 }
             }
             let mut out = Aligned::<f32>::for_overwrite(n * dv); // [n, v]
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = out_t[(i % dv) * n + i / dv];
-            }
+            transpose_into(&out_t, dv, n, &mut out);
             out
         });
         Ok(interleave_heads(&per_head, n, dv))

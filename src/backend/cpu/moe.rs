@@ -56,7 +56,7 @@ pub fn grouped_experts(x: &[f32], d: usize, routes: &Routing, experts: &[MlpLine
         .par_iter()
         .map(|&e| {
             let tokens = tokens_of(e);
-            let mut xe = Aligned::<f32>::zeroed(tokens.len() * d); // [m, d]
+            let mut xe = Aligned::<f32>::for_overwrite(tokens.len() * d); // [m, d], every row copied in
             for (row, &(t, _)) in xe.chunks_exact_mut(d.max(1)).zip(tokens) {
                 row.copy_from_slice(&x[t * d..(t + 1) * d]);
             }

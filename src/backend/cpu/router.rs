@@ -72,7 +72,7 @@ pub fn routing(x: &[f32], n: usize, router: &[f32], bias: &[f32], c: &RouterConf
     let all_scores = sigmoid_scores(x, n, router, e, d); // [n, E]
     let mut out = Routing { k, experts: vec![0; n * k], weights: vec![0.0; n * k] };
     let per = e / c.groups.max(1);
-    let mut choice = Aligned::<f32>::zeroed(e); // [E] scores + bias, the kept groups' only
+    let mut choice = Aligned::<f32>::for_overwrite(e); // [E] scores + bias, the kept groups' only; written per token
     let mut group_scores = Aligned::<f32>::zeroed(e.div_ceil(per.max(1))); // [groups]
     let mut best = Aligned::<u32>::zeroed(e.max(2)); // [E] indices from top-k
     for t in 0..n {

@@ -31,7 +31,7 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<u32> {
 pub fn top_k_into(scores: &[f32], k: usize, out: &mut [u32]) -> usize {
     // Each (score, index) as one integer that sorts in rank order, so the selection compares
     // plain u64s (a closure of NaN checks per comparison cost more than the scoring).
-    let mut keys = Aligned::<u64>::zeroed(scores.len()); // [T]
+    let mut keys = Aligned::<u64>::for_overwrite(scores.len()); // [T], every key written below
     for (key, (i, &v)) in keys.iter_mut().zip(scores.iter().enumerate()) {
         *key = (u64::from(rank_key(v)) << 32) | i as u64;
     }

@@ -169,8 +169,7 @@ fn for_each_block(
     for (t, (qt, st)) in q.chunks_exact_mut(blocks * BLOCK).zip(scale.chunks_exact_mut(blocks)).enumerate() {
         let xt = &x[t * cols..t * cols + blocks * BLOCK];
         for (b, (xs, sb)) in xt.chunks_exact(BLOCK).zip(st.iter_mut()).enumerate() {
-            let (first, alone) = (b - b % 2, is_alone(b, blocks));
-            let slots = if alone { &mut qt[first * BLOCK..][..BLOCK] } else { &mut qt[first * BLOCK..][..2 * BLOCK] };
+            let (slots, alone) = block_slots(qt, b, blocks);
             *sb = block(xs, slots, b % 2, alone);
         }
     }
@@ -208,6 +207,15 @@ pub(super) fn block_amax(xs: &[f32]) -> Result<f32, f32> {
         (true, true) => Err(0.0),
         (true, false) => Ok(amax),
     }
+}
+
+/// The slots block b of a token's `blocks` shares with its pair (64, from the pair's first
+/// slot) or, an odd last block, its own 32; and whether it is that lone block. q [B, 32] is
+/// the token's slots, int16 or int8.
+#[inline(always)]
+pub(super) fn block_slots<T>(q: &mut [T], b: usize, blocks: usize) -> (&mut [T], bool) {
+    let (first, alone) = (b - b % 2, is_alone(b, blocks));
+    (&mut q[first * BLOCK..][..if alone { BLOCK } else { 2 * BLOCK }], alone)
 }
 
 /// Whether block b of `blocks` is an odd last block, which has no pair.

@@ -15,7 +15,7 @@
 //! its q, taken off again from `bias`.
 
 use super::aligned::Aligned;
-use super::int16::{block_amax, is_alone};
+use super::int16::{block_amax, block_slots};
 
 /// Elements per block, the MXFP4 block size.
 const BLOCK: usize = 32;
@@ -97,8 +97,7 @@ fn for_each_block(
         let qt = &mut a.q[t * blocks * BLOCK..(t + 1) * blocks * BLOCK];
         for b in 0..blocks {
             let xs = &x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK];
-            let (first, alone) = (b - b % 2, is_alone(b, blocks));
-            let slots = if alone { &mut qt[first * BLOCK..][..BLOCK] } else { &mut qt[first * BLOCK..][..2 * BLOCK] };
+            let (slots, alone) = block_slots(qt, b, blocks);
             let Some((scale, sum)) = block(xs, slots, b % 2, alone) else { return false };
             a.scale[t * blocks + b] = scale;
             a.bias[(t * blocks + b) * 4] = WEIGHT_OFFSET * sum;
@@ -207,6 +206,7 @@ fn slot(e: usize, p: usize, alone: bool) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::super::int16::is_alone;
     use super::*;
     use crate::backend::cpu::quantize_mxfp4_activations;
 
